@@ -1,0 +1,45 @@
+// Shared helpers, prepended to every kernel family's source when it is
+// compiled (src/gpu/shaders.rs), so each family stays one file without
+// copies of these.
+//
+// Grids: a dispatch is limited to 65535 workgroups per dimension, so the
+// host folds long 1-D grids into 2-D ones (src/gpu/dispatch.rs, `Grid`);
+// these helpers unfold them.
+
+// Invocations per workgroup of every kernel, and the reduction width.
+const WG: u32 = 256u;
+
+// Index of this invocation in a folded 1-D grid of elements.
+fn element_index(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// Index of this workgroup in a folded 1-D grid of workgroups.
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+// Flat index of (sample n, channel c, pixel p) in a channel slice of a
+// buffer holding `c_total` channels, the slice starting at `c_off`. This is
+// how a layer reads or writes its part of the concatenation buffer in place.
+fn slice_index(n: u32, c: u32, p: u32, hw: u32, c_total: u32, c_off: u32) -> u32 {
+    return (n * c_total + c_off + c) * hw + p;
+}
+
+var<workgroup> reduce_scratch: array<f32, WG>;
+
+// Sum of `v` over the workgroup, in a fixed tree order: deterministic and
+// free of float atomics. Every invocation of the workgroup must call it.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    reduce_scratch[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
+        if (lid < stride) {
+            reduce_scratch[lid] = reduce_scratch[lid] + reduce_scratch[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch[0];
+    workgroupBarrier();
+    return total;
+}

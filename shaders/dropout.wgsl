@@ -1,0 +1,57 @@
+// Dropout family: inverted dropout, b = a * keep / (1 - p), with the keep
+// decision hashed from (seed, step, element index within the view), so the
+// backward pass (the same kernel on the gradient: dropout is linear) and the
+// CPU reference (src/nn.rs, `dropout_uniform`) reproduce the mask exactly
+// without a mask buffer. One invocation per element; a and b are channel
+// slices of their buffers.
+
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    p: f32,
+    seed: u32,
+    step: u32,
+    a_ctotal: u32,
+    a_coff: u32,
+    b_ctotal: u32,
+    b_coff: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+// Chris Wellons' lowbias32 integer hash.
+fn lowbias32(v: u32) -> u32 {
+    var h = v;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+// Uniform in [0, 1): the top 24 bits of the keyed hash of the element index.
+fn dropout_uniform(seed: u32, step: u32, index: u32) -> f32 {
+    let key = lowbias32(seed ^ lowbias32(step + 0x9e3779b9u));
+    return f32(lowbias32(index ^ key) >> 8u) * (1.0 / 16777216.0);
+}
+
+@compute @workgroup_size(WG)
+fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    if (i >= P.n * P.c * P.hw) {
+        return;
+    }
+    let p = i % P.hw;
+    let c = (i / P.hw) % P.c;
+    let n = i / (P.hw * P.c);
+    let keep = dropout_uniform(P.seed, P.step, i) >= P.p;
+    let v = src[slice_index(n, c, p, P.hw, P.a_ctotal, P.a_coff)];
+    dst[slice_index(n, c, p, P.hw, P.b_ctotal, P.b_coff)] = select(0.0, v / (1.0 - P.p), keep);
+}

@@ -1,0 +1,312 @@
+//! Instance, adapter and device creation.
+//!
+//! The device is opened with the ADAPTER's limits (wgpu's defaults would cap
+//! storage bindings at 128 MiB and workgroup memory at 16 KiB on hardware
+//! that offers more) and with the optional features that help: timestamp
+//! queries for profiling, f16 and subgroups for fast kernels.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use super::pipelines::PipelineCache;
+use super::pool::BufferPool;
+use super::{GpuError, Result};
+
+/// Which graphics API to use. `Auto` honours `WGPU_BACKEND`, else tries all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl FromStr for BackendChoice {
+    type Err = GpuError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => BackendChoice::Auto,
+            "vulkan" | "vk" => BackendChoice::Vulkan,
+            "metal" | "mtl" => BackendChoice::Metal,
+            "dx12" | "d3d12" => BackendChoice::Dx12,
+            "gl" | "gles" | "opengl" => BackendChoice::Gl,
+            _ => return Err(GpuError::UnknownBackend(s.to_string())),
+        })
+    }
+}
+
+impl BackendChoice {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to pick and open the device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub backend: BackendChoice,
+    /// Case-insensitive substring of the adapter's name.
+    pub adapter: Option<String>,
+    /// Only CPU/software adapters (such as lavapipe).
+    pub software: bool,
+    /// Open the device with at most this storage-binding size (tests use it
+    /// to exercise the too-large path cheaply).
+    pub max_storage_binding: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Defaults plus `WGPU_ADAPTER_NAME` (`WGPU_BACKEND` is read by `Auto`).
+    pub fn from_env() -> Self {
+        GpuOptions {
+            adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
+            ..Default::default()
+        }
+    }
+}
+
+fn instance(backend: BackendChoice) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
+    desc.backends = backend.backends();
+    wgpu::Instance::new(desc)
+}
+
+/// The optional features worth having, where the adapter offers them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+}
+
+/// Preference order when several adapters match: real GPUs first, then
+/// software ones; native APIs before GL.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    (kind, u8::from(info.backend == wgpu::Backend::Gl))
+}
+
+/// An open device with its queue, the one pipeline cache and the one buffer
+/// pool of the process.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub(super) pipelines: PipelineCache,
+    pub(super) pool: BufferPool,
+    /// wgpu reports validation errors and device loss through callbacks;
+    /// they are collected here and returned by `check` instead of panicking.
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let instance = instance(opts.backend);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(opts.backend.backends()));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect();
+        if let Some(name) = &opts.adapter {
+            let name = name.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&name));
+        }
+        if opts.software {
+            adapters.retain(|a| a.get_info().device_type == wgpu::DeviceType::Cpu);
+        }
+        adapters.sort_by_key(|a| rank(&a.get_info()));
+        let Some(adapter) = adapters.into_iter().next() else {
+            let mut wanted = Vec::new();
+            if let Some(name) = &opts.adapter {
+                wanted.push(format!("a name containing {name:?}"));
+            }
+            if opts.software {
+                wanted.push("a software (CPU) adapter".to_string());
+            }
+            let detail = match (wanted.is_empty(), seen.is_empty()) {
+                (_, true) => String::new(),
+                (true, false) => format!(" (seen: {})", seen.join(", ")),
+                (false, false) => {
+                    format!(" with {} (seen: {})", wanted.join(" and "), seen.join(", "))
+                }
+            };
+            return Err(GpuError::NoAdapter { detail });
+        };
+        Self::open(adapter, opts)
+    }
+
+    fn open(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let mut limits = adapter.limits();
+        if let Some(cap) = opts.max_storage_binding {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
+        let features = adapter.features() & wanted_features();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("dilaseg"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            message: e.to_string(),
+        })?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string());
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("device lost ({reason:?}): {message}"));
+        });
+        let pool = BufferPool::new(device.clone());
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            pipelines: PipelineCache::default(),
+            pool,
+            errors,
+        })
+    }
+
+    /// Returns (and clears) the errors wgpu reported since the last check.
+    pub fn check(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(GpuError::Device(message))
+    }
+
+    /// Blocks until the queue is idle.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.check()
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// One line naming the adapter, for logs and reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+}
+
+/// What `dilaseg devices` shows of one adapter.
+pub struct AdapterReport {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+/// Every adapter the chosen backends offer, best first.
+pub fn adapter_reports(backend: BackendChoice) -> Vec<AdapterReport> {
+    let instance = instance(backend);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backend.backends()));
+    adapters.sort_by_key(|a| rank(&a.get_info()));
+    adapters
+        .iter()
+        .map(|a| AdapterReport {
+            info: a.get_info(),
+            limits: a.limits(),
+            features: a.features(),
+        })
+        .collect()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (i, l) = (&self.info, &self.limits);
+        let yes = |feature| {
+            if self.features.contains(feature) {
+                "yes"
+            } else {
+                "no"
+            }
+        };
+        writeln!(f, "{}", i.name)?;
+        writeln!(f, "  backend            {:?}", i.backend)?;
+        writeln!(f, "  device type        {:?}", i.device_type)?;
+        writeln!(f, "  driver             {} {}", i.driver, i.driver_info)?;
+        writeln!(
+            f,
+            "  storage binding    {}",
+            mib(l.max_storage_buffer_binding_size)
+        )?;
+        writeln!(f, "  max buffer size    {}", mib(l.max_buffer_size))?;
+        writeln!(
+            f,
+            "  workgroup memory   {} KiB",
+            l.max_compute_workgroup_storage_size / 1024
+        )?;
+        writeln!(
+            f,
+            "  invocations/group  {}",
+            l.max_compute_invocations_per_workgroup
+        )?;
+        writeln!(
+            f,
+            "  workgroups/dim     {}",
+            l.max_compute_workgroups_per_dimension
+        )?;
+        writeln!(
+            f,
+            "  subgroup size      {}..{} (subgroup ops: {})",
+            i.subgroup_min_size,
+            i.subgroup_max_size,
+            yes(wgpu::Features::SUBGROUP)
+        )?;
+        writeln!(
+            f,
+            "  timestamps         {} (inside passes: {})",
+            yes(wgpu::Features::TIMESTAMP_QUERY),
+            yes(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+        )?;
+        write!(
+            f,
+            "  f16                {}",
+            yes(wgpu::Features::SHADER_F16)
+        )
+    }
+}

@@ -1,0 +1,184 @@
+//! Recorded kernel launches. A `Dispatch` owns everything one launch needs
+//! (pipeline, bind group, parameter buffer, grid), created once when a plan
+//! is built; recording it into a pass allocates and compiles nothing, which
+//! is what lets a training step replay its dispatches every step.
+
+use std::sync::Arc;
+
+use bytemuck::Pod;
+
+use super::pool::PooledBuffer;
+use super::shaders::Family;
+use super::tensor::Tensor;
+use super::{Gpu, GpuError, Result};
+
+/// Invocations per workgroup of every kernel (`WG` in shaders/common.wgsl).
+pub const WORKGROUP: usize = 256;
+
+/// One entry point of a family, with its pipeline-overridable constants.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub family: Family,
+    pub entry: &'static str,
+    pub constants: Vec<(&'static str, f64)>,
+}
+
+impl Kernel {
+    pub fn new(family: Family, entry: &'static str) -> Self {
+        Kernel {
+            family,
+            entry,
+            constants: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: &'static str, value: f64) -> Self {
+        self.constants.push((name, value));
+        self
+    }
+}
+
+/// How many invocations a launch needs.
+#[derive(Clone, Copy, Debug)]
+pub enum Grid {
+    /// One invocation per element: ceil(count / 256) workgroups.
+    Elements(usize),
+    /// One workgroup per item (reductions).
+    Groups(usize),
+}
+
+pub struct Dispatch {
+    label: String,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    params: Arc<PooledBuffer>,
+    workgroups: (u32, u32),
+    /// The bound tensors' buffers stay out of the pool while this exists.
+    _bound: Vec<Arc<PooledBuffer>>,
+}
+
+impl Dispatch {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Rewrites the parameters (e.g. the optimiser step) before the next
+    /// submission; no allocation.
+    pub fn set_params<P: Pod>(&self, gpu: &Gpu, params: &P) {
+        gpu.queue
+            .write_buffer(self.params.buffer(), 0, bytemuck::bytes_of(params));
+    }
+
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+    }
+}
+
+impl Gpu {
+    /// Builds a launch of `kernel` over `grid` with `params` at binding 0
+    /// and each tensor at its binding. Every bound tensor is checked against
+    /// the device's storage-binding limit BEFORE anything is created or
+    /// dispatched.
+    pub fn dispatch<P: Pod>(
+        &self,
+        label: String,
+        kernel: &Kernel,
+        params: &P,
+        bindings: &[(u32, &Tensor)],
+        grid: Grid,
+    ) -> Result<Dispatch> {
+        let limit = self.limits.max_storage_buffer_binding_size;
+        for (binding, t) in bindings {
+            if t.bytes() > limit {
+                return Err(GpuError::TooLarge {
+                    what: format!("{label}: the {} tensor at binding {binding}", t.shape),
+                    bytes: t.bytes(),
+                    limit_name: "max storage binding size",
+                    limit,
+                });
+            }
+        }
+        for (i, (a, ta)) in bindings.iter().enumerate() {
+            if let Some((b, _)) = bindings[i + 1..].iter().find(|(_, tb)| ta.same_buffer(tb)) {
+                return Err(GpuError::Shape {
+                    kernel: label,
+                    message: format!(
+                        "bindings {a} and {b} are one buffer; a dispatch cannot read and write one buffer \
+                         through two bindings (read from another buffer, or use an in-place kernel)"
+                    ),
+                });
+            }
+        }
+        let workgroups = self.fold(&label, grid)?;
+        let pipeline = self.pipelines.get(&self.device, kernel);
+        let bytes = bytemuck::bytes_of(params);
+        debug_assert_eq!(
+            bytes.len() % 16,
+            0,
+            "{label}: Params must be a multiple of 16 bytes"
+        );
+        let params_buf = self.pool.take(
+            bytes.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        self.queue.write_buffer(params_buf.buffer(), 0, bytes);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: params_buf.buffer().as_entire_binding(),
+        }];
+        entries.extend(bindings.iter().map(|(b, t)| wgpu::BindGroupEntry {
+            binding: *b,
+            resource: t.buffer().as_entire_binding(),
+        }));
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.check()?;
+        Ok(Dispatch {
+            label,
+            pipeline,
+            bind_group,
+            params: params_buf,
+            workgroups,
+            _bound: bindings.iter().map(|(_, t)| t.buffer.clone()).collect(),
+        })
+    }
+
+    /// Folds a 1-D grid into (x, y) workgroups within the per-dimension limit
+    /// (the shaders unfold it: `element_index`, `group_index`).
+    fn fold(&self, label: &str, grid: Grid) -> Result<(u32, u32)> {
+        let groups = match grid {
+            Grid::Elements(n) => n.div_ceil(WORKGROUP),
+            Grid::Groups(n) => n,
+        }
+        .max(1) as u64;
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(GpuError::Shape {
+                kernel: label.to_string(),
+                message: format!("{groups} workgroups exceed the device's grid of {max} x {max}"),
+            });
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Records `dispatches` in order into one compute pass and submits them
+    /// as one command buffer (wgpu orders dependent dispatches in a pass).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        self.check()
+    }
+}

@@ -1,0 +1,71 @@
+//! The WGSL sources, embedded into the binary at build time: one file per
+//! kernel family under `shaders/`, each compiled with `shaders/common.wgsl`
+//! prepended (WGSL has no includes).
+
+/// A kernel family: one `.wgsl` file, several entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Conv,
+    Norm,
+    Elementwise,
+    Dropout,
+    Loss,
+    Optim,
+}
+
+/// The helpers every family is compiled with.
+pub const COMMON_FILE: &str = "common.wgsl";
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+impl Family {
+    pub const ALL: [Family; 6] = [
+        Family::Conv,
+        Family::Norm,
+        Family::Elementwise,
+        Family::Dropout,
+        Family::Loss,
+        Family::Optim,
+    ];
+
+    /// The family's file name under `shaders/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Family::Conv => "conv.wgsl",
+            Family::Norm => "norm.wgsl",
+            Family::Elementwise => "elementwise.wgsl",
+            Family::Dropout => "dropout.wgsl",
+            Family::Loss => "loss.wgsl",
+            Family::Optim => "optim.wgsl",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Family::Conv => include_str!("../../shaders/conv.wgsl"),
+            Family::Norm => include_str!("../../shaders/norm.wgsl"),
+            Family::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Family::Dropout => include_str!("../../shaders/dropout.wgsl"),
+            Family::Loss => include_str!("../../shaders/loss.wgsl"),
+            Family::Optim => include_str!("../../shaders/optim.wgsl"),
+        }
+    }
+
+    /// The source the GPU compiles: the common helpers, then the family.
+    pub fn source(self) -> String {
+        format!("{COMMON}\n{}", self.body())
+    }
+}
+
+/// Parses and validates WGSL with naga, as the GPU would before compiling
+/// it; the error names the line and what is wrong.
+pub fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| e.emit_to_string_with_path(source, name))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| e.emit_to_string_with_path(source, name))?;
+    Ok(module)
+}

@@ -1,0 +1,153 @@
+//! Typed GPU tensors: a shape and the pooled buffer holding it (f32, NCHW).
+
+use std::sync::Arc;
+
+use super::pool::PooledBuffer;
+use super::{Gpu, GpuError, Result};
+use crate::shape::Shape;
+
+/// Storage usage of every tensor: bound to kernels, uploaded, read back.
+const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// A tensor on the GPU. Cloning shares the buffer.
+#[derive(Clone)]
+pub struct Tensor {
+    pub shape: Shape,
+    pub(super) buffer: Arc<PooledBuffer>,
+}
+
+impl Tensor {
+    pub fn bytes(&self) -> u64 {
+        self.shape.numel() as u64 * 4
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.buffer()
+    }
+
+    /// Whether both tensors share one buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer)
+    }
+
+    /// The whole tensor as a view.
+    pub fn view(&self) -> View<'_> {
+        View {
+            tensor: self,
+            c_offset: 0,
+            c: self.shape.c,
+        }
+    }
+
+    /// Channels `[c_offset, c_offset + c)`: how a layer reads or writes its
+    /// part of the concatenation buffer without a copy.
+    pub fn channels(&self, c_offset: usize, c: usize) -> View<'_> {
+        assert!(
+            c_offset + c <= self.shape.c,
+            "channels {c_offset}..{} of a {} tensor",
+            c_offset + c,
+            self.shape
+        );
+        View {
+            tensor: self,
+            c_offset,
+            c,
+        }
+    }
+}
+
+/// A channel slice of a tensor.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub tensor: &'a Tensor,
+    pub c_offset: usize,
+    pub c: usize,
+}
+
+impl View<'_> {
+    /// The logical shape of the slice.
+    pub fn shape(&self) -> Shape {
+        self.tensor.shape.with_c(self.c)
+    }
+}
+
+impl Gpu {
+    /// A tensor whose contents are unspecified (for outputs every element of
+    /// which a kernel writes). Refused before any allocation when it exceeds
+    /// the device's buffer size limit.
+    pub fn tensor(&self, shape: Shape) -> Result<Tensor> {
+        let bytes = shape.numel() as u64 * 4;
+        if bytes > self.limits.max_buffer_size {
+            return Err(GpuError::TooLarge {
+                what: format!("a {shape} tensor"),
+                bytes,
+                limit_name: "max buffer size",
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        Ok(Tensor {
+            shape,
+            buffer: self.pool.take(bytes, TENSOR_USAGE),
+        })
+    }
+
+    pub fn zeros(&self, shape: Shape) -> Result<Tensor> {
+        let t = self.tensor(shape)?;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(t.buffer(), 0, None);
+        self.queue.submit([encoder.finish()]);
+        Ok(t)
+    }
+
+    pub fn upload(&self, shape: Shape, data: &[f32]) -> Result<Tensor> {
+        if data.len() != shape.numel() {
+            return Err(GpuError::Shape {
+                kernel: "upload".into(),
+                message: format!("{} values for a {shape} tensor", data.len()),
+            });
+        }
+        let t = self.tensor(shape)?;
+        self.queue
+            .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Copies a tensor back to the host (waits for the queue).
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let staging = self.pool.take(
+            t.bytes(),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(t.buffer(), 0, staging.buffer(), 0, t.bytes());
+        self.queue.submit([encoder.finish()]);
+        let slice = staging.buffer().slice(..t.bytes());
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.sync()?;
+        rx.recv()
+            .map_err(|e| GpuError::Device(e.to_string()))?
+            .map_err(|e| GpuError::Device(format!("mapping a read-back buffer: {e}")))?;
+        let data = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| GpuError::Device(e.to_string()))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.buffer().unmap();
+        Ok(data)
+    }
+
+    pub fn pool_stats(&self) -> super::PoolStats {
+        self.pool.stats()
+    }
+
+    /// Pipelines compiled so far in this process.
+    pub fn pipelines_compiled(&self) -> usize {
+        self.pipelines.len()
+    }
+}

@@ -1,0 +1,16 @@
+//! dilaseg: dilated fully-convolutional networks for medical image
+//! segmentation (LungNet, Anthimopoulos et al. 2019, and the 2018 reduced
+//! variant), trained and run on the GPU through hand-written WGSL kernels.
+//!
+//! Layers, from the bottom: `shape` and `nn` (shared descriptions), `cpu`
+//! (the f64 reference of every op, the tests' oracle), `gpu` (device,
+//! buffers, pipelines, dispatches, WGSL sources), `ops` (one module per
+//! kernel family: parameters and launches).
+
+pub mod cpu;
+pub mod gpu;
+pub mod nn;
+pub mod ops;
+pub mod shape;
+
+pub use shape::Shape;

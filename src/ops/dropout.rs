@@ -1,0 +1,73 @@
+//! Inverted-dropout launch (shaders/dropout.wgsl). CPU oracle: `cpu::dropout`;
+//! the mask hash itself: `nn::dropout_uniform`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{ensure, ensure_same, u32_of};
+use crate::gpu::shaders::Family;
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, View};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    p: f32,
+    seed: u32,
+    step: u32,
+    a_ctotal: u32,
+    a_coff: u32,
+    b_ctotal: u32,
+    b_coff: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// A dropout launch whose step (the mask's counter) changes every training
+/// step. The forward pass and the backward pass (the same launch on the
+/// gradients) share seed and step, hence the mask.
+pub struct Dropout {
+    pub dispatch: Dispatch,
+    params: Params,
+}
+
+impl Dropout {
+    pub fn set_step(&mut self, gpu: &Gpu, step: u32) {
+        self.params.step = step;
+        self.dispatch.set_params(gpu, &self.params);
+    }
+}
+
+/// `y = x * keep / (1 - p)` with the mask of (seed, step).
+pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Result<Dropout> {
+    let label = format!("dropout {} p {p}", x.shape());
+    ensure_same(&label, &x, &y)?;
+    ensure((0.0..1.0).contains(&p), &label, || {
+        format!("probability {p} outside [0, 1)")
+    })?;
+    let s = x.shape();
+    let params = Params {
+        n: u32_of(s.n),
+        c: u32_of(s.c),
+        hw: u32_of(s.plane()),
+        p,
+        seed,
+        step,
+        a_ctotal: u32_of(x.tensor.shape.c),
+        a_coff: u32_of(x.c_offset),
+        b_ctotal: u32_of(y.tensor.shape.c),
+        b_coff: u32_of(y.c_offset),
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let bindings = [(1, x.tensor), (2, y.tensor)];
+    let dispatch = gpu.dispatch(
+        label,
+        &Kernel::new(Family::Dropout, "apply"),
+        &params,
+        &bindings,
+        Grid::Elements(s.numel()),
+    )?;
+    Ok(Dropout { dispatch, params })
+}

@@ -1,0 +1,88 @@
+//! Activation and residual launches (shaders/elementwise.wgsl).
+//! CPU oracle: `cpu::act`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{ensure, ensure_same, u32_of};
+use crate::gpu::shaders::Family;
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, View};
+use crate::nn::Activation;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    slope: f32,
+    a_ctotal: u32,
+    a_coff: u32,
+    b_ctotal: u32,
+    b_coff: u32,
+}
+
+fn params(a: &View, b: &View, slope: f32) -> Params {
+    let s = a.shape();
+    Params {
+        n: u32_of(s.n),
+        c: u32_of(s.c),
+        hw: u32_of(s.plane()),
+        slope,
+        a_ctotal: u32_of(a.tensor.shape.c),
+        a_coff: u32_of(a.c_offset),
+        b_ctotal: u32_of(b.tensor.shape.c),
+        b_coff: u32_of(b.c_offset),
+    }
+}
+
+/// `y = act(x)`.
+pub fn act_forward(gpu: &Gpu, x: View, act: Activation, y: View) -> Result<Dispatch> {
+    let label = format!("act.forward {} slope {}", x.shape(), act.slope);
+    ensure_same(&label, &x, &y)?;
+    let bindings = [(1, x.tensor), (2, y.tensor)];
+    let kernel = Kernel::new(Family::Elementwise, "act_forward");
+    gpu.dispatch(
+        label,
+        &kernel,
+        &params(&x, &y, act.slope),
+        &bindings,
+        Grid::Elements(x.shape().numel()),
+    )
+}
+
+/// `dy *= act'(y)` in place, from the activation's output `y`.
+pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dispatch> {
+    let label = format!("act.backward {} slope {}", y.shape(), act.slope);
+    ensure_same(&label, &y, &dy)?;
+    let bindings = [(1, y.tensor), (2, dy.tensor)];
+    let kernel = Kernel::new(Family::Elementwise, "act_backward");
+    gpu.dispatch(
+        label,
+        &kernel,
+        &params(&y, &dy, act.slope),
+        &bindings,
+        Grid::Elements(y.shape().numel()),
+    )
+}
+
+/// `dst += src`, two slices of one tensor (the residual and its backward,
+/// both inside the concatenation buffer or its gradient).
+pub fn add_within(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
+    let label = format!("residual.add {}", src.shape());
+    ensure_same(&label, &src, &dst)?;
+    ensure(src.tensor.same_buffer(dst.tensor), &label, || {
+        "source and destination must be slices of one tensor".to_string()
+    })?;
+    ensure(src.c_offset.abs_diff(dst.c_offset) >= src.c, &label, || {
+        "overlapping slices".to_string()
+    })?;
+    let bindings = [(2, dst.tensor)];
+    let kernel = Kernel::new(Family::Elementwise, "add_within");
+    gpu.dispatch(
+        label,
+        &kernel,
+        &params(&src, &dst, 0.0),
+        &bindings,
+        Grid::Elements(src.shape().numel()),
+    )
+}

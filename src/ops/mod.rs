@@ -1,0 +1,36 @@
+//! One module per operation: its kernel parameters (a `#[repr(C)]` mirror
+//! of the WGSL `struct Params`) and the launches that build `Dispatch`es for
+//! it. Each names its CPU oracle in `crate::cpu`, against which
+//! `tests/kernels.rs` checks it.
+
+pub mod conv;
+pub mod dropout;
+pub mod elementwise;
+pub mod loss;
+pub mod norm;
+pub mod optim;
+
+use crate::gpu::{GpuError, Result, View};
+
+/// A kernel's precondition failed: the launch is refused, nothing dispatched.
+fn ensure(ok: bool, kernel: &str, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(GpuError::Shape {
+            kernel: kernel.to_string(),
+            message: message(),
+        })
+    }
+}
+
+/// Views of the same logical shape (elementwise inputs and outputs).
+fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
+    ensure(a.shape() == b.shape(), kernel, || {
+        format!("shapes {} and {} differ", a.shape(), b.shape())
+    })
+}
+
+fn u32_of(v: usize) -> u32 {
+    u32::try_from(v).expect("tensor dimensions are bounded by the binding-size check")
+}

@@ -1,0 +1,240 @@
+//! Norm-block launches (shaders/norm.wgsl): statistics, apply, running
+//! statistics, backward. CPU oracle: `cpu::norm`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{ensure, ensure_same, u32_of};
+use crate::gpu::shaders::Family;
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
+use crate::nn::{NormStats, BN_MOMENTUM, NORM_EPS};
+use crate::shape::Shape;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    stats: u32,
+    x_ctotal: u32,
+    x_coff: u32,
+    y_ctotal: u32,
+    y_coff: u32,
+    eps: f32,
+    momentum: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// Parameters for input `x` and output (or output-gradient) view `y`.
+fn params(x: &View, y: &View, stats: NormStats) -> Params {
+    let s = x.shape();
+    Params {
+        n: u32_of(s.n),
+        c: u32_of(s.c),
+        hw: u32_of(s.plane()),
+        stats: u32::from(stats == NormStats::PerChannel),
+        x_ctotal: u32_of(x.tensor.shape.c),
+        x_coff: u32_of(x.c_offset),
+        y_ctotal: u32_of(y.tensor.shape.c),
+        y_coff: u32_of(y.c_offset),
+        eps: NORM_EPS,
+        momentum: BN_MOMENTUM,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+fn kernel(entry: &'static str) -> Kernel {
+    Kernel::new(Family::Norm, entry)
+}
+
+/// A norm layer's per-channel parameters and the per-group statistics it
+/// normalises with: the batch's own (training), or the running ones with
+/// `NormStats::PerChannel` (batch-norm inference).
+pub struct NormTensors<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+}
+
+fn ensure_stats(label: &str, s: Shape, stats: NormStats, t: &[&Tensor]) -> Result<()> {
+    let groups = stats.groups(s.n, s.c);
+    for t in t {
+        ensure(t.shape.numel() == groups, label, || {
+            format!("statistics {} for {groups} groups", t.shape)
+        })?;
+    }
+    Ok(())
+}
+
+fn ensure_channels(label: &str, c: usize, t: &[&Tensor]) -> Result<()> {
+    for t in t {
+        ensure(t.shape.numel() == c, label, || {
+            format!("per-channel tensor {} for {c} channels", t.shape)
+        })?;
+    }
+    Ok(())
+}
+
+/// Mean and biased variance of every group of `x` into `mean`, `var`.
+pub fn moments(
+    gpu: &Gpu,
+    x: View,
+    stats: NormStats,
+    mean: &Tensor,
+    var: &Tensor,
+) -> Result<Dispatch> {
+    let label = format!("norm.moments {} {stats:?}", x.shape());
+    ensure_stats(&label, x.shape(), stats, &[mean, var])?;
+    let groups = stats.groups(x.shape().n, x.c);
+    let bindings = [(1, x.tensor), (6, mean), (7, var)];
+    gpu.dispatch(
+        label,
+        &kernel("moments"),
+        &params(&x, &x, stats),
+        &bindings,
+        Grid::Groups(groups),
+    )
+}
+
+/// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`.
+pub fn apply(gpu: &Gpu, x: View, stats: NormStats, t: &NormTensors, y: View) -> Result<Dispatch> {
+    let label = format!("norm.apply {} {stats:?}", x.shape());
+    ensure_same(&label, &x, &y)?;
+    ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
+    ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
+    let bindings = [
+        (1, x.tensor),
+        (2, t.gamma),
+        (3, t.beta),
+        (4, t.mean),
+        (5, t.var),
+        (8, y.tensor),
+    ];
+    gpu.dispatch(
+        label,
+        &kernel("apply"),
+        &params(&x, &y, stats),
+        &bindings,
+        Grid::Elements(x.shape().numel()),
+    )
+}
+
+/// PyTorch's running-statistics update from the batch moments of an
+/// `x_shape` input (per-channel `mean`, `var`).
+pub fn update_running(
+    gpu: &Gpu,
+    x: View,
+    mean: &Tensor,
+    var: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+) -> Result<Dispatch> {
+    let label = format!("norm.update_running {}", x.shape());
+    ensure_channels(&label, x.c, &[mean, var, running_mean, running_var])?;
+    let bindings = [(4, mean), (5, var), (15, running_mean), (16, running_var)];
+    let p = params(&x, &x, NormStats::PerChannel);
+    gpu.dispatch(
+        label,
+        &kernel("update_running"),
+        &p,
+        &bindings,
+        Grid::Elements(x.c),
+    )
+}
+
+/// Per group: sum(dy) and sum(dy * xhat) into `sums` (2 values a group).
+pub fn backward_sums(
+    gpu: &Gpu,
+    x: View,
+    dy: View,
+    stats: NormStats,
+    mean: &Tensor,
+    var: &Tensor,
+    sums: &Tensor,
+) -> Result<Dispatch> {
+    let label = format!("norm.backward_sums {} {stats:?}", x.shape());
+    ensure_same(&label, &x, &dy)?;
+    ensure_stats(&label, x.shape(), stats, &[mean, var])?;
+    let groups = stats.groups(x.shape().n, x.c);
+    ensure(sums.shape.numel() == 2 * groups, &label, || {
+        format!("sums {} for {groups} groups", sums.shape)
+    })?;
+    let bindings = [
+        (1, x.tensor),
+        (9, dy.tensor),
+        (4, mean),
+        (5, var),
+        (11, sums),
+    ];
+    gpu.dispatch(
+        label,
+        &kernel("backward_sums"),
+        &params(&x, &dy, stats),
+        &bindings,
+        Grid::Groups(groups),
+    )
+}
+
+/// The input gradient of the norm block into the view `dx` (x's layout).
+pub fn backward_data(
+    gpu: &Gpu,
+    x: View,
+    dy: View,
+    stats: NormStats,
+    t: &NormTensors,
+    sums: &Tensor,
+    dx: View,
+) -> Result<Dispatch> {
+    let label = format!("norm.backward_data {} {stats:?}", x.shape());
+    ensure_same(&label, &x, &dy)?;
+    ensure_same(&label, &x, &dx)?;
+    ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
+    // The kernel addresses dx through x's slice parameters: a gradient
+    // mirrors its tensor's layout.
+    ensure(
+        (dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset),
+        &label,
+        || "the input gradient must have the input's channel layout".to_string(),
+    )?;
+    let p = params(&x, &dy, stats);
+    let bindings = [
+        (1, x.tensor),
+        (9, dy.tensor),
+        (2, t.gamma),
+        (4, t.mean),
+        (5, t.var),
+        (12, sums),
+        (10, dx.tensor),
+    ];
+    gpu.dispatch(
+        label,
+        &kernel("backward_data"),
+        &p,
+        &bindings,
+        Grid::Elements(x.shape().numel()),
+    )
+}
+
+/// dgamma and dbeta (overwritten) from the per-group sums.
+pub fn param_grads(
+    gpu: &Gpu,
+    x: View,
+    stats: NormStats,
+    sums: &Tensor,
+    dgamma: &Tensor,
+    dbeta: &Tensor,
+) -> Result<Dispatch> {
+    let label = format!("norm.param_grads {} {stats:?}", x.shape());
+    ensure_channels(&label, x.c, &[dgamma, dbeta])?;
+    let bindings = [(12, sums), (13, dgamma), (14, dbeta)];
+    gpu.dispatch(
+        label,
+        &kernel("param_grads"),
+        &params(&x, &x, stats),
+        &bindings,
+        Grid::Elements(x.c),
+    )
+}
