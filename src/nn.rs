@@ -66,13 +66,7 @@ pub struct Adam {
 impl Adam {
     /// PyTorch's defaults at learning rate `lr`.
     pub fn with_lr(lr: f32) -> Self {
-        Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 

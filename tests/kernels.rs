@@ -45,16 +45,7 @@ fn embed(rng: &mut Rng, t: &Tensor, c0: usize, extra: usize) -> Tensor {
 
 // ---------------------------------------------------------------- convolution
 
-fn check_conv(
-    n: usize,
-    cin: usize,
-    cout: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    dilation: usize,
-    seed: u64,
-) {
+fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, dilation: usize, seed: u64) {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(seed);
     let x = rng.tensor(Shape::new(n, cin, h, w), -1.0, 1.0);
@@ -77,61 +68,21 @@ fn check_conv(
 
     let (xv, yv) = (gx.channels(1, cin), gy.channels(2, cout));
     let fwd = ops::conv::forward(gpu, xv, &gw, &gb, dilation, yv).unwrap();
-    let bd = ops::conv::backward_data(
-        gpu,
-        gdy.channels(2, cout),
-        &gw,
-        dilation,
-        gdx.channels(1, cin),
-        true,
-    )
-    .unwrap();
+    let bd = ops::conv::backward_data(gpu, gdy.channels(2, cout), &gw, dilation, gdx.channels(1, cin), true).unwrap();
     let bw = ops::conv::backward_weight(gpu, xv, gdy.channels(2, cout), dilation, &gdw).unwrap();
     let bb = ops::conv::backward_bias(gpu, gdy.channels(2, cout), &gdb).unwrap();
     run(gpu, &[&fwd, &bd, &bw, &bb]);
 
     // Sums of up to 9 * 33 products of magnitude <= 0.5 (forward, data
     // gradient) and of up to 3 * 37 * 53 products (weight, bias gradients).
-    assert_close(
-        "conv forward",
-        &read_channels(gpu, &gy, 2, cout),
-        &y_ref.data,
-        1e-5,
-        1e-5,
-    );
-    let dx_ref: Vec<f64> = dx0
-        .data
-        .iter()
-        .zip(&g_ref.dx.data)
-        .map(|(a, b)| a + b)
-        .collect();
-    assert_close(
-        "conv backward_data (accumulated)",
-        &read_channels(gpu, &gdx, 1, cin),
-        &dx_ref,
-        1e-5,
-        1e-5,
-    );
-    assert_close(
-        "conv backward_weight",
-        &gpu.read(&gdw).unwrap(),
-        &g_ref.dw.data,
-        1e-3,
-        1e-4,
-    );
-    assert_close(
-        "conv backward_bias",
-        &gpu.read(&gdb).unwrap(),
-        &g_ref.db,
-        1e-3,
-        1e-4,
-    );
+    assert_close("conv forward", &read_channels(gpu, &gy, 2, cout), &y_ref.data, 1e-5, 1e-5);
+    let dx_ref: Vec<f64> = dx0.data.iter().zip(&g_ref.dx.data).map(|(a, b)| a + b).collect();
+    assert_close("conv backward_data (accumulated)", &read_channels(gpu, &gdx, 1, cin), &dx_ref, 1e-5, 1e-5);
+    assert_close("conv backward_weight", &gpu.read(&gdw).unwrap(), &g_ref.dw.data, 1e-3, 1e-4);
+    assert_close("conv backward_bias", &gpu.read(&gdb).unwrap(), &g_ref.db, 1e-3, 1e-4);
     // Slices around the output were left alone.
     let untouched = read_channels(gpu, &gy, 0, 2);
-    assert!(
-        untouched.iter().all(|&v| v == 0.0),
-        "conv forward wrote outside its output slice"
-    );
+    assert!(untouched.iter().all(|&v| v == 0.0), "conv forward wrote outside its output slice");
 }
 
 #[test]
@@ -170,14 +121,8 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
     let mut rng = Rng::new(7);
     let (n, h, w) = (2, 19, 23);
     let x0 = rng.tensor(Shape::new(n, 1, h, w), -1.0, 1.0);
-    let (w1, b1) = (
-        rng.tensor(Shape::new(3, 1, 3, 3), -0.5, 0.5),
-        rng.vec(3, -0.5, 0.5),
-    );
-    let (w2, b2) = (
-        rng.tensor(Shape::new(3, 3, 3, 3), -0.5, 0.5),
-        rng.vec(3, -0.5, 0.5),
-    );
+    let (w1, b1) = (rng.tensor(Shape::new(3, 1, 3, 3), -0.5, 0.5), rng.vec(3, -0.5, 0.5));
+    let (w2, b2) = (rng.tensor(Shape::new(3, 3, 3, 3), -0.5, 0.5), rng.vec(3, -0.5, 0.5));
     let x1 = cpu::act::forward(&cpu::conv::forward(&x0, &w1, &b1, 1), Activation::RELU);
     let x2 = cpu::act::forward(&cpu::conv::forward(&x1, &w2, &b2, 2), Activation::RELU);
     let cat_ref = cpu::layout::concat(&[&x0, &x1, &x2]);
@@ -186,17 +131,9 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
     // upload); each layer convolves the previous slice into a scratch
     // tensor and its activation writes straight into the layer's own slice,
     // which the next layer reads in place. No copies.
-    let cat = upload(
-        gpu,
-        &cpu::layout::concat(&[&x0, &Tensor::zeros(Shape::new(n, 6, h, w))]),
-    );
+    let cat = upload(gpu, &cpu::layout::concat(&[&x0, &Tensor::zeros(Shape::new(n, 6, h, w))]));
     let scratch = gpu.tensor(Shape::new(n, 3, h, w)).unwrap();
-    let (gw1, gb1, gw2, gb2) = (
-        upload(gpu, &w1),
-        upload_vec(gpu, &b1),
-        upload(gpu, &w2),
-        upload_vec(gpu, &b2),
-    );
+    let (gw1, gb1, gw2, gb2) = (upload(gpu, &w1), upload_vec(gpu, &b1), upload(gpu, &w2), upload_vec(gpu, &b2));
     let relu = Activation::RELU;
     let d = [
         ops::conv::forward(gpu, cat.channels(0, 1), &gw1, &gb1, 1, scratch.view()).unwrap(),
@@ -205,23 +142,14 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
         ops::elementwise::act_forward(gpu, scratch.view(), relu, cat.channels(4, 3)).unwrap(),
     ];
     run(gpu, &d.iter().collect::<Vec<_>>());
-    assert_close(
-        "concatenation",
-        &gpu.read(&cat).unwrap(),
-        &cat_ref.data,
-        1e-5,
-        1e-5,
-    );
+    assert_close("concatenation", &gpu.read(&cat).unwrap(), &cat_ref.data, 1e-5, 1e-5);
 
     // Reading and writing one buffer in one dispatch is refused up front
     // with a clear error, not left to a validation failure at submit.
     let err = ops::conv::forward(gpu, cat.channels(1, 3), &gw2, &gb2, 2, cat.channels(4, 3))
         .err()
         .expect("aliasing accepted");
-    assert!(
-        err.to_string().contains("one buffer"),
-        "unclear error: {err}"
-    );
+    assert!(err.to_string().contains("one buffer"), "unclear error: {err}");
 }
 
 // ----------------------------------------------------------------------- norm
@@ -246,16 +174,8 @@ fn check_norm(n: usize, c: usize, h: usize, w: usize, stats: NormStats, offset: 
     let mean = gpu.tensor(Shape::vector(groups)).unwrap();
     let var = gpu.tensor(Shape::vector(groups)).unwrap();
     let sums = gpu.tensor(Shape::vector(2 * groups)).unwrap();
-    let (dgamma, dbeta) = (
-        gpu.tensor(Shape::vector(c)).unwrap(),
-        gpu.tensor(Shape::vector(c)).unwrap(),
-    );
-    let t = ops::norm::NormTensors {
-        gamma: &gg,
-        beta: &gbt,
-        mean: &mean,
-        var: &var,
-    };
+    let (dgamma, dbeta) = (gpu.tensor(Shape::vector(c)).unwrap(), gpu.tensor(Shape::vector(c)).unwrap());
+    let t = ops::norm::NormTensors { gamma: &gg, beta: &gbt, mean: &mean, var: &var };
     let (xv, yv, dyv) = (gx.channels(2, c), gy.channels(1, c), gdy.channels(1, c));
     let d = [
         ops::norm::moments(gpu, xv, stats, &mean, &var).unwrap(),
@@ -269,42 +189,12 @@ fn check_norm(n: usize, c: usize, h: usize, w: usize, stats: NormStats, offset: 
     // Variances of uniform(0, 1) are 1/12; f32 inputs near `offset` carry
     // an absolute rounding of offset * 6e-8, hence the tolerances.
     let xtol = 1e-5 + offset * 2e-7;
-    assert_close(
-        "norm mean",
-        &gpu.read(&mean).unwrap(),
-        &m_ref.mean,
-        xtol,
-        1e-6,
-    );
+    assert_close("norm mean", &gpu.read(&mean).unwrap(), &m_ref.mean, xtol, 1e-6);
     assert_close("norm var", &gpu.read(&var).unwrap(), &m_ref.var, 1e-6, 1e-3);
-    assert_close(
-        "norm block output",
-        &read_channels(gpu, &gy, 1, c),
-        &y_ref.data,
-        1e-3,
-        1e-5,
-    );
-    assert_close(
-        "norm backward_data",
-        &read_channels(gpu, &gdx, 2, c),
-        &g_ref.dx.data,
-        1e-3,
-        1e-3,
-    );
-    assert_close(
-        "norm dgamma",
-        &gpu.read(&dgamma).unwrap(),
-        &g_ref.dgamma,
-        1e-2,
-        1e-3,
-    );
-    assert_close(
-        "norm dbeta",
-        &gpu.read(&dbeta).unwrap(),
-        &g_ref.dbeta,
-        1e-3,
-        1e-4,
-    );
+    assert_close("norm block output", &read_channels(gpu, &gy, 1, c), &y_ref.data, 1e-3, 1e-5);
+    assert_close("norm backward_data", &read_channels(gpu, &gdx, 2, c), &g_ref.dx.data, 1e-3, 1e-3);
+    assert_close("norm dgamma", &gpu.read(&dgamma).unwrap(), &g_ref.dgamma, 1e-2, 1e-3);
+    assert_close("norm dbeta", &gpu.read(&dbeta).unwrap(), &g_ref.dbeta, 1e-3, 1e-4);
 }
 
 #[test]
@@ -339,11 +229,7 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
 
     let m = cpu::norm::moments(&x, NormStats::PerChannel);
     cpu::norm::update_running(&mut rm, &mut rv, &m);
-    let running = cpu::norm::Moments {
-        mean: rm.clone(),
-        var: rv.clone(),
-        count: 0,
-    };
+    let running = cpu::norm::Moments { mean: rm.clone(), var: rv.clone(), count: 0 };
     let y_ref = cpu::norm::apply(&x, &running, NormStats::PerChannel, &gamma, &beta);
 
     let gx = upload(gpu, &x);
@@ -351,12 +237,7 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
     let var = gpu.tensor(Shape::vector(c)).unwrap();
     let gy = gpu.tensor(x.shape).unwrap();
     let (gg, gb) = (upload_vec(gpu, &gamma), upload_vec(gpu, &beta));
-    let inference = ops::norm::NormTensors {
-        gamma: &gg,
-        beta: &gb,
-        mean: &grm,
-        var: &grv,
-    };
+    let inference = ops::norm::NormTensors { gamma: &gg, beta: &gb, mean: &grm, var: &grv };
     let d = [
         ops::norm::moments(gpu, gx.view(), NormStats::PerChannel, &mean, &var).unwrap(),
         ops::norm::update_running(gpu, gx.view(), &mean, &var, &grm, &grv).unwrap(),
@@ -365,13 +246,7 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
     run(gpu, &d.iter().collect::<Vec<_>>());
     assert_close("running mean", &gpu.read(&grm).unwrap(), &rm, 1e-6, 1e-5);
     assert_close("running var", &gpu.read(&grv).unwrap(), &rv, 1e-6, 1e-5);
-    assert_close(
-        "inference with running statistics",
-        &gpu.read(&gy).unwrap(),
-        &y_ref.data,
-        1e-5,
-        1e-5,
-    );
+    assert_close("inference with running statistics", &gpu.read(&gy).unwrap(), &y_ref.data, 1e-5, 1e-5);
 }
 
 // ------------------------------------------------- activation, residual, dropout
@@ -387,23 +262,10 @@ fn check_act(act: Activation, seed: u64) {
     let gy = gpu.tensor(Shape::new(3, 7, 37, 53)).unwrap();
     let gdy = upload(gpu, &embed(&mut rng, &dy, 2, 2));
     let f = ops::elementwise::act_forward(gpu, gx.channels(1, 5), act, gy.channels(2, 5)).unwrap();
-    let b =
-        ops::elementwise::act_backward(gpu, gy.channels(2, 5), act, gdy.channels(2, 5)).unwrap();
+    let b = ops::elementwise::act_backward(gpu, gy.channels(2, 5), act, gdy.channels(2, 5)).unwrap();
     run(gpu, &[&f, &b]);
-    assert_close(
-        "activation forward",
-        &read_channels(gpu, &gy, 2, 5),
-        &y_ref.data,
-        0.0,
-        1e-6,
-    );
-    assert_close(
-        "activation backward",
-        &read_channels(gpu, &gdy, 2, 5),
-        &dx_ref.data,
-        0.0,
-        1e-6,
-    );
+    assert_close("activation forward", &read_channels(gpu, &gy, 2, 5), &y_ref.data, 0.0, 1e-6);
+    assert_close("activation backward", &read_channels(gpu, &gdy, 2, 5), &dx_ref.data, 0.0, 1e-6);
 }
 
 #[test]
@@ -421,34 +283,13 @@ fn residual_add_within_the_concat_buffer_matches_cpu() {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(23);
     let cat = rng.tensor(Shape::new(3, 11, 37, 53), -1.0, 1.0);
-    let (a, b) = (
-        cpu::layout::channels(&cat, 1, 5),
-        cpu::layout::channels(&cat, 6, 5),
-    );
+    let (a, b) = (cpu::layout::channels(&cat, 1, 5), cpu::layout::channels(&cat, 6, 5));
     let sum = cpu::act::add(&a, &b);
     let g = upload(gpu, &cat);
-    run(
-        gpu,
-        &[&ops::elementwise::add_within(gpu, g.channels(1, 5), g.channels(6, 5)).unwrap()],
-    );
-    assert_close(
-        "residual",
-        &read_channels(gpu, &g, 6, 5),
-        &sum.data,
-        0.0,
-        1e-6,
-    );
-    assert_close(
-        "residual source untouched",
-        &read_channels(gpu, &g, 1, 5),
-        &a.data,
-        0.0,
-        0.0,
-    );
-    assert!(
-        ops::elementwise::add_within(gpu, g.channels(1, 5), g.channels(4, 5)).is_err(),
-        "overlap accepted"
-    );
+    run(gpu, &[&ops::elementwise::add_within(gpu, g.channels(1, 5), g.channels(6, 5)).unwrap()]);
+    assert_close("residual", &read_channels(gpu, &g, 6, 5), &sum.data, 0.0, 1e-6);
+    assert_close("residual source untouched", &read_channels(gpu, &g, 1, 5), &a.data, 0.0, 0.0);
+    assert!(ops::elementwise::add_within(gpu, g.channels(1, 5), g.channels(4, 5)).is_err(), "overlap accepted");
 }
 
 #[test]
@@ -460,8 +301,7 @@ fn dropout_mask_is_reproduced_exactly_from_seed_and_step() {
     let y_ref = cpu::dropout::forward(&x, p, seed, step);
     let gx = upload(gpu, &embed(&mut rng, &x, 3, 4));
     let gy = gpu.tensor(Shape::new(3, 34, 37, 53)).unwrap();
-    let mut d =
-        ops::dropout::apply(gpu, gx.channels(3, 33), p, seed, step, gy.channels(1, 33)).unwrap();
+    let mut d = ops::dropout::apply(gpu, gx.channels(3, 33), p, seed, step, gy.channels(1, 33)).unwrap();
     run(gpu, &[&d.dispatch]);
     let y = read_channels(gpu, &gy, 1, 33);
     for (i, (&g, &c)) in y.iter().zip(&y_ref.data).enumerate() {
@@ -469,10 +309,7 @@ fn dropout_mask_is_reproduced_exactly_from_seed_and_step() {
     }
     assert_close("dropout values", &y, &y_ref.data, 0.0, 1e-6);
     let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
-    assert!(
-        (kept - 0.5).abs() < 0.01,
-        "kept fraction {kept} for p = 0.5"
-    );
+    assert!((kept - 0.5).abs() < 0.01, "kept fraction {kept} for p = 0.5");
 
     // Another step draws another mask; the backward pass (same launch on the
     // gradient) of that step follows it.
@@ -481,30 +318,14 @@ fn dropout_mask_is_reproduced_exactly_from_seed_and_step() {
     let y2 = read_channels(gpu, &gy, 1, 33);
     let y2_ref = cpu::dropout::backward(&x, p, seed, step + 1);
     assert_close("dropout at the next step", &y2, &y2_ref.data, 0.0, 1e-6);
-    let changed = y
-        .iter()
-        .zip(&y2)
-        .filter(|(a, b)| (**a == 0.0) != (**b == 0.0))
-        .count();
-    assert!(
-        changed as f64 > 0.4 * y.len() as f64,
-        "masks of consecutive steps are too alike"
-    );
-    assert!(
-        nn::dropout_keeps(seed, step, 0, 0.0),
-        "p = 0 keeps everything"
-    );
+    let changed = y.iter().zip(&y2).filter(|(a, b)| (**a == 0.0) != (**b == 0.0)).count();
+    assert!(changed as f64 > 0.4 * y.len() as f64, "masks of consecutive steps are too alike");
+    assert!(nn::dropout_keeps(seed, step, 0, 0.0), "p = 0 keeps everything");
 }
 
 // ----------------------------------------------------------------------- loss
 
-fn check_loss(
-    logits: &Tensor,
-    target: &[f64],
-    kind: LossKind,
-    expected: cpu::loss::LossGrad,
-    probs: Option<Tensor>,
-) {
+fn check_loss(logits: &Tensor, target: &[f64], kind: LossKind, expected: cpu::loss::LossGrad, probs: Option<Tensor>) {
     let gpu = gpu_or_skip!();
     let gl = upload(gpu, logits);
     let gt = upload(gpu, &Tensor::new(logits.shape.with_c(1), target.to_vec()));
@@ -512,35 +333,15 @@ fn check_loss(
     let loss = ops::loss::build(gpu, &gl, &gt, &kind, &grad).unwrap();
     run(gpu, &loss.dispatches.iter().collect::<Vec<_>>());
     let sums = gpu.read(&loss.sums).unwrap();
-    assert_close(
-        "loss value",
-        &sums[ops::loss::Loss::LOSS_INDEX..][..1],
-        &[expected.loss],
-        1e-6,
-        1e-5,
-    );
-    assert_close(
-        "loss gradient",
-        &gpu.read(&grad).unwrap(),
-        &expected.grad.data,
-        1e-9,
-        1e-4,
-    );
+    assert_close("loss value", &sums[ops::loss::Loss::LOSS_INDEX..][..1], &[expected.loss], 1e-6, 1e-5);
+    assert_close("loss gradient", &gpu.read(&grad).unwrap(), &expected.grad.data, 1e-9, 1e-4);
     if let (Some(p), Some(p_ref)) = (&loss.probs, probs) {
-        assert_close(
-            "output probabilities",
-            &gpu.read(p).unwrap(),
-            &p_ref.data,
-            1e-7,
-            1e-5,
-        );
+        assert_close("output probabilities", &gpu.read(p).unwrap(), &p_ref.data, 1e-7, 1e-5);
     }
 }
 
 fn labels(rng: &mut Rng, len: usize, classes: usize) -> Vec<f64> {
-    (0..len)
-        .map(|_| (rng.next_u64() % classes as u64) as f64)
-        .collect()
+    (0..len).map(|_| (rng.next_u64() % classes as u64) as f64).collect()
 }
 
 #[test]
@@ -552,9 +353,7 @@ fn softmax_cross_entropy_matches_cpu_for_3_classes_batch_3() {
     check_loss(
         &logits,
         &target,
-        LossKind::SoftmaxCrossEntropy {
-            class_weights: None,
-        },
+        LossKind::SoftmaxCrossEntropy { class_weights: None },
         expected,
         Some(cpu::loss::softmax(&logits)),
     );
@@ -568,16 +367,8 @@ fn class_weighted_cross_entropy_matches_cpu() {
     let target = labels(&mut rng, 2 * 37 * 53, 2);
     let weights = [0.3, 2.5];
     let expected = cpu::loss::softmax_cross_entropy(&logits, &target, Some(&weights));
-    let kind = LossKind::SoftmaxCrossEntropy {
-        class_weights: Some(upload_vec(gpu, &weights)),
-    };
-    check_loss(
-        &logits,
-        &target,
-        kind,
-        expected,
-        Some(cpu::loss::softmax(&logits)),
-    );
+    let kind = LossKind::SoftmaxCrossEntropy { class_weights: Some(upload_vec(gpu, &weights)) };
+    check_loss(&logits, &target, kind, expected, Some(cpu::loss::softmax(&logits)));
 }
 
 fn check_sigmoid(which: SigmoidLoss, seed: u64) {
@@ -585,46 +376,22 @@ fn check_sigmoid(which: SigmoidLoss, seed: u64) {
     let logits = rng.tensor(Shape::new(2, 1, 37, 53), -6.0, 6.0);
     let target = labels(&mut rng, 2 * 37 * 53, 2);
     let expected = cpu::loss::sigmoid_loss(&logits, &target, which);
-    check_loss(
-        &logits,
-        &target,
-        LossKind::Sigmoid(which),
-        expected,
-        Some(cpu::loss::sigmoid(&logits)),
-    );
+    check_loss(&logits, &target, LossKind::Sigmoid(which), expected, Some(cpu::loss::sigmoid(&logits)));
 }
 
 #[test]
 fn sigmoid_binary_cross_entropy_matches_cpu() {
-    check_sigmoid(
-        SigmoidLoss {
-            bce: true,
-            dice: false,
-        },
-        33,
-    );
+    check_sigmoid(SigmoidLoss { bce: true, dice: false }, 33);
 }
 
 #[test]
 fn sigmoid_soft_dice_matches_cpu() {
-    check_sigmoid(
-        SigmoidLoss {
-            bce: false,
-            dice: true,
-        },
-        34,
-    );
+    check_sigmoid(SigmoidLoss { bce: false, dice: true }, 34);
 }
 
 #[test]
 fn sigmoid_bce_plus_dice_matches_cpu() {
-    check_sigmoid(
-        SigmoidLoss {
-            bce: true,
-            dice: true,
-        },
-        35,
-    );
+    check_sigmoid(SigmoidLoss { bce: true, dice: true }, 35);
 }
 
 #[test]
@@ -642,65 +409,38 @@ fn mse_matches_cpu_for_batch_2() {
 fn adam_with_weight_decay_matches_cpu_over_three_steps() {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(41);
-    let hp = nn::Adam {
-        weight_decay: 0.01,
-        ..nn::Adam::with_lr(1e-2)
-    };
+    let hp = nn::Adam { weight_decay: 0.01, ..nn::Adam::with_lr(1e-2) };
     let len = 32 * 33 * 9 + 7;
     let mut p = rng.vec(len, -1.0, 1.0);
     let (mut m, mut v) = (vec![0.0; len], vec![0.0; len]);
     let (gp, gg) = (upload_vec(gpu, &p), gpu.tensor(Shape::vector(len)).unwrap());
-    let (gm, gv) = (
-        gpu.zeros(Shape::vector(len)).unwrap(),
-        gpu.zeros(Shape::vector(len)).unwrap(),
-    );
+    let (gm, gv) = (gpu.zeros(Shape::vector(len)).unwrap(), gpu.zeros(Shape::vector(len)).unwrap());
     let mut update = ops::optim::adam(gpu, &gp, &gg, &gm, &gv, &hp).unwrap();
     for step in 1..=3 {
         let g = rng.vec(len, -1.0, 1.0);
-        gpu.queue.write_buffer(
-            gg.buffer(),
-            0,
-            bytemuck::cast_slice(&g.iter().map(|&v| v as f32).collect::<Vec<_>>()),
-        );
+        gpu.queue.write_buffer(gg.buffer(), 0, bytemuck::cast_slice(&g.iter().map(|&v| v as f32).collect::<Vec<_>>()));
         update.set_step(gpu, step);
         run(gpu, &[&update.dispatch]);
         cpu::optim::adam_step(&hp, step, &mut p, &g, &mut m, &mut v);
     }
     assert_close("adam parameters", &gpu.read(&gp).unwrap(), &p, 1e-6, 1e-5);
     assert_close("adam first moment", &gpu.read(&gm).unwrap(), &m, 1e-7, 1e-5);
-    assert_close(
-        "adam second moment",
-        &gpu.read(&gv).unwrap(),
-        &v,
-        1e-8,
-        1e-5,
-    );
+    assert_close("adam second moment", &gpu.read(&gv).unwrap(), &v, 1e-8, 1e-5);
 }
 
 fn check_sgd(momentum: f32) {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(42);
-    let hp = nn::Sgd {
-        lr: 0.1,
-        momentum,
-        weight_decay: 1e-3,
-    };
+    let hp = nn::Sgd { lr: 0.1, momentum, weight_decay: 1e-3 };
     let len = 1001;
     let mut p = rng.vec(len, -1.0, 1.0);
     let mut buf = vec![0.0; len];
-    let (gp, gg, gb) = (
-        upload_vec(gpu, &p),
-        gpu.tensor(Shape::vector(len)).unwrap(),
-        gpu.zeros(Shape::vector(len)).unwrap(),
-    );
+    let (gp, gg, gb) =
+        (upload_vec(gpu, &p), gpu.tensor(Shape::vector(len)).unwrap(), gpu.zeros(Shape::vector(len)).unwrap());
     let update = ops::optim::sgd(gpu, &gp, &gg, &gb, &hp).unwrap();
     for _ in 0..3 {
         let g = rng.vec(len, -1.0, 1.0);
-        gpu.queue.write_buffer(
-            gg.buffer(),
-            0,
-            bytemuck::cast_slice(&g.iter().map(|&v| v as f32).collect::<Vec<_>>()),
-        );
+        gpu.queue.write_buffer(gg.buffer(), 0, bytemuck::cast_slice(&g.iter().map(|&v| v as f32).collect::<Vec<_>>()));
         run(gpu, &[&update.dispatch]);
         cpu::optim::sgd_step(&hp, &mut p, &g, &mut buf);
     }

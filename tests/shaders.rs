@@ -9,12 +9,7 @@ fn every_shader_file_parses_and_validates_with_naga() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("shaders/ is readable")
-        .map(|e| {
-            e.expect("directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".wgsl"))
         .collect();
     files.sort();
@@ -28,24 +23,15 @@ fn every_shader_file_parses_and_validates_with_naga() {
         let family = Family::ALL
             .into_iter()
             .find(|f| f.file_name() == name)
-            .unwrap_or_else(|| {
-                panic!("shaders/{name} belongs to no kernel family in src/gpu/shaders.rs")
-            });
+            .unwrap_or_else(|| panic!("shaders/{name} belongs to no kernel family in src/gpu/shaders.rs"));
         let source = family.source();
-        assert!(
-            source.ends_with(&on_disk),
-            "shaders/{name} changed since the build embedded it"
-        );
+        assert!(source.ends_with(&on_disk), "shaders/{name} changed since the build embedded it");
         validate(name, &source).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
 #[test]
 fn validation_reports_the_file_and_the_fault() {
-    let err = validate("broken.wgsl", "fn f() -> f32 { return 1u; }")
-        .expect_err("a type error must not validate");
-    assert!(
-        err.contains("broken.wgsl"),
-        "the error names the file: {err}"
-    );
+    let err = validate("broken.wgsl", "fn f() -> f32 { return 1u; }").expect_err("a type error must not validate");
+    assert!(err.contains("broken.wgsl"), "the error names the file: {err}");
 }

@@ -5,11 +5,7 @@ use crate::nn::Activation;
 
 pub fn forward(x: &Tensor, act: Activation) -> Tensor {
     let slope = act.slope as f64;
-    let data = x
-        .data
-        .iter()
-        .map(|&v| if v > 0.0 { v } else { slope * v })
-        .collect();
+    let data = x.data.iter().map(|&v| if v > 0.0 { v } else { slope * v }).collect();
     Tensor::new(x.shape, data)
 }
 
@@ -18,20 +14,12 @@ pub fn forward(x: &Tensor, act: Activation) -> Tensor {
 /// gradient is `slope`, as in PyTorch.
 pub fn backward(y: &Tensor, dy: &Tensor, act: Activation) -> Tensor {
     let slope = act.slope as f64;
-    let data = y
-        .data
-        .iter()
-        .zip(&dy.data)
-        .map(|(&y, &g)| if y > 0.0 { g } else { slope * g })
-        .collect();
+    let data = y.data.iter().zip(&dy.data).map(|(&y, &g)| if y > 0.0 { g } else { slope * g }).collect();
     Tensor::new(y.shape, data)
 }
 
 /// The residual `a + b`; its backward passes the gradient to both terms.
 pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
     assert_eq!(a.shape, b.shape, "residual add shapes");
-    Tensor::new(
-        a.shape,
-        a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-    )
+    Tensor::new(a.shape, a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect())
 }

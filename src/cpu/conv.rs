@@ -61,11 +61,7 @@ pub struct ConvGrads {
 /// loop (scatter), the most direct statement of the math.
 pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, dilation: usize) -> ConvGrads {
     let (xs, ws) = (x.shape, w.shape);
-    assert_eq!(
-        dy.shape,
-        Shape::new(xs.n, ws.n, xs.h, xs.w),
-        "output gradient shape"
-    );
+    assert_eq!(dy.shape, Shape::new(xs.n, ws.n, xs.h, xs.w), "output gradient shape");
     let r = radius(w);
     let mut dx = Tensor::zeros(xs);
     let mut dw = Tensor::zeros(ws);

@@ -11,13 +11,7 @@ fn scale(x: &Tensor, p: f32, seed: u32, step: u32) -> Tensor {
         .data
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            if dropout_keeps(seed, step, i as u32, p) {
-                v * keep_scale
-            } else {
-                0.0
-            }
-        })
+        .map(|(i, &v)| if dropout_keeps(seed, step, i as u32, p) { v * keep_scale } else { 0.0 })
         .collect();
     Tensor::new(x.shape, data)
 }

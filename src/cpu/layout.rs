@@ -12,11 +12,7 @@ pub fn concat(parts: &[&Tensor]) -> Tensor {
     for n in 0..first.n {
         let mut c0 = 0;
         for t in parts {
-            assert_eq!(
-                (t.shape.n, t.shape.h, t.shape.w),
-                (first.n, first.h, first.w),
-                "concat shapes"
-            );
+            assert_eq!((t.shape.n, t.shape.h, t.shape.w), (first.n, first.h, first.w), "concat shapes");
             let src = &t.data[t.shape.index(n, 0, 0, 0)..][..t.shape.c * plane];
             let dst = out.shape.index(n, c0, 0, 0);
             out.data[dst..dst + src.len()].copy_from_slice(src);

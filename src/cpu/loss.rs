@@ -18,9 +18,7 @@ pub fn softmax(logits: &Tensor) -> Tensor {
     for n in 0..s.n {
         for px in 0..s.plane() {
             let idx = |c: usize| s.index(n, c, 0, 0) + px;
-            let max = (0..s.c)
-                .map(|c| logits.data[idx(c)])
-                .fold(f64::NEG_INFINITY, f64::max);
+            let max = (0..s.c).map(|c| logits.data[idx(c)]).fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = (0..s.c).map(|c| (logits.data[idx(c)] - max).exp()).sum();
             for c in 0..s.c {
                 p.data[idx(c)] = (logits.data[idx(c)] - max).exp() / sum;
@@ -32,11 +30,7 @@ pub fn softmax(logits: &Tensor) -> Tensor {
 
 /// Cross-entropy averaged over pixels, weighted by class when `class_weights`
 /// is given: `sum(w_y * nll) / sum(w_y)` (PyTorch's weighted mean).
-pub fn softmax_cross_entropy(
-    logits: &Tensor,
-    target: &[f64],
-    class_weights: Option<&[f64]>,
-) -> LossGrad {
+pub fn softmax_cross_entropy(logits: &Tensor, target: &[f64], class_weights: Option<&[f64]>) -> LossGrad {
     let s = logits.shape;
     assert_eq!(target.len(), s.n * s.plane(), "one target per pixel");
     let p = softmax(logits);
@@ -55,21 +49,11 @@ pub fn softmax_cross_entropy(
         }
     }
     grad.data.iter_mut().for_each(|g| *g /= weight_sum);
-    LossGrad {
-        loss: weighted_nll / weight_sum,
-        grad,
-    }
+    LossGrad { loss: weighted_nll / weight_sum, grad }
 }
 
 pub fn sigmoid(logits: &Tensor) -> Tensor {
-    Tensor::new(
-        logits.shape,
-        logits
-            .data
-            .iter()
-            .map(|&z| 1.0 / (1.0 + (-z).exp()))
-            .collect(),
-    )
+    Tensor::new(logits.shape, logits.data.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect())
 }
 
 /// Binary cross-entropy (mean over pixels, computed from the logits),
@@ -106,21 +90,7 @@ pub fn sigmoid_loss(logits: &Tensor, target: &[f64], which: SigmoidLoss) -> Loss
 pub fn mse(pred: &Tensor, target: &[f64]) -> LossGrad {
     assert_eq!(target.len(), pred.data.len(), "one target per pixel");
     let m = target.len() as f64;
-    let loss = pred
-        .data
-        .iter()
-        .zip(target)
-        .map(|(z, y)| (z - y).powi(2))
-        .sum::<f64>()
-        / m;
-    let grad = pred
-        .data
-        .iter()
-        .zip(target)
-        .map(|(z, y)| 2.0 * (z - y) / m)
-        .collect();
-    LossGrad {
-        loss,
-        grad: Tensor::new(pred.shape, grad),
-    }
+    let loss = pred.data.iter().zip(target).map(|(z, y)| (z - y).powi(2)).sum::<f64>() / m;
+    let grad = pred.data.iter().zip(target).map(|(z, y)| 2.0 * (z - y) / m).collect();
+    LossGrad { loss, grad: Tensor::new(pred.shape, grad) }
 }

@@ -22,21 +22,13 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn zeros(shape: Shape) -> Self {
-        Tensor {
-            shape,
-            data: vec![0.0; shape.numel()],
-        }
+        Tensor { shape, data: vec![0.0; shape.numel()] }
     }
 
     /// Panics when `data` does not hold `shape.numel()` values: a
     /// programming error in the reference path, not bad user input.
     pub fn new(shape: Shape, data: Vec<f64>) -> Self {
-        assert_eq!(
-            data.len(),
-            shape.numel(),
-            "tensor {shape} needs {} values",
-            shape.numel()
-        );
+        assert_eq!(data.len(), shape.numel(), "tensor {shape} needs {} values", shape.numel());
         Tensor { shape, data }
     }
 

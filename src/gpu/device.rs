@@ -66,10 +66,7 @@ pub struct GpuOptions {
 impl GpuOptions {
     /// Defaults plus `WGPU_ADAPTER_NAME` (`WGPU_BACKEND` is read by `Auto`).
     pub fn from_env() -> Self {
-        GpuOptions {
-            adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
-            ..Default::default()
-        }
+        GpuOptions { adapter: std::env::var("WGPU_ADAPTER_NAME").ok(), ..Default::default() }
     }
 }
 
@@ -120,10 +117,8 @@ impl Gpu {
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let instance = instance(opts.backend);
         let mut adapters = pollster::block_on(instance.enumerate_adapters(opts.backend.backends()));
-        let seen: Vec<String> = adapters
-            .iter()
-            .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
-            .collect();
+        let seen: Vec<String> =
+            adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
         if let Some(name) = &opts.adapter {
             let name = name.to_lowercase();
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&name));
@@ -156,8 +151,7 @@ impl Gpu {
         let info = adapter.get_info();
         let mut limits = adapter.limits();
         if let Some(cap) = opts.max_storage_binding {
-            limits.max_storage_buffer_binding_size =
-                limits.max_storage_buffer_binding_size.min(cap);
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
         }
         let features = adapter.features() & wanted_features();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -166,35 +160,19 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| GpuError::RequestDevice {
-            adapter: info.name.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| GpuError::RequestDevice { adapter: info.name.clone(), message: e.to_string() })?;
 
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(e.to_string());
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, message| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(format!("device lost ({reason:?}): {message}"));
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {message}"));
         });
         let pool = BufferPool::new(device.clone());
-        Ok(Gpu {
-            device,
-            queue,
-            info,
-            limits,
-            features,
-            pipelines: PipelineCache::default(),
-            pool,
-            errors,
-        })
+        Ok(Gpu { device, queue, info, limits, features, pipelines: PipelineCache::default(), pool, errors })
     }
 
     /// Returns (and clears) the errors wgpu reported since the last check.
@@ -210,9 +188,7 @@ impl Gpu {
 
     /// Blocks until the queue is idle.
     pub fn sync(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Device(e.to_string()))?;
         self.check()
     }
 
@@ -222,10 +198,7 @@ impl Gpu {
 
     /// One line naming the adapter, for logs and reports.
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
-        )
+        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
     }
 }
 
@@ -241,14 +214,7 @@ pub fn adapter_reports(backend: BackendChoice) -> Vec<AdapterReport> {
     let instance = instance(backend);
     let mut adapters = pollster::block_on(instance.enumerate_adapters(backend.backends()));
     adapters.sort_by_key(|a| rank(&a.get_info()));
-    adapters
-        .iter()
-        .map(|a| AdapterReport {
-            info: a.get_info(),
-            limits: a.limits(),
-            features: a.features(),
-        })
-        .collect()
+    adapters.iter().map(|a| AdapterReport { info: a.get_info(), limits: a.limits(), features: a.features() }).collect()
 }
 
 fn mib(bytes: u64) -> String {
@@ -269,27 +235,11 @@ impl fmt::Display for AdapterReport {
         writeln!(f, "  backend            {:?}", i.backend)?;
         writeln!(f, "  device type        {:?}", i.device_type)?;
         writeln!(f, "  driver             {} {}", i.driver, i.driver_info)?;
-        writeln!(
-            f,
-            "  storage binding    {}",
-            mib(l.max_storage_buffer_binding_size)
-        )?;
+        writeln!(f, "  storage binding    {}", mib(l.max_storage_buffer_binding_size))?;
         writeln!(f, "  max buffer size    {}", mib(l.max_buffer_size))?;
-        writeln!(
-            f,
-            "  workgroup memory   {} KiB",
-            l.max_compute_workgroup_storage_size / 1024
-        )?;
-        writeln!(
-            f,
-            "  invocations/group  {}",
-            l.max_compute_invocations_per_workgroup
-        )?;
-        writeln!(
-            f,
-            "  workgroups/dim     {}",
-            l.max_compute_workgroups_per_dimension
-        )?;
+        writeln!(f, "  workgroup memory   {} KiB", l.max_compute_workgroup_storage_size / 1024)?;
+        writeln!(f, "  invocations/group  {}", l.max_compute_invocations_per_workgroup)?;
+        writeln!(f, "  workgroups/dim     {}", l.max_compute_workgroups_per_dimension)?;
         writeln!(
             f,
             "  subgroup size      {}..{} (subgroup ops: {})",
@@ -303,10 +253,6 @@ impl fmt::Display for AdapterReport {
             yes(wgpu::Features::TIMESTAMP_QUERY),
             yes(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
         )?;
-        write!(
-            f,
-            "  f16                {}",
-            yes(wgpu::Features::SHADER_F16)
-        )
+        write!(f, "  f16                {}", yes(wgpu::Features::SHADER_F16))
     }
 }

@@ -25,11 +25,7 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn new(family: Family, entry: &'static str) -> Self {
-        Kernel {
-            family,
-            entry,
-            constants: Vec::new(),
-        }
+        Kernel { family, entry, constants: Vec::new() }
     }
 
     pub fn with(mut self, name: &'static str, value: f64) -> Self {
@@ -65,8 +61,7 @@ impl Dispatch {
     /// Rewrites the parameters (e.g. the optimiser step) before the next
     /// submission; no allocation.
     pub fn set_params<P: Pod>(&self, gpu: &Gpu, params: &P) {
-        gpu.queue
-            .write_buffer(self.params.buffer(), 0, bytemuck::bytes_of(params));
+        gpu.queue.write_buffer(self.params.buffer(), 0, bytemuck::bytes_of(params));
     }
 
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
@@ -114,24 +109,15 @@ impl Gpu {
         let workgroups = self.fold(&label, grid)?;
         let pipeline = self.pipelines.get(&self.device, kernel);
         let bytes = bytemuck::bytes_of(params);
-        debug_assert_eq!(
-            bytes.len() % 16,
-            0,
-            "{label}: Params must be a multiple of 16 bytes"
-        );
-        let params_buf = self.pool.take(
-            bytes.len() as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        );
+        debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");
+        let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         self.queue.write_buffer(params_buf.buffer(), 0, bytes);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: params_buf.buffer().as_entire_binding(),
-        }];
-        entries.extend(bindings.iter().map(|(b, t)| wgpu::BindGroupEntry {
-            binding: *b,
-            resource: t.buffer().as_entire_binding(),
-        }));
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
+        entries.extend(
+            bindings
+                .iter()
+                .map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.buffer().as_entire_binding() }),
+        );
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&label),
             layout: &pipeline.get_bind_group_layout(0),

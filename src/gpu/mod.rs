@@ -33,12 +33,7 @@ pub enum GpuError {
         "{what} needs {bytes} bytes, more than this device's {limit_name} of {limit} bytes; \
          use a smaller batch or image size"
     )]
-    TooLarge {
-        what: String,
-        bytes: u64,
-        limit_name: &'static str,
-        limit: u64,
-    },
+    TooLarge { what: String, bytes: u64, limit_name: &'static str, limit: u64 },
     #[error("{kernel}: {message}")]
     Shape { kernel: String, message: String },
     #[error("the GPU reported an error: {0}")]

@@ -17,15 +17,8 @@ pub(crate) struct PipelineCache {
 
 impl PipelineCache {
     pub fn get(&self, device: &wgpu::Device, kernel: &Kernel) -> Arc<wgpu::ComputePipeline> {
-        let key: Key = (
-            kernel.family,
-            kernel.entry,
-            kernel
-                .constants
-                .iter()
-                .map(|&(name, v)| (name, v.to_bits()))
-                .collect(),
-        );
+        let key: Key =
+            (kernel.family, kernel.entry, kernel.constants.iter().map(|&(name, v)| (name, v.to_bits())).collect());
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipelines.get(&key) {
             return p.clone();
@@ -42,28 +35,23 @@ impl PipelineCache {
                 })
                 .clone()
         };
-        let pipeline = Arc::new(
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &kernel.constants,
-                    ..Default::default()
-                },
-                cache: None,
-            }),
-        );
+        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &kernel.constants,
+                ..Default::default()
+            },
+            cache: None,
+        }));
         pipelines.insert(key, pipeline.clone());
         pipeline
     }
 
     /// Pipelines compiled so far.
     pub fn len(&self) -> usize {
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

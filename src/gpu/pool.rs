@@ -44,20 +44,14 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
             let mut free = pool.lock().unwrap_or_else(|p| p.into_inner());
-            free.buffers
-                .entry((self.buffer.size(), self.usage))
-                .or_default()
-                .push(self.buffer.clone());
+            free.buffers.entry((self.buffer.size(), self.usage)).or_default().push(self.buffer.clone());
         }
     }
 }
 
 impl BufferPool {
     pub fn new(device: wgpu::Device) -> Self {
-        BufferPool {
-            device,
-            free: Arc::default(),
-        }
+        BufferPool { device, free: Arc::default() }
     }
 
     /// A buffer of at least `bytes` (rounded up to 16) with `usage`; its
@@ -80,11 +74,7 @@ impl BufferPool {
                 })
             }
         };
-        Arc::new(PooledBuffer {
-            buffer,
-            usage,
-            pool: Arc::downgrade(&self.free),
-        })
+        Arc::new(PooledBuffer { buffer, usage, pool: Arc::downgrade(&self.free) })
     }
 
     pub fn stats(&self) -> PoolStats {

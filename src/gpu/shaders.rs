@@ -18,14 +18,8 @@ pub const COMMON_FILE: &str = "common.wgsl";
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Family {
-    pub const ALL: [Family; 6] = [
-        Family::Conv,
-        Family::Norm,
-        Family::Elementwise,
-        Family::Dropout,
-        Family::Loss,
-        Family::Optim,
-    ];
+    pub const ALL: [Family; 6] =
+        [Family::Conv, Family::Norm, Family::Elementwise, Family::Dropout, Family::Loss, Family::Optim];
 
     /// The family's file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
@@ -59,13 +53,9 @@ impl Family {
 /// Parses and validates WGSL with naga, as the GPU would before compiling
 /// it; the error names the line and what is wrong.
 pub fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
-    let module = naga::front::wgsl::parse_str(source)
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
         .map_err(|e| e.emit_to_string_with_path(source, name))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| e.emit_to_string_with_path(source, name))?;
     Ok(module)
 }

@@ -7,9 +7,8 @@ use super::{Gpu, GpuError, Result};
 use crate::shape::Shape;
 
 /// Storage usage of every tensor: bound to kernels, uploaded, read back.
-const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+const TENSOR_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// A tensor on the GPU. Cloning shares the buffer.
 #[derive(Clone)]
@@ -34,27 +33,14 @@ impl Tensor {
 
     /// The whole tensor as a view.
     pub fn view(&self) -> View<'_> {
-        View {
-            tensor: self,
-            c_offset: 0,
-            c: self.shape.c,
-        }
+        View { tensor: self, c_offset: 0, c: self.shape.c }
     }
 
     /// Channels `[c_offset, c_offset + c)`: how a layer reads or writes its
     /// part of the concatenation buffer without a copy.
     pub fn channels(&self, c_offset: usize, c: usize) -> View<'_> {
-        assert!(
-            c_offset + c <= self.shape.c,
-            "channels {c_offset}..{} of a {} tensor",
-            c_offset + c,
-            self.shape
-        );
-        View {
-            tensor: self,
-            c_offset,
-            c,
-        }
+        assert!(c_offset + c <= self.shape.c, "channels {c_offset}..{} of a {} tensor", c_offset + c, self.shape);
+        View { tensor: self, c_offset, c }
     }
 }
 
@@ -87,10 +73,7 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(Tensor {
-            shape,
-            buffer: self.pool.take(bytes, TENSOR_USAGE),
-        })
+        Ok(Tensor { shape, buffer: self.pool.take(bytes, TENSOR_USAGE) })
     }
 
     pub fn zeros(&self, shape: Shape) -> Result<Tensor> {
@@ -109,17 +92,13 @@ impl Gpu {
             });
         }
         let t = self.tensor(shape)?;
-        self.queue
-            .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        self.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
         Ok(t)
     }
 
     /// Copies a tensor back to the host (waits for the queue).
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let staging = self.pool.take(
-            t.bytes(),
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        );
+        let staging = self.pool.take(t.bytes(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(t.buffer(), 0, staging.buffer(), 0, t.bytes());
         self.queue.submit([encoder.finish()]);
@@ -133,9 +112,7 @@ impl Gpu {
             .map_err(|e| GpuError::Device(e.to_string()))?
             .map_err(|e| GpuError::Device(format!("mapping a read-back buffer: {e}")))?;
         let data = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| GpuError::Device(e.to_string()))?;
+            let view = slice.get_mapped_range().map_err(|e| GpuError::Device(e.to_string()))?;
             bytemuck::cast_slice(&view).to_vec()
         };
         staging.buffer().unmap();

@@ -25,23 +25,11 @@ struct Params {
 
 /// Checks `w` (OIHW, odd square kernel) against the input and output views
 /// and returns the kernel size and the parameters.
-fn params(
-    label: &str,
-    input: &View,
-    w: &Tensor,
-    output: &View,
-    dilation: usize,
-) -> Result<(usize, Params)> {
+fn params(label: &str, input: &View, w: &Tensor, output: &View, dilation: usize) -> Result<(usize, Params)> {
     let (xs, ws, ys) = (input.shape(), w.shape, output.shape());
-    ensure(ws.h == ws.w && ws.h % 2 == 1, label, || {
-        format!("weights {ws} are not an odd square kernel")
-    })?;
-    ensure(ws.c == xs.c && ws.n == ys.c, label, || {
-        format!("weights {ws} do not map {xs} to {ys}")
-    })?;
-    ensure((xs.n, xs.h, xs.w) == (ys.n, ys.h, ys.w), label, || {
-        format!("input {xs} and output {ys} differ")
-    })?;
+    ensure(ws.h == ws.w && ws.h % 2 == 1, label, || format!("weights {ws} are not an odd square kernel"))?;
+    ensure(ws.c == xs.c && ws.n == ys.c, label, || format!("weights {ws} do not map {xs} to {ys}"))?;
+    ensure((xs.n, xs.h, xs.w) == (ys.n, ys.h, ys.w), label, || format!("input {xs} and output {ys} differ"))?;
     ensure(dilation >= 1, label, || "dilation 0".to_string())?;
     let p = Params {
         n: u32_of(xs.n),
@@ -65,93 +53,36 @@ fn kernel(entry: &'static str, k: usize) -> Kernel {
 }
 
 /// `y = conv(x, w, dilation) + b`, written into the view `y`.
-pub fn forward(
-    gpu: &Gpu,
-    x: View,
-    w: &Tensor,
-    b: &Tensor,
-    dilation: usize,
-    y: View,
-) -> Result<Dispatch> {
-    let label = format!(
-        "conv.forward {} {}x{} d{dilation}",
-        x.shape(),
-        w.shape.h,
-        w.shape.w
-    );
+pub fn forward(gpu: &Gpu, x: View, w: &Tensor, b: &Tensor, dilation: usize, y: View) -> Result<Dispatch> {
+    let label = format!("conv.forward {} {}x{} d{dilation}", x.shape(), w.shape.h, w.shape.w);
     let (k, p) = params(&label, &x, w, &y, dilation)?;
-    ensure(b.shape.numel() == y.c, &label, || {
-        format!("bias {} for {} outputs", b.shape, y.c)
-    })?;
+    ensure(b.shape.numel() == y.c, &label, || format!("bias {} for {} outputs", b.shape, y.c))?;
     let bindings = [(1, x.tensor), (2, w), (3, b), (4, y.tensor)];
-    gpu.dispatch(
-        label,
-        &kernel("forward", k),
-        &p,
-        &bindings,
-        Grid::Elements(y.shape().numel()),
-    )
+    gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))
 }
 
 /// The input gradient: the transposed convolution of `dy`, written into
 /// (or, with `accumulate`, added to) the view `dx`.
-pub fn backward_data(
-    gpu: &Gpu,
-    dy: View,
-    w: &Tensor,
-    dilation: usize,
-    dx: View,
-    accumulate: bool,
-) -> Result<Dispatch> {
-    let label = format!(
-        "conv.backward_data {} {}x{} d{dilation}",
-        dx.shape(),
-        w.shape.h,
-        w.shape.w
-    );
+pub fn backward_data(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dx: View, accumulate: bool) -> Result<Dispatch> {
+    let label = format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w);
     let (k, mut p) = params(&label, &dx, w, &dy, dilation)?;
     p.accumulate = u32::from(accumulate);
     let bindings = [(5, dy.tensor), (2, w), (6, dx.tensor)];
-    gpu.dispatch(
-        label,
-        &kernel("backward_data", k),
-        &p,
-        &bindings,
-        Grid::Elements(dx.shape().numel()),
-    )
+    gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, Grid::Elements(dx.shape().numel()))
 }
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
-pub fn backward_weight(
-    gpu: &Gpu,
-    x: View,
-    dy: View,
-    dilation: usize,
-    dw: &Tensor,
-) -> Result<Dispatch> {
-    let label = format!(
-        "conv.backward_weight {} {}x{} d{dilation}",
-        x.shape(),
-        dw.shape.h,
-        dw.shape.w
-    );
+pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Dispatch> {
+    let label = format!("conv.backward_weight {} {}x{} d{dilation}", x.shape(), dw.shape.h, dw.shape.w);
     let (k, p) = params(&label, &x, dw, &dy, dilation)?;
     let bindings = [(1, x.tensor), (5, dy.tensor), (7, dw)];
-    gpu.dispatch(
-        label,
-        &kernel("backward_weight", k),
-        &p,
-        &bindings,
-        Grid::Groups(dw.shape.numel()),
-    )
+    gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, Grid::Groups(dw.shape.numel()))
 }
 
 /// The bias gradient `db` (overwritten): the sum of `dy` per channel.
 pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
     let label = format!("conv.backward_bias {}", dy.shape());
-    ensure(db.shape.numel() == dy.c, &label, || {
-        format!("bias gradient {} for {} channels", db.shape, dy.c)
-    })?;
+    ensure(db.shape.numel() == dy.c, &label, || format!("bias gradient {} for {} channels", db.shape, dy.c))?;
     let s = dy.shape();
     let p = Params {
         n: u32_of(s.n),
@@ -168,11 +99,5 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
         _pad: 0,
     };
     let bindings = [(5, dy.tensor), (8, db)];
-    gpu.dispatch(
-        label,
-        &Kernel::new(Family::Conv, "backward_bias"),
-        &p,
-        &bindings,
-        Grid::Groups(s.c),
-    )
+    gpu.dispatch(label, &Kernel::new(Family::Conv, "backward_bias"), &p, &bindings, Grid::Groups(s.c))
 }

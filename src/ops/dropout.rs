@@ -43,9 +43,7 @@ impl Dropout {
 pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Result<Dropout> {
     let label = format!("dropout {} p {p}", x.shape());
     ensure_same(&label, &x, &y)?;
-    ensure((0.0..1.0).contains(&p), &label, || {
-        format!("probability {p} outside [0, 1)")
-    })?;
+    ensure((0.0..1.0).contains(&p), &label, || format!("probability {p} outside [0, 1)"))?;
     let s = x.shape();
     let params = Params {
         n: u32_of(s.n),
@@ -62,12 +60,7 @@ pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Resul
         _pad1: 0,
     };
     let bindings = [(1, x.tensor), (2, y.tensor)];
-    let dispatch = gpu.dispatch(
-        label,
-        &Kernel::new(Family::Dropout, "apply"),
-        &params,
-        &bindings,
-        Grid::Elements(s.numel()),
-    )?;
+    let dispatch =
+        gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, Grid::Elements(s.numel()))?;
     Ok(Dropout { dispatch, params })
 }

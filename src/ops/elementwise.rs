@@ -41,13 +41,7 @@ pub fn act_forward(gpu: &Gpu, x: View, act: Activation, y: View) -> Result<Dispa
     ensure_same(&label, &x, &y)?;
     let bindings = [(1, x.tensor), (2, y.tensor)];
     let kernel = Kernel::new(Family::Elementwise, "act_forward");
-    gpu.dispatch(
-        label,
-        &kernel,
-        &params(&x, &y, act.slope),
-        &bindings,
-        Grid::Elements(x.shape().numel()),
-    )
+    gpu.dispatch(label, &kernel, &params(&x, &y, act.slope), &bindings, Grid::Elements(x.shape().numel()))
 }
 
 /// `dy *= act'(y)` in place, from the activation's output `y`.
@@ -56,13 +50,7 @@ pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dis
     ensure_same(&label, &y, &dy)?;
     let bindings = [(1, y.tensor), (2, dy.tensor)];
     let kernel = Kernel::new(Family::Elementwise, "act_backward");
-    gpu.dispatch(
-        label,
-        &kernel,
-        &params(&y, &dy, act.slope),
-        &bindings,
-        Grid::Elements(y.shape().numel()),
-    )
+    gpu.dispatch(label, &kernel, &params(&y, &dy, act.slope), &bindings, Grid::Elements(y.shape().numel()))
 }
 
 /// `dst += src`, two slices of one tensor (the residual and its backward,
@@ -73,16 +61,8 @@ pub fn add_within(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
     ensure(src.tensor.same_buffer(dst.tensor), &label, || {
         "source and destination must be slices of one tensor".to_string()
     })?;
-    ensure(src.c_offset.abs_diff(dst.c_offset) >= src.c, &label, || {
-        "overlapping slices".to_string()
-    })?;
+    ensure(src.c_offset.abs_diff(dst.c_offset) >= src.c, &label, || "overlapping slices".to_string())?;
     let bindings = [(2, dst.tensor)];
     let kernel = Kernel::new(Family::Elementwise, "add_within");
-    gpu.dispatch(
-        label,
-        &kernel,
-        &params(&src, &dst, 0.0),
-        &bindings,
-        Grid::Elements(src.shape().numel()),
-    )
+    gpu.dispatch(label, &kernel, &params(&src, &dst, 0.0), &bindings, Grid::Elements(src.shape().numel()))
 }

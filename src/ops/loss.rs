@@ -31,13 +31,7 @@ fn stage(
     bindings: &[(u32, &Tensor)],
     pixels: usize,
 ) -> Result<Dispatch> {
-    gpu.dispatch(
-        format!("{label} {entry}"),
-        &Kernel::new(Family::Loss, entry),
-        p,
-        bindings,
-        Grid::Elements(pixels),
-    )
+    gpu.dispatch(format!("{label} {entry}"), &Kernel::new(Family::Loss, entry), p, bindings, Grid::Elements(pixels))
 }
 
 /// Which output function and loss (MODEL.md's `output`).
@@ -66,33 +60,18 @@ impl Loss {
 
 /// Builds the three stages for `logits` against per-pixel `target`
 /// (N x 1 x H x W), writing the gradient into `grad` (the logits' shape).
-pub fn build(
-    gpu: &Gpu,
-    logits: &Tensor,
-    target: &Tensor,
-    kind: &LossKind,
-    grad: &Tensor,
-) -> Result<Loss> {
+pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad: &Tensor) -> Result<Loss> {
     let s = logits.shape;
     let label = format!("loss {s}");
     let pixels = s.n * s.plane();
-    ensure(target.shape == s.with_c(1), &label, || {
-        format!("target {} for logits {s}", target.shape)
-    })?;
-    ensure(grad.shape == s, &label, || {
-        format!("gradient {} for logits {s}", grad.shape)
-    })?;
+    ensure(target.shape == s.with_c(1), &label, || format!("target {} for logits {s}", target.shape))?;
+    ensure(grad.shape == s, &label, || format!("gradient {} for logits {s}", grad.shape))?;
     if !matches!(kind, LossKind::SoftmaxCrossEntropy { .. }) {
-        ensure(s.c == 1, &label, || {
-            format!("{} channels: sigmoid and MSE outputs have one", s.c)
-        })?;
+        ensure(s.c == 1, &label, || format!("{} channels: sigmoid and MSE outputs have one", s.c))?;
     }
     let sigmoid = match kind {
         LossKind::Sigmoid(w) => *w,
-        _ => SigmoidLoss {
-            bce: false,
-            dice: false,
-        },
+        _ => SigmoidLoss { bce: false, dice: false },
     };
     let p = Params {
         n: u32_of(s.n),
@@ -125,42 +104,15 @@ pub fn build(
                 None => gpu.upload(Shape::vector(s.c), &vec![1.0; s.c])?,
             };
             let probs = gpu.tensor(s)?;
-            let terms_d = stage(
-                gpu,
-                &label,
-                "softmax_terms",
-                &p,
-                &[l, t, (3, &weights), (4, &probs), (5, &terms)],
-                pixels,
-            )?;
-            let grad_d = stage(
-                gpu,
-                &label,
-                "softmax_grad",
-                &p,
-                &[l, t, (3, &weights), (8, &sums), (9, grad)],
-                pixels,
-            )?;
+            let terms_d =
+                stage(gpu, &label, "softmax_terms", &p, &[l, t, (3, &weights), (4, &probs), (5, &terms)], pixels)?;
+            let grad_d = stage(gpu, &label, "softmax_grad", &p, &[l, t, (3, &weights), (8, &sums), (9, grad)], pixels)?;
             (Some(probs), terms_d, grad_d)
         }
         LossKind::Sigmoid(_) => {
             let probs = gpu.tensor(s)?;
-            let terms_d = stage(
-                gpu,
-                &label,
-                "sigmoid_terms",
-                &p,
-                &[l, t, (4, &probs), (5, &terms)],
-                pixels,
-            )?;
-            let grad_d = stage(
-                gpu,
-                &label,
-                "sigmoid_grad",
-                &p,
-                &[l, t, (8, &sums), (9, grad)],
-                pixels,
-            )?;
+            let terms_d = stage(gpu, &label, "sigmoid_terms", &p, &[l, t, (4, &probs), (5, &terms)], pixels)?;
+            let grad_d = stage(gpu, &label, "sigmoid_grad", &p, &[l, t, (8, &sums), (9, grad)], pixels)?;
             (Some(probs), terms_d, grad_d)
         }
         LossKind::Mse => {
@@ -170,17 +122,7 @@ pub fn build(
         }
     };
     let reduce = Kernel::new(Family::Loss, "reduce");
-    let reduce = gpu.dispatch(
-        format!("{label} reduce"),
-        &reduce,
-        &p,
-        &[(6, &terms), (7, &sums)],
-        Grid::Groups(1),
-    )?;
+    let reduce = gpu.dispatch(format!("{label} reduce"), &reduce, &p, &[(6, &terms), (7, &sums)], Grid::Groups(1))?;
     let dispatches = vec![term_stage, reduce, grad_stage];
-    Ok(Loss {
-        dispatches,
-        sums,
-        probs,
-    })
+    Ok(Loss { dispatches, sums, probs })
 }

@@ -17,18 +17,13 @@ fn ensure(ok: bool, kernel: &str, message: impl FnOnce() -> String) -> Result<()
     if ok {
         Ok(())
     } else {
-        Err(GpuError::Shape {
-            kernel: kernel.to_string(),
-            message: message(),
-        })
+        Err(GpuError::Shape { kernel: kernel.to_string(), message: message() })
     }
 }
 
 /// Views of the same logical shape (elementwise inputs and outputs).
 fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
-    ensure(a.shape() == b.shape(), kernel, || {
-        format!("shapes {} and {} differ", a.shape(), b.shape())
-    })
+    ensure(a.shape() == b.shape(), kernel, || format!("shapes {} and {} differ", a.shape(), b.shape()))
 }
 
 fn u32_of(v: usize) -> u32 {

@@ -62,41 +62,25 @@ pub struct NormTensors<'a> {
 fn ensure_stats(label: &str, s: Shape, stats: NormStats, t: &[&Tensor]) -> Result<()> {
     let groups = stats.groups(s.n, s.c);
     for t in t {
-        ensure(t.shape.numel() == groups, label, || {
-            format!("statistics {} for {groups} groups", t.shape)
-        })?;
+        ensure(t.shape.numel() == groups, label, || format!("statistics {} for {groups} groups", t.shape))?;
     }
     Ok(())
 }
 
 fn ensure_channels(label: &str, c: usize, t: &[&Tensor]) -> Result<()> {
     for t in t {
-        ensure(t.shape.numel() == c, label, || {
-            format!("per-channel tensor {} for {c} channels", t.shape)
-        })?;
+        ensure(t.shape.numel() == c, label, || format!("per-channel tensor {} for {c} channels", t.shape))?;
     }
     Ok(())
 }
 
 /// Mean and biased variance of every group of `x` into `mean`, `var`.
-pub fn moments(
-    gpu: &Gpu,
-    x: View,
-    stats: NormStats,
-    mean: &Tensor,
-    var: &Tensor,
-) -> Result<Dispatch> {
+pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor) -> Result<Dispatch> {
     let label = format!("norm.moments {} {stats:?}", x.shape());
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
     let bindings = [(1, x.tensor), (6, mean), (7, var)];
-    gpu.dispatch(
-        label,
-        &kernel("moments"),
-        &params(&x, &x, stats),
-        &bindings,
-        Grid::Groups(groups),
-    )
+    gpu.dispatch(label, &kernel("moments"), &params(&x, &x, stats), &bindings, Grid::Groups(groups))
 }
 
 /// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`.
@@ -105,21 +89,8 @@ pub fn apply(gpu: &Gpu, x: View, stats: NormStats, t: &NormTensors, y: View) -> 
     ensure_same(&label, &x, &y)?;
     ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
     ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
-    let bindings = [
-        (1, x.tensor),
-        (2, t.gamma),
-        (3, t.beta),
-        (4, t.mean),
-        (5, t.var),
-        (8, y.tensor),
-    ];
-    gpu.dispatch(
-        label,
-        &kernel("apply"),
-        &params(&x, &y, stats),
-        &bindings,
-        Grid::Elements(x.shape().numel()),
-    )
+    let bindings = [(1, x.tensor), (2, t.gamma), (3, t.beta), (4, t.mean), (5, t.var), (8, y.tensor)];
+    gpu.dispatch(label, &kernel("apply"), &params(&x, &y, stats), &bindings, Grid::Elements(x.shape().numel()))
 }
 
 /// PyTorch's running-statistics update from the batch moments of an
@@ -136,13 +107,7 @@ pub fn update_running(
     ensure_channels(&label, x.c, &[mean, var, running_mean, running_var])?;
     let bindings = [(4, mean), (5, var), (15, running_mean), (16, running_var)];
     let p = params(&x, &x, NormStats::PerChannel);
-    gpu.dispatch(
-        label,
-        &kernel("update_running"),
-        &p,
-        &bindings,
-        Grid::Elements(x.c),
-    )
+    gpu.dispatch(label, &kernel("update_running"), &p, &bindings, Grid::Elements(x.c))
 }
 
 /// Per group: sum(dy) and sum(dy * xhat) into `sums` (2 values a group).
@@ -159,23 +124,9 @@ pub fn backward_sums(
     ensure_same(&label, &x, &dy)?;
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
-    ensure(sums.shape.numel() == 2 * groups, &label, || {
-        format!("sums {} for {groups} groups", sums.shape)
-    })?;
-    let bindings = [
-        (1, x.tensor),
-        (9, dy.tensor),
-        (4, mean),
-        (5, var),
-        (11, sums),
-    ];
-    gpu.dispatch(
-        label,
-        &kernel("backward_sums"),
-        &params(&x, &dy, stats),
-        &bindings,
-        Grid::Groups(groups),
-    )
+    ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
+    let bindings = [(1, x.tensor), (9, dy.tensor), (4, mean), (5, var), (11, sums)];
+    gpu.dispatch(label, &kernel("backward_sums"), &params(&x, &dy, stats), &bindings, Grid::Groups(groups))
 }
 
 /// The input gradient of the norm block into the view `dx` (x's layout).
@@ -194,28 +145,12 @@ pub fn backward_data(
     ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
     // The kernel addresses dx through x's slice parameters: a gradient
     // mirrors its tensor's layout.
-    ensure(
-        (dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset),
-        &label,
-        || "the input gradient must have the input's channel layout".to_string(),
-    )?;
+    ensure((dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset), &label, || {
+        "the input gradient must have the input's channel layout".to_string()
+    })?;
     let p = params(&x, &dy, stats);
-    let bindings = [
-        (1, x.tensor),
-        (9, dy.tensor),
-        (2, t.gamma),
-        (4, t.mean),
-        (5, t.var),
-        (12, sums),
-        (10, dx.tensor),
-    ];
-    gpu.dispatch(
-        label,
-        &kernel("backward_data"),
-        &p,
-        &bindings,
-        Grid::Elements(x.shape().numel()),
-    )
+    let bindings = [(1, x.tensor), (9, dy.tensor), (2, t.gamma), (4, t.mean), (5, t.var), (12, sums), (10, dx.tensor)];
+    gpu.dispatch(label, &kernel("backward_data"), &p, &bindings, Grid::Elements(x.shape().numel()))
 }
 
 /// dgamma and dbeta (overwritten) from the per-group sums.
@@ -230,11 +165,5 @@ pub fn param_grads(
     let label = format!("norm.param_grads {} {stats:?}", x.shape());
     ensure_channels(&label, x.c, &[dgamma, dbeta])?;
     let bindings = [(12, sums), (13, dgamma), (14, dbeta)];
-    gpu.dispatch(
-        label,
-        &kernel("param_grads"),
-        &params(&x, &x, stats),
-        &bindings,
-        Grid::Elements(x.c),
-    )
+    gpu.dispatch(label, &kernel("param_grads"), &params(&x, &x, stats), &bindings, Grid::Elements(x.c))
 }

@@ -37,8 +37,7 @@ impl Update {
     /// Prepares the update for optimiser step `step` (counting from 1).
     pub fn set_step(&mut self, gpu: &Gpu, step: u32) {
         if let Rule::Adam(hp) = &self.rule {
-            self.params.step_size =
-                (hp.lr as f64 / (1.0 - (hp.beta1 as f64).powi(step as i32))) as f32;
+            self.params.step_size = (hp.lr as f64 / (1.0 - (hp.beta1 as f64).powi(step as i32))) as f32;
             self.params.bias2_sqrt = (1.0 - (hp.beta2 as f64).powi(step as i32)).sqrt() as f32;
             self.dispatch.set_params(gpu, &self.params);
         }
@@ -47,22 +46,13 @@ impl Update {
 
 fn ensure_like(label: &str, p: &Tensor, others: &[&Tensor]) -> Result<()> {
     for t in others {
-        ensure(t.shape.numel() == p.shape.numel(), label, || {
-            format!("{} state for a {} parameter", t.shape, p.shape)
-        })?;
+        ensure(t.shape.numel() == p.shape.numel(), label, || format!("{} state for a {} parameter", t.shape, p.shape))?;
     }
     Ok(())
 }
 
 /// Adam on `param` with gradient `grad` and moments `m`, `v`; ready for step 1.
-pub fn adam(
-    gpu: &Gpu,
-    param: &Tensor,
-    grad: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    hp: &Adam,
-) -> Result<Update> {
+pub fn adam(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, hp: &Adam) -> Result<Update> {
     let label = format!("adam {}", param.shape);
     ensure_like(&label, param, &[grad, m, v])?;
     let params = Params {
@@ -77,30 +67,14 @@ pub fn adam(
     };
     let bindings = [(1, param), (2, grad), (3, m), (4, v)];
     let grid = Grid::Elements(param.shape.numel());
-    let dispatch = gpu.dispatch(
-        label,
-        &Kernel::new(Family::Optim, "adam"),
-        &params,
-        &bindings,
-        grid,
-    )?;
-    let mut update = Update {
-        dispatch,
-        params,
-        rule: Rule::Adam(*hp),
-    };
+    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Optim, "adam"), &params, &bindings, grid)?;
+    let mut update = Update { dispatch, params, rule: Rule::Adam(*hp) };
     update.set_step(gpu, 1);
     Ok(update)
 }
 
 /// SGD (optionally with momentum, buffer `momentum_buf`) on `param`.
-pub fn sgd(
-    gpu: &Gpu,
-    param: &Tensor,
-    grad: &Tensor,
-    momentum_buf: &Tensor,
-    hp: &Sgd,
-) -> Result<Update> {
+pub fn sgd(gpu: &Gpu, param: &Tensor, grad: &Tensor, momentum_buf: &Tensor, hp: &Sgd) -> Result<Update> {
     let label = format!("sgd {}", param.shape);
     ensure_like(&label, param, &[grad, momentum_buf])?;
     let params = Params {
@@ -115,16 +89,6 @@ pub fn sgd(
     };
     let bindings = [(1, param), (2, grad), (3, momentum_buf)];
     let grid = Grid::Elements(param.shape.numel());
-    let dispatch = gpu.dispatch(
-        label,
-        &Kernel::new(Family::Optim, "sgd"),
-        &params,
-        &bindings,
-        grid,
-    )?;
-    Ok(Update {
-        dispatch,
-        params,
-        rule: Rule::Sgd,
-    })
+    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Optim, "sgd"), &params, &bindings, grid)?;
+    Ok(Update { dispatch, params, rule: Rule::Sgd })
 }

@@ -63,10 +63,7 @@ impl Rng {
     }
 
     pub fn tensor(&mut self, shape: Shape, lo: f64, hi: f64) -> Tensor {
-        Tensor::new(
-            shape,
-            (0..shape.numel()).map(|_| self.uniform(lo, hi)).collect(),
-        )
+        Tensor::new(shape, (0..shape.numel()).map(|_| self.uniform(lo, hi)).collect())
     }
 
     pub fn vec(&mut self, len: usize, lo: f64, hi: f64) -> Vec<f64> {
@@ -86,9 +83,6 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f64], atol: f64, rtol: f64) 
         }
     }
     if let Some((i, _)) = worst {
-        panic!(
-            "{what}: element {i}: GPU {} vs CPU {} (atol {atol}, rtol {rtol})",
-            gpu[i], cpu[i]
-        );
+        panic!("{what}: element {i}: GPU {} vs CPU {} (atol {atol}, rtol {rtol})", gpu[i], cpu[i]);
     }
 }
