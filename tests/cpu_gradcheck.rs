@@ -99,7 +99,9 @@ fn check_act(act: Activation, seed: u64) {
     );
     let r = rng.tensor(x.shape, -1.0, 1.0);
     let dx = cpu::act::backward(&cpu::act::forward(&x, act), &r, act);
-    gradcheck("activation dx", &x.data, &dx.data, |v| dot(&cpu::act::forward(&Tensor::new(x.shape, v.to_vec()), act), &r));
+    gradcheck("activation dx", &x.data, &dx.data, |v| {
+        dot(&cpu::act::forward(&Tensor::new(x.shape, v.to_vec()), act), &r)
+    });
 }
 
 #[test]
@@ -131,9 +133,13 @@ fn residual_add_and_concat_backward_match_finite_differences() {
     let r = rng.tensor(Shape::new(2, 5, 3, 4), -1.0, 1.0);
     // d/da of sum(concat(a, b) * R) is R's slice of a's channels.
     let da = cpu::layout::channels(&r, 0, 2);
-    gradcheck("concat da", &a.data, &da.data, |v| dot(&cpu::layout::concat(&[&Tensor::new(a.shape, v.to_vec()), &b]), &r));
+    gradcheck("concat da", &a.data, &da.data, |v| {
+        dot(&cpu::layout::concat(&[&Tensor::new(a.shape, v.to_vec()), &b]), &r)
+    });
     let db = cpu::layout::channels(&r, 2, 3);
-    gradcheck("concat db", &b.data, &db.data, |v| dot(&cpu::layout::concat(&[&a, &Tensor::new(b.shape, v.to_vec())]), &r));
+    gradcheck("concat db", &b.data, &db.data, |v| {
+        dot(&cpu::layout::concat(&[&a, &Tensor::new(b.shape, v.to_vec())]), &r)
+    });
     let r2 = cpu::layout::channels(&r, 0, 2);
     let a2 = rng.tensor(a.shape, -1.0, 1.0);
     gradcheck("residual", &a.data, &r2.data, |v| dot(&cpu::act::add(&Tensor::new(a.shape, v.to_vec()), &a2), &r2));
@@ -160,7 +166,9 @@ fn check_sigmoid(which: SigmoidLoss, seed: u64) {
     let z = rng.tensor(Shape::new(2, 1, 4, 5), -3.0, 3.0);
     let y = labels(&mut rng, 40, 2);
     let g = cpu::loss::sigmoid_loss(&z, &y, which);
-    gradcheck("sigmoid loss", &z.data, &g.grad.data, |v| cpu::loss::sigmoid_loss(&Tensor::new(z.shape, v.to_vec()), &y, which).loss);
+    gradcheck("sigmoid loss", &z.data, &g.grad.data, |v| {
+        cpu::loss::sigmoid_loss(&Tensor::new(z.shape, v.to_vec()), &y, which).loss
+    });
 }
 
 #[test]

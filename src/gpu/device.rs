@@ -175,7 +175,23 @@ impl Gpu {
         Ok(Gpu { device, queue, info, limits, features, pipelines: PipelineCache::default(), pool, errors })
     }
 
-    /// Returns (and clears) the errors wgpu reported since the last check.
+    /// Runs `f` inside validation and out-of-memory error scopes (wgpu's are
+    /// per thread), so an error is returned to the call that caused it,
+    /// named by `what`, instead of reaching the uncaptured-error handler.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        match validation.or(oom) {
+            Some(e) => Err(GpuError::Device(format!("{what}: {e}"))),
+            None => Ok(out),
+        }
+    }
+
+    /// Returns (and clears) the errors wgpu reported outside any scope
+    /// (device loss among them) since the last check.
     pub fn check(&self) -> Result<()> {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if errors.is_empty() {
@@ -234,7 +250,8 @@ impl fmt::Display for AdapterReport {
         writeln!(f, "{}", i.name)?;
         writeln!(f, "  backend            {:?}", i.backend)?;
         writeln!(f, "  device type        {:?}", i.device_type)?;
-        writeln!(f, "  driver             {} {}", i.driver, i.driver_info)?;
+        let driver: Vec<&str> = [i.driver.trim(), i.driver_info.trim()].into_iter().filter(|s| !s.is_empty()).collect();
+        writeln!(f, "  driver             {}", driver.join(" "))?;
         writeln!(f, "  storage binding    {}", mib(l.max_storage_buffer_binding_size))?;
         writeln!(f, "  max buffer size    {}", mib(l.max_buffer_size))?;
         writeln!(f, "  workgroup memory   {} KiB", l.max_compute_workgroup_storage_size / 1024)?;

@@ -107,23 +107,26 @@ impl Gpu {
             }
         }
         let workgroups = self.fold(&label, grid)?;
-        let pipeline = self.pipelines.get(&self.device, kernel);
         let bytes = bytemuck::bytes_of(params);
         debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");
         let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-        self.queue.write_buffer(params_buf.buffer(), 0, bytes);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
-        entries.extend(
-            bindings
-                .iter()
-                .map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.buffer().as_entire_binding() }),
-        );
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&label),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        self.check()?;
+        let (pipeline, bind_group) = self.scoped(&label, || {
+            self.queue.write_buffer(params_buf.buffer(), 0, bytes);
+            let pipeline = self.pipelines.get(&self.device, kernel);
+            let mut entries =
+                vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
+            entries.extend(
+                bindings
+                    .iter()
+                    .map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.buffer().as_entire_binding() }),
+            );
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            (pipeline, bind_group)
+        })?;
         Ok(Dispatch {
             label,
             pipeline,
@@ -157,14 +160,16 @@ impl Gpu {
     /// Records `dispatches` in order into one compute pass and submits them
     /// as one command buffer (wgpu orders dependent dispatches in a pass).
     pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            for d in dispatches {
-                d.record(&mut pass);
+        self.scoped("submitting kernels", || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                for d in dispatches {
+                    d.record(&mut pass);
+                }
             }
-        }
-        self.queue.submit([encoder.finish()]);
+            self.queue.submit([encoder.finish()]);
+        })?;
         self.check()
     }
 }

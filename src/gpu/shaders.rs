@@ -59,3 +59,13 @@ pub fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
         .map_err(|e| e.emit_to_string_with_path(source, name))?;
     Ok(module)
 }
+
+/// Size in bytes of the struct `name` in `family`'s compiled source, by
+/// WGSL's layout rules: lets tests check each `#[repr(C)]` Params mirror.
+pub fn struct_size(family: Family, name: &str) -> Option<u32> {
+    let module = validate(family.file_name(), &family.source()).ok()?;
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).ok()?;
+    let (handle, _) = module.types.iter().find(|(_, ty)| ty.name.as_deref() == Some(name))?;
+    Some(layouter[handle].size)
+}

@@ -73,7 +73,8 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        Ok(Tensor { shape, buffer: self.pool.take(bytes, TENSOR_USAGE) })
+        let buffer = self.scoped(&format!("allocating a {shape} tensor"), || self.pool.take(bytes, TENSOR_USAGE))?;
+        Ok(Tensor { shape, buffer })
     }
 
     pub fn zeros(&self, shape: Shape) -> Result<Tensor> {

@@ -8,7 +8,7 @@ use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+pub(super) struct Params {
     n: u32,
     cin: u32,
     cout: u32,

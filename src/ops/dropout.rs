@@ -9,7 +9,7 @@ use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+pub(super) struct Params {
     n: u32,
     c: u32,
     hw: u32,

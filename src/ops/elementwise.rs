@@ -10,7 +10,7 @@ use crate::nn::Activation;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+pub(super) struct Params {
     n: u32,
     c: u32,
     hw: u32,

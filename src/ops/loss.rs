@@ -11,7 +11,7 @@ use crate::shape::Shape;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+pub(super) struct Params {
     n: u32,
     c: u32,
     hw: u32,

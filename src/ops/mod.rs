@@ -29,3 +29,24 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
 fn u32_of(v: usize) -> u32 {
     u32::try_from(v).expect("tensor dimensions are bounded by the binding-size check")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::shaders::{struct_size, Family};
+
+    #[test]
+    fn every_params_struct_mirrors_its_wgsl_struct() {
+        let rust = [
+            (Family::Conv, size_of::<super::conv::Params>()),
+            (Family::Norm, size_of::<super::norm::Params>()),
+            (Family::Elementwise, size_of::<super::elementwise::Params>()),
+            (Family::Dropout, size_of::<super::dropout::Params>()),
+            (Family::Loss, size_of::<super::loss::Params>()),
+            (Family::Optim, size_of::<super::optim::Params>()),
+        ];
+        for (family, size) in rust {
+            assert_eq!(struct_size(family, "Params"), Some(size as u32), "{family:?} Params");
+            assert_eq!(size % 16, 0, "{family:?} Params is not a multiple of 16 bytes");
+        }
+    }
+}

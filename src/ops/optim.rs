@@ -9,7 +9,7 @@ use crate::nn::{Adam, Sgd};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+pub(super) struct Params {
     len: u32,
     step_size: f32,
     beta1: f32,
