@@ -5,12 +5,15 @@
 //! Layers, from the bottom: `shape` and `nn` (shared descriptions), `cpu`
 //! (the f64 reference of every op, the tests' oracle), `gpu` (device,
 //! buffers, pipelines, dispatches, WGSL sources), `ops` (one module per
-//! kernel family: parameters and launches).
+//! kernel family: parameters and launches), `model` (the network: config,
+//! architecture, CPU reference, GPU graph, checkpoints), `rng` (the seeded generator).
 
 pub mod cpu;
 pub mod gpu;
+pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod rng;
 pub mod shape;
 
 pub use shape::Shape;

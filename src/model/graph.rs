@@ -1,0 +1,561 @@
+//! The network on the GPU. Every buffer is allocated and every dispatch
+//! recorded once, when the graph is built for an input shape; a training
+//! step rewrites two counters (dropout mask, Adam bias correction) and
+//! replays forward, loss, backward and update in ONE submission, reading
+//! nothing back unless the loss is asked for.
+//!
+//! Buffers: the input (when it is normalised), the concatenation `cat`,
+//! each block's convolution output `t` and norm-block output `u`, head
+//! outputs, the logits; in training, their gradients mirror them (`dcat`
+//! holds every layer's output gradient in its slice). CPU oracle:
+//! `model::reference`.
+
+use super::config::{NormKind, OutputKind};
+use super::params::ParamSet;
+use super::{Architecture, Block, ParamSpec, Place};
+use crate::gpu::{Dispatch, Gpu, GpuError, Result, Tensor, View};
+use crate::nn::{self, NormStats, SigmoidLoss};
+use crate::ops::{self, dropout::Dropout, loss::LossKind, norm::NormTensors, optim::Update};
+use crate::shape::Shape;
+
+/// The optimiser of a training graph.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Adam(nn::Adam),
+    Sgd(nn::Sgd),
+}
+
+/// What a training graph needs beyond the model.
+#[derive(Clone, Debug)]
+pub struct TrainSetup {
+    pub optimizer: Optimizer,
+    /// Terms of a sigmoid output's loss.
+    pub sigmoid_loss: SigmoidLoss,
+    /// Per-class cross-entropy weights for a softmax output.
+    pub class_weights: Option<Vec<f32>>,
+    pub dropout_seed: u32,
+}
+
+/// A channel slice held by value (a `View` borrows).
+#[derive(Clone)]
+struct Slice {
+    tensor: Tensor,
+    offset: usize,
+    c: usize,
+}
+
+impl Slice {
+    fn whole(t: &Tensor) -> Self {
+        Slice { tensor: t.clone(), offset: 0, c: t.shape.c }
+    }
+
+    fn view(&self) -> View<'_> {
+        self.tensor.channels(self.offset, self.c)
+    }
+}
+
+/// A norm block's per-group statistics, kept from forward to backward.
+struct NormBufs {
+    gamma: Tensor,
+    beta: Tensor,
+    mean: Tensor,
+    var: Tensor,
+}
+
+/// One block's buffers, for the backward pass.
+struct BlockBufs {
+    input: Slice,
+    t: Tensor,
+    /// Norm-block output (the activation's input); `t` itself without a norm.
+    u: Tensor,
+    out: Slice,
+    norm: Option<(String, NormBufs)>,
+}
+
+pub struct Graph {
+    pub arch: Architecture,
+    /// The input shape (N x in_channels x H x W).
+    pub shape: Shape,
+    specs: Vec<ParamSpec>,
+    params: Vec<Tensor>,
+    /// Gradients of trainable parameters (None for running statistics).
+    grads: Vec<Option<Tensor>>,
+    /// Optimiser state per trainable parameter: Adam [m, v] or SGD [momentum].
+    state: Vec<Vec<Tensor>>,
+    /// Where `set_input` writes: the input buffer, or the concatenation's
+    /// first slice when there is no input norm.
+    input: Slice,
+    logits: Tensor,
+    target: Option<Tensor>,
+    /// Input norm and dilated layers (up to the concatenation).
+    trunk: Vec<Dispatch>,
+    dropout_forward: Option<Dropout>,
+    /// Head layers and the output convolution.
+    head: Vec<Dispatch>,
+    /// Loss, then backward through the output convolution and the head.
+    head_backward: Vec<Dispatch>,
+    dropout_backward: Option<Dropout>,
+    /// Backward through the dilated layers and the input norm.
+    trunk_backward: Vec<Dispatch>,
+    updates: Vec<Update>,
+    loss_sums: Option<Tensor>,
+}
+
+fn norm_stats(norm: NormKind) -> NormStats {
+    match norm {
+        NormKind::Batch => NormStats::PerChannel,
+        _ => NormStats::PerSample,
+    }
+}
+
+/// Builds dispatches that share the graph's tensors.
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    specs: &'a [ParamSpec],
+    params: &'a [Tensor],
+    stats: NormStats,
+    batch_norm: bool,
+    training: bool,
+    n: usize,
+}
+
+impl Builder<'_> {
+    fn param(&self, name: &str) -> Tensor {
+        let i = self.specs.iter().position(|s| s.name == name).unwrap_or_else(|| panic!("no parameter {name}"));
+        self.params[i].clone()
+    }
+
+    /// The norm block `y = x + Norm(x)`: batch statistics (and the
+    /// running-statistics update) in training, running statistics in
+    /// batch-norm inference, per-sample statistics for instance norm.
+    fn norm_forward(&self, out: &mut Vec<Dispatch>, prefix: &str, x: View, y: View) -> Result<NormBufs> {
+        let gpu = self.gpu;
+        let groups = self.stats.groups(self.n, x.c);
+        let bufs = NormBufs {
+            gamma: self.param(&format!("{prefix}.weight")),
+            beta: self.param(&format!("{prefix}.bias")),
+            mean: gpu.tensor(Shape::vector(groups))?,
+            var: gpu.tensor(Shape::vector(groups))?,
+        };
+        let running = self
+            .batch_norm
+            .then(|| (self.param(&format!("{prefix}.running_mean")), self.param(&format!("{prefix}.running_var"))));
+        if let (Some((rm, rv)), false) = (&running, self.training) {
+            let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: rm, var: rv };
+            out.push(ops::norm::apply(gpu, x, NormStats::PerChannel, &t, y)?);
+            return Ok(bufs);
+        }
+        out.push(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?);
+        if let Some((rm, rv)) = &running {
+            out.push(ops::norm::update_running(gpu, x, &bufs.mean, &bufs.var, rm, rv)?);
+        }
+        let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
+        out.push(ops::norm::apply(gpu, x, self.stats, &t, y)?);
+        Ok(bufs)
+    }
+
+    /// Backward of the norm block on `x` given `dy`; writes dx (when
+    /// wanted) and the gamma and beta gradients.
+    fn norm_backward(
+        &self,
+        out: &mut Vec<Dispatch>,
+        grads: &Grads,
+        prefix: &str,
+        bufs: &NormBufs,
+        x: View,
+        dy: View,
+        dx: Option<View>,
+    ) -> Result<()> {
+        let gpu = self.gpu;
+        let sums = gpu.tensor(Shape::vector(2 * self.stats.groups(self.n, x.c)))?;
+        out.push(ops::norm::backward_sums(gpu, x, dy, self.stats, &bufs.mean, &bufs.var, &sums)?);
+        if let Some(dx) = dx {
+            let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
+            out.push(ops::norm::backward_data(gpu, x, dy, self.stats, &t, &sums, dx)?);
+        }
+        let (dgamma, dbeta) = (grads.of(&format!("{prefix}.weight")), grads.of(&format!("{prefix}.bias")));
+        out.push(ops::norm::param_grads(gpu, x, self.stats, &sums, &dgamma, &dbeta)?);
+        Ok(())
+    }
+
+    /// Weight, bias and (when wanted) input gradients of block `b`'s
+    /// convolution, given the gradient `dy` of its output.
+    fn conv_backward(
+        &self,
+        out: &mut Vec<Dispatch>,
+        grads: &Grads,
+        b: &Block,
+        input: View,
+        dy: View,
+        dx: Option<(View, bool)>,
+    ) -> Result<()> {
+        let gpu = self.gpu;
+        let (dw, db) = (grads.of(&format!("{}.weight", b.conv)), grads.of(&format!("{}.bias", b.conv)));
+        out.push(ops::conv::backward_weight(gpu, input, dy, b.dilation, &dw)?);
+        out.push(ops::conv::backward_bias(gpu, dy, &db)?);
+        if let Some((dx, accumulate)) = dx {
+            let w = self.param(&format!("{}.weight", b.conv));
+            out.push(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx, accumulate)?);
+        }
+        Ok(())
+    }
+}
+
+/// Parameter gradients by name.
+struct Grads<'a> {
+    specs: &'a [ParamSpec],
+    grads: &'a [Option<Tensor>],
+}
+
+impl Grads<'_> {
+    fn of(&self, name: &str) -> Tensor {
+        let i = self.specs.iter().position(|s| s.name == name).unwrap_or_else(|| panic!("no parameter {name}"));
+        self.grads[i].clone().unwrap_or_else(|| panic!("{name} is not trainable"))
+    }
+}
+
+impl Graph {
+    /// Builds the graph for inputs of `shape`: training when `train` is
+    /// given (batch statistics, dropout, loss, backward, optimiser), else
+    /// inference.
+    pub fn new(
+        gpu: &Gpu,
+        arch: &Architecture,
+        values: &ParamSet,
+        shape: Shape,
+        train: Option<&TrainSetup>,
+    ) -> Result<Self> {
+        let cfg = &arch.config;
+        if shape.c != cfg.in_channels {
+            return Err(GpuError::Shape {
+                kernel: "graph".into(),
+                message: format!("input {shape} for a model of {} input channels", cfg.in_channels),
+            });
+        }
+        let specs = arch.params();
+        let params =
+            specs.iter().zip(&values.values).map(|(s, v)| gpu.upload(s.shape, v)).collect::<Result<Vec<_>>>()?;
+        let (n, h, w) = (shape.n, shape.h, shape.w);
+        let act = cfg.activation();
+        let training = train.is_some();
+        let bld = Builder {
+            gpu,
+            specs: &specs,
+            params: &params,
+            stats: norm_stats(cfg.norm),
+            batch_norm: cfg.norm == NormKind::Batch,
+            training,
+            n,
+        };
+
+        // ---- forward
+        let mut trunk = Vec::new();
+        let mut head = Vec::new();
+        let cat = gpu.tensor(Shape::new(n, arch.cat_channels, h, w))?;
+        let x0 = Slice { tensor: cat.clone(), offset: 0, c: cfg.in_channels };
+        let (input, input_norm) = match &arch.input_norm {
+            Some(prefix) => {
+                let input = Slice::whole(&gpu.tensor(shape)?);
+                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), x0.view())?;
+                (input, Some((prefix.clone(), bufs)))
+            }
+            None => (x0.clone(), None),
+        };
+        let dropout_p = if training { cfg.dropout } else { 0.0 };
+        let dropout_seed = train.map_or(0, |t| t.dropout_seed);
+        let mut dropout_forward = None;
+        let head_input = if dropout_p > 0.0 {
+            let dropped = Slice::whole(&gpu.tensor(cat.shape)?);
+            dropout_forward = Some(ops::dropout::apply(gpu, cat.view(), dropout_p, dropout_seed, 1, dropped.view())?);
+            dropped
+        } else {
+            Slice::whole(&cat)
+        };
+        let mut blocks: Vec<BlockBufs> = Vec::new();
+        let mut prev = x0;
+        let mut head_prev: Option<Slice> = None;
+        let mut out_input = None;
+        let mut logits = None;
+        for b in &arch.blocks {
+            let list = if matches!(b.place, Place::Concat { .. }) { &mut trunk } else { &mut head };
+            let input = match b.place {
+                Place::Concat { .. } => prev.clone(),
+                _ => head_prev.clone().unwrap_or_else(|| head_input.clone()),
+            };
+            let t = gpu.tensor(Shape::new(n, b.cout, h, w))?;
+            let (wt, bias) = (bld.param(&format!("{}.weight", b.conv)), bld.param(&format!("{}.bias", b.conv)));
+            list.push(ops::conv::forward(gpu, input.view(), &wt, &bias, b.dilation, t.view())?);
+            if b.place == Place::Out {
+                out_input = Some(input);
+                logits = Some(t);
+                break;
+            }
+            let (u, norm) = match &b.norm {
+                Some(prefix) => {
+                    let u = gpu.tensor(t.shape)?;
+                    let bufs = bld.norm_forward(list, prefix, t.view(), u.view())?;
+                    (u, Some((prefix.clone(), bufs)))
+                }
+                None => (t.clone(), None),
+            };
+            let out = match b.place {
+                Place::Concat { offset } => Slice { tensor: cat.clone(), offset, c: b.cout },
+                _ => Slice::whole(&gpu.tensor(t.shape)?),
+            };
+            list.push(ops::elementwise::act_forward(gpu, u.view(), act, out.view())?);
+            if b.residual {
+                list.push(ops::elementwise::add_within(gpu, input.view(), out.view())?);
+            }
+            match b.place {
+                Place::Concat { .. } => prev = out.clone(),
+                _ => head_prev = Some(out.clone()),
+            }
+            blocks.push(BlockBufs { input, t, u, out, norm });
+        }
+        let (Some(logits), Some(out_input)) = (logits, out_input) else {
+            unreachable!("an architecture ends with its output convolution")
+        };
+
+        let mut graph = Graph {
+            arch: arch.clone(),
+            shape,
+            grads: specs.iter().map(|_| None).collect(),
+            state: Vec::new(),
+            specs: specs.clone(),
+            params: params.clone(),
+            input,
+            logits,
+            target: None,
+            trunk,
+            dropout_forward,
+            head,
+            head_backward: Vec::new(),
+            dropout_backward: None,
+            trunk_backward: Vec::new(),
+            updates: Vec::new(),
+            loss_sums: None,
+        };
+        let Some(setup) = train else { return Ok(graph) };
+
+        // ---- loss and backward
+        let grads: Vec<Option<Tensor>> = specs
+            .iter()
+            .map(|s| if s.kind.trainable() { gpu.tensor(s.shape).map(Some) } else { Ok(None) })
+            .collect::<Result<_>>()?;
+        let g = Grads { specs: &specs, grads: &grads };
+        let target = gpu.tensor(shape.with_c(1))?;
+        let dlogits = gpu.tensor(graph.logits.shape)?;
+        let kind = match cfg.output {
+            OutputKind::Softmax => LossKind::SoftmaxCrossEntropy {
+                class_weights: setup
+                    .class_weights
+                    .as_ref()
+                    .map(|w| gpu.upload(Shape::vector(w.len()), w))
+                    .transpose()?,
+            },
+            OutputKind::Sigmoid => LossKind::Sigmoid(setup.sigmoid_loss),
+            OutputKind::Linear => LossKind::Mse,
+        };
+        let loss = ops::loss::build(gpu, &graph.logits, &target, &kind, &dlogits)?;
+        let mut head_backward = loss.dispatches;
+        let dcat = gpu.tensor(cat.shape)?;
+        let dhead_input = match &graph.dropout_forward {
+            Some(_) => Slice::whole(&gpu.tensor(cat.shape)?),
+            None => Slice::whole(&dcat),
+        };
+        let dilated = arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })).count();
+        // The gradient of each head block's output, then of the output conv's.
+        let mut douts: Vec<Slice> = Vec::new();
+        for bb in &blocks[dilated..] {
+            douts.push(Slice::whole(&gpu.tensor(bb.out.tensor.shape)?));
+        }
+        let out_block = arch.blocks.last().expect("output block");
+        let d_out_input = douts.last().cloned().unwrap_or_else(|| dhead_input.clone());
+        bld.conv_backward(
+            &mut head_backward,
+            &g,
+            out_block,
+            out_input.view(),
+            dlogits.view(),
+            Some((d_out_input.view(), false)),
+        )?;
+        for (j, (b, bb)) in arch.blocks[dilated..arch.blocks.len() - 1].iter().zip(&blocks[dilated..]).enumerate().rev()
+        {
+            let dout = &douts[j];
+            let dinput = if j == 0 { dhead_input.clone() } else { douts[j - 1].clone() };
+            graph.block_backward(&bld, &g, &mut head_backward, b, bb, dout.view(), Some((dinput.view(), false)))?;
+        }
+        if graph.dropout_forward.is_some() {
+            graph.dropout_backward =
+                Some(ops::dropout::apply(gpu, dhead_input.view(), dropout_p, dropout_seed, 1, dcat.view())?);
+        }
+        let mut trunk_backward = Vec::new();
+        for (i, (b, bb)) in arch.blocks[..dilated].iter().zip(&blocks[..dilated]).enumerate().rev() {
+            let dout = Slice { tensor: dcat.clone(), offset: bb.out.offset, c: bb.out.c };
+            let dinput = Slice { tensor: dcat.clone(), offset: bb.input.offset, c: bb.input.c };
+            if b.residual {
+                trunk_backward.push(ops::elementwise::add_within(gpu, dout.view(), dinput.view())?);
+            }
+            // Layer 1's input gradient only feeds the input norm's parameters.
+            let wanted = i > 0 || input_norm.is_some();
+            graph.block_backward(
+                &bld,
+                &g,
+                &mut trunk_backward,
+                b,
+                bb,
+                dout.view(),
+                wanted.then(|| (dinput.view(), true)),
+            )?;
+        }
+        if let Some((prefix, bufs)) = &input_norm {
+            let dx0 = dcat.channels(0, cfg.in_channels);
+            bld.norm_backward(&mut trunk_backward, &g, prefix, bufs, graph.input.view(), dx0, None)?;
+        }
+
+        // ---- optimiser
+        let mut updates = Vec::new();
+        let mut state = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let Some(grad) = &grads[i] else { continue };
+            let st: Vec<Tensor> = match setup.optimizer {
+                Optimizer::Adam(_) => vec![gpu.zeros(s.shape)?, gpu.zeros(s.shape)?],
+                Optimizer::Sgd(_) => vec![gpu.zeros(s.shape)?],
+            };
+            updates.push(match &setup.optimizer {
+                Optimizer::Adam(hp) => ops::optim::adam(gpu, &params[i], grad, &st[0], &st[1], hp)?,
+                Optimizer::Sgd(hp) => ops::optim::sgd(gpu, &params[i], grad, &st[0], hp)?,
+            });
+            state.push(st);
+        }
+        graph.head_backward = head_backward;
+        graph.trunk_backward = trunk_backward;
+        graph.updates = updates;
+        graph.state = state;
+        graph.grads = grads;
+        graph.target = Some(target);
+        graph.loss_sums = Some(loss.sums);
+        Ok(graph)
+    }
+
+    /// Backward through act(norm_block(conv(input))) from the gradient of
+    /// its activation output `dout` (modified in place).
+    #[allow(clippy::too_many_arguments)]
+    fn block_backward(
+        &self,
+        bld: &Builder,
+        g: &Grads,
+        out: &mut Vec<Dispatch>,
+        b: &Block,
+        bb: &BlockBufs,
+        dout: View,
+        dinput: Option<(View, bool)>,
+    ) -> Result<()> {
+        let act = self.arch.config.activation();
+        // The activation's derivative depends only on the sign of its input.
+        out.push(ops::elementwise::act_backward(bld.gpu, bb.u.view(), act, dout)?);
+        let dt_tensor;
+        let dt = match &bb.norm {
+            Some((prefix, bufs)) => {
+                dt_tensor = bld.gpu.tensor(bb.t.shape)?;
+                bld.norm_backward(out, g, prefix, bufs, bb.t.view(), dout, Some(dt_tensor.view()))?;
+                dt_tensor.view()
+            }
+            None => dout,
+        };
+        bld.conv_backward(out, g, b, bb.input.view(), dt, dinput)
+    }
+}
+
+impl Graph {
+    /// Uploads a batch of images (N x in_channels x H x W, NCHW).
+    pub fn set_input(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        self.write_samples(gpu, &self.input, data, "input")
+    }
+
+    /// Uploads the per-pixel targets (N x 1 x H x W) of a training graph.
+    pub fn set_target(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        let target = self.target.as_ref().ok_or_else(|| GpuError::Shape {
+            kernel: "graph".into(),
+            message: "targets given to an inference graph".into(),
+        })?;
+        self.write_samples(gpu, &Slice::whole(target), data, "target")
+    }
+
+    /// Writes per-sample planes into a slice: one write per sample, since a
+    /// slice of a wider buffer is contiguous only within a sample.
+    fn write_samples(&self, gpu: &Gpu, dst: &Slice, data: &[f32], what: &str) -> Result<()> {
+        let s = dst.tensor.shape;
+        let per_sample = dst.c * s.plane();
+        if data.len() != s.n * per_sample {
+            return Err(GpuError::Shape {
+                kernel: "graph".into(),
+                message: format!("{} {what} values for {} samples of {}x{}x{}", data.len(), s.n, dst.c, s.h, s.w),
+            });
+        }
+        for (n, sample) in data.chunks(per_sample).enumerate() {
+            let offset = (s.index(n, dst.offset, 0, 0) * 4) as u64;
+            gpu.queue.write_buffer(dst.tensor.buffer(), offset, bytemuck::cast_slice(sample));
+        }
+        Ok(())
+    }
+
+    fn forward_list(&self) -> Vec<&Dispatch> {
+        let mut list: Vec<&Dispatch> = self.trunk.iter().collect();
+        list.extend(self.dropout_forward.as_ref().map(|d| &d.dispatch));
+        list.extend(&self.head);
+        list
+    }
+
+    /// Runs the forward pass (the logits are then in `read_logits`).
+    pub fn forward(&self, gpu: &Gpu) -> Result<()> {
+        gpu.run(&self.forward_list())
+    }
+
+    /// One training step numbered `step` (from 1: the dropout mask's counter
+    /// and Adam's bias correction): forward, loss, backward and, when
+    /// `update`, the optimiser, in one submission.
+    pub fn step(&mut self, gpu: &Gpu, step: u32, update: bool) -> Result<()> {
+        for d in self.dropout_forward.iter_mut().chain(self.dropout_backward.iter_mut()) {
+            d.set_step(gpu, step);
+        }
+        if update {
+            for u in &mut self.updates {
+                u.set_step(gpu, step);
+            }
+        }
+        let mut list = self.forward_list();
+        list.extend(&self.head_backward);
+        list.extend(self.dropout_backward.as_ref().map(|d| &d.dispatch));
+        list.extend(&self.trunk_backward);
+        if update {
+            list.extend(self.updates.iter().map(|u| &u.dispatch));
+        }
+        gpu.run(&list)
+    }
+
+    /// The loss of the last step (reads back one value).
+    pub fn loss(&self, gpu: &Gpu) -> Result<f32> {
+        let sums = self.loss_sums.as_ref().ok_or_else(|| GpuError::Shape {
+            kernel: "graph".into(),
+            message: "an inference graph has no loss".into(),
+        })?;
+        Ok(gpu.read(sums)?[ops::loss::Loss::LOSS_INDEX])
+    }
+
+    pub fn read_logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read(&self.logits)
+    }
+
+    /// The current parameter values (after updates; running statistics too).
+    pub fn read_params(&self, gpu: &Gpu) -> Result<ParamSet> {
+        let values = self.params.iter().map(|t| gpu.read(t)).collect::<Result<_>>()?;
+        Ok(ParamSet { specs: self.specs.clone(), values })
+    }
+
+    /// The gradients of the last step, aligned with the parameters (None for
+    /// running statistics and in inference graphs).
+    pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Option<Vec<f32>>>> {
+        self.grads.iter().map(|g| g.as_ref().map(|t| gpu.read(t)).transpose()).collect()
+    }
+}

@@ -1,0 +1,237 @@
+//! The whole network: the GPU graph against the CPU reference (forward,
+//! loss, every parameter gradient, running statistics) on small awkward
+//! inputs for both presets, and the CPU reference against finite
+//! differences (f64 arithmetic; parameters are f32, so each is moved by an
+//! exactly representable step).
+
+mod common;
+
+use common::{assert_close, Rng};
+use dilaseg::cpu::{self, Tensor};
+use dilaseg::model::config::{ModelConfig, OutputKind};
+use dilaseg::model::graph::{Graph, Optimizer, TrainSetup};
+use dilaseg::model::params::ParamSet;
+use dilaseg::model::reference::{self, Mode};
+use dilaseg::model::Architecture;
+use dilaseg::nn::{self, SigmoidLoss};
+use dilaseg::Shape;
+
+/// Initialised parameters with every value nudged, so biases, gammas, betas
+/// and running statistics are not their trivial initial values.
+fn params(arch: &Architecture, seed: u64) -> ParamSet {
+    let mut p = ParamSet::init(arch, seed);
+    let mut rng = Rng::new(seed ^ 0xabc);
+    for (spec, v) in p.specs.iter().zip(&mut p.values) {
+        for x in v.iter_mut() {
+            *x += rng.uniform(-0.1, 0.1) as f32;
+            if spec.name.ends_with("running_var") {
+                *x = x.abs() + 0.5;
+            }
+        }
+    }
+    p
+}
+
+fn loss_grad(cfg: &ModelConfig, logits: &Tensor, target: &[f64]) -> cpu::loss::LossGrad {
+    match cfg.output {
+        OutputKind::Softmax => cpu::loss::softmax_cross_entropy(logits, target, None),
+        OutputKind::Linear => cpu::loss::mse(logits, target),
+        OutputKind::Sigmoid => cpu::loss::sigmoid_loss(logits, target, SigmoidLoss { bce: true, dice: false }),
+    }
+}
+
+fn setup(seed: u32) -> TrainSetup {
+    TrainSetup {
+        optimizer: Optimizer::Adam(nn::Adam::with_lr(1e-3)),
+        sigmoid_loss: SigmoidLoss { bce: true, dice: false },
+        class_weights: None,
+        dropout_seed: seed,
+    }
+}
+
+/// One training step's forward, loss and gradients on the GPU against the
+/// CPU reference.
+fn check_training_step(cfg: ModelConfig, shape: Shape, seed: u64) {
+    let gpu = gpu_or_skip!();
+    let arch = Architecture::new(&cfg);
+    let p = params(&arch, seed);
+    let mut rng = Rng::new(seed);
+    let x = rng.tensor(shape, 0.0, 1.0);
+    let target: Vec<f64> = (0..shape.n * shape.plane()).map(|_| (rng.next_u64() % 2) as f64).collect();
+    let (dropout_seed, step) = (77, 3);
+
+    let mode = Mode::Train { dropout_seed, step };
+    let fwd = reference::forward(&arch, &p, &x, mode);
+    let lg = loss_grad(&cfg, &fwd.logits, &target);
+    let grads = reference::backward(&arch, &p, &fwd, mode, &lg.grad);
+
+    let mut graph = Graph::new(gpu, &arch, &p, shape, Some(&setup(dropout_seed))).unwrap();
+    graph.set_input(gpu, &x.to_f32()).unwrap();
+    graph.set_target(gpu, &target.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
+    graph.step(gpu, step, false).unwrap();
+
+    // Ten dilated layers, norms and a head compound f32 rounding: relative
+    // 1e-3 with absolute floors scaled to each quantity.
+    assert_close("logits", &graph.read_logits(gpu).unwrap(), &fwd.logits.data, 1e-4, 1e-3);
+    assert_close("loss", &[graph.loss(gpu).unwrap()], &[lg.loss], 1e-5, 1e-4);
+    let gpu_grads = graph.read_grads(gpu).unwrap();
+    let scale = grads.iter().flatten().fold(0.0f64, |m, g| m.max(g.abs()));
+    for ((spec, g), cpu_g) in p.specs.iter().zip(&gpu_grads).zip(&grads) {
+        if let Some(g) = g {
+            assert_close(&format!("gradient of {}", spec.name), g, cpu_g, 1e-4 * scale, 2e-3);
+        }
+    }
+    let after = graph.read_params(gpu).unwrap();
+    for (prefix, rm, rv) in &fwd.running {
+        assert_close(&format!("{prefix}.running_mean"), after.get(&format!("{prefix}.running_mean")), rm, 1e-5, 1e-4);
+        assert_close(&format!("{prefix}.running_var"), after.get(&format!("{prefix}.running_var")), rv, 1e-5, 1e-4);
+    }
+    for ((spec, a), b) in after.specs.iter().zip(&after.values).zip(&p.values) {
+        assert!(!spec.kind.trainable() || a == b, "a step without update changed {}", spec.name);
+    }
+}
+
+fn narrow(mut cfg: ModelConfig) -> ModelConfig {
+    cfg.width = 4;
+    cfg
+}
+
+#[test]
+fn lungnet_width_4_training_step_matches_cpu_on_45x61() {
+    let cfg = ModelConfig { dropout: 0.0, ..narrow(ModelConfig::lungnet()) };
+    check_training_step(cfg, Shape::new(1, 1, 45, 61), 1);
+}
+
+#[test]
+fn lungnet_width_4_training_step_matches_cpu_for_batch_2_on_33x29() {
+    let cfg = ModelConfig { dropout: 0.0, ..narrow(ModelConfig::lungnet()) };
+    check_training_step(cfg, Shape::new(2, 1, 33, 29), 2);
+}
+
+#[test]
+fn lungnet_dropout_mask_matches_cpu_in_a_training_step() {
+    check_training_step(narrow(ModelConfig::lungnet()), Shape::new(2, 1, 33, 29), 3);
+}
+
+#[test]
+fn seo2018_training_step_matches_cpu_on_45x61() {
+    check_training_step(narrow(ModelConfig::seo2018()), Shape::new(1, 1, 45, 61), 4);
+}
+
+#[test]
+fn seo2018_training_step_matches_cpu_for_batch_2_on_33x29() {
+    check_training_step(narrow(ModelConfig::seo2018()), Shape::new(2, 1, 33, 29), 5);
+}
+
+#[test]
+fn inference_matches_cpu_for_both_presets() {
+    let gpu = gpu_or_skip!();
+    for (cfg, seed) in [(narrow(ModelConfig::lungnet()), 6), (narrow(ModelConfig::seo2018()), 7)] {
+        let arch = Architecture::new(&cfg);
+        let p = params(&arch, seed);
+        let x = Rng::new(seed).tensor(Shape::new(2, 1, 33, 29), 0.0, 1.0);
+        let fwd = reference::forward(&arch, &p, &x, Mode::Infer);
+        let graph = Graph::new(gpu, &arch, &p, x.shape, None).unwrap();
+        graph.set_input(gpu, &x.to_f32()).unwrap();
+        graph.forward(gpu).unwrap();
+        assert_close("inference logits", &graph.read_logits(gpu).unwrap(), &fwd.logits.data, 1e-4, 1e-3);
+    }
+}
+
+#[test]
+fn training_steps_lower_the_loss_on_a_fixed_batch() {
+    let gpu = gpu_or_skip!();
+    let cfg = ModelConfig { dropout: 0.0, ..narrow(ModelConfig::lungnet()) };
+    let arch = Architecture::new(&cfg);
+    let shape = Shape::new(1, 1, 32, 32);
+    let x: Vec<f32> = (0..shape.numel()).map(|i| (i % 32) as f32 / 32.0).collect();
+    let target: Vec<f32> = (0..shape.numel()).map(|i| if i % 32 > 16 { 1.0 } else { 0.0 }).collect();
+    let mut setup = setup(1);
+    setup.optimizer = Optimizer::Adam(nn::Adam::with_lr(1e-2));
+    let mut graph = Graph::new(gpu, &arch, &ParamSet::init(&arch, 1), shape, Some(&setup)).unwrap();
+    graph.set_input(gpu, &x).unwrap();
+    graph.set_target(gpu, &target).unwrap();
+    graph.step(gpu, 1, true).unwrap();
+    let first = graph.loss(gpu).unwrap();
+    for step in 2..=30 {
+        graph.step(gpu, step, true).unwrap();
+    }
+    let last = graph.loss(gpu).unwrap();
+    assert!(last < first * 0.2, "loss went from {first} to {last} in 30 Adam steps");
+}
+
+// ------------------------------------------------ CPU reference vs finite differences
+
+fn check_reference_gradients(cfg: ModelConfig, seed: u64) {
+    let arch = Architecture::new(&cfg);
+    let p = params(&arch, seed);
+    let mut rng = Rng::new(seed);
+    let shape = Shape::new(2, cfg.in_channels, 6, 5);
+    let x = rng.tensor(shape, 0.0, 1.0);
+    let target: Vec<f64> = (0..2 * 30).map(|_| (rng.next_u64() % 2) as f64).collect();
+    let mode = Mode::Train { dropout_seed: 5, step: 1 };
+    let fwd = reference::forward(&arch, &p, &x, mode);
+    let grads = reference::backward(&arch, &p, &fwd, mode, &loss_grad(&cfg, &fwd.logits, &target).grad);
+
+    for (i, spec) in p.specs.iter().enumerate() {
+        if !spec.kind.trainable() {
+            continue;
+        }
+        for j in 0..p.values[i].len() {
+            let numeric = reference_fd(&arch, &p, &x, mode, &target, i, j);
+            let analytic = grads[i][j];
+            assert!(
+                (numeric - analytic).abs() <= 1e-6 + 1e-4 * numeric.abs(),
+                "{}[{j}]: finite difference {numeric} vs backward {analytic}",
+                spec.name
+            );
+        }
+    }
+}
+
+fn tiny(mut cfg: ModelConfig, dilations: &[usize], head: &[usize]) -> ModelConfig {
+    cfg.width = 2;
+    cfg.dilations = dilations.to_vec();
+    cfg.head = head.to_vec();
+    cfg
+}
+
+#[test]
+fn reference_gradients_match_finite_differences_for_a_small_lungnet_with_dropout() {
+    check_reference_gradients(tiny(ModelConfig::lungnet(), &[1, 3], &[3]), 11);
+}
+
+#[test]
+fn reference_gradients_match_finite_differences_for_a_small_seo2018() {
+    check_reference_gradients(tiny(ModelConfig::seo2018(), &[1, 2, 4], &[2]), 12);
+}
+
+#[test]
+fn reference_gradients_match_finite_differences_without_norm_with_leaky_relu_and_sigmoid() {
+    use dilaseg::model::config::{ActKind, NormKind};
+    let cfg = ModelConfig {
+        norm: NormKind::None,
+        act: ActKind::LeakyRelu { slope: 0.1 },
+        output: OutputKind::Sigmoid,
+        out_channels: 1,
+        layer_residual: true,
+        ..tiny(ModelConfig::lungnet(), &[2, 1], &[])
+    };
+    check_reference_gradients(cfg, 13);
+}
+
+/// Central difference of the loss in parameter `i`, element `j`, with a
+/// step of 2^-20: exactly representable next to f32 parameters of these
+/// magnitudes, and small enough that no ReLU input crosses zero.
+fn reference_fd(arch: &Architecture, p: &ParamSet, x: &Tensor, mode: Mode, target: &[f64], i: usize, j: usize) -> f64 {
+    let h = 1.0 / 1_048_576.0;
+    let eval = |delta: f32| {
+        let mut q = p.clone();
+        q.values[i][j] += delta;
+        let f = reference::forward(arch, &q, x, mode);
+        loss_grad(&arch.config, &f.logits, target).loss
+    };
+    let (plus, minus) = (eval(h), eval(-h));
+    let actual = ((p.values[i][j] + h) - (p.values[i][j] - h)) as f64;
+    (plus - minus) / actual
+}
