@@ -9,11 +9,14 @@
 //! architecture, CPU reference, GPU graph, checkpoints), `rng` (the seeded generator).
 
 pub mod cpu;
+pub mod data;
 pub mod gpu;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod rng;
 pub mod shape;
+pub mod train;
 
 pub use shape::Shape;

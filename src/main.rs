@@ -1,78 +1,18 @@
-//! The `dilaseg` command line: argument parsing and printing only; the work
-//! lives in the library.
+//! The `dilaseg` binary: a thin layer over the library (see `cli`).
+
+mod cli;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use dilaseg::gpu::{adapter_reports, BackendChoice, Gpu, GpuError, GpuOptions};
-
-#[derive(Parser)]
-#[command(
-    name = "dilaseg",
-    version,
-    about = "Dilated fully-convolutional networks for medical image segmentation, on the GPU through WGSL",
-    long_about = "Trains and runs LungNet-style dilated fully-convolutional segmenters (Anthimopoulos et al., \
-                  IEEE JBHI 2019) entirely on the GPU through hand-written WGSL compute shaders, on any \
-                  Vulkan, Metal, DX12 or GL adapter, including software ones such as Mesa's lavapipe."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// How to choose the GPU adapter; shared by every command that uses one.
-#[derive(Args)]
-struct GpuArgs {
-    /// Graphics API: auto, vulkan, metal, dx12 or gl. `auto` honours WGPU_BACKEND.
-    #[arg(long, default_value = "auto", value_parser = parse_backend)]
-    backend: BackendChoice,
-    /// Use the adapter whose name contains this text (case-insensitive).
-    #[arg(long, env = "WGPU_ADAPTER_NAME")]
-    adapter: Option<String>,
-    /// Use a software (CPU) adapter such as lavapipe, e.g. on a machine with no GPU or in CI.
-    #[arg(long)]
-    software: bool,
-}
-
-impl GpuArgs {
-    fn options(&self) -> GpuOptions {
-        GpuOptions {
-            backend: self.backend,
-            adapter: self.adapter.clone(),
-            software: self.software,
-            ..Default::default()
-        }
-    }
-}
-
-fn parse_backend(s: &str) -> Result<BackendChoice, GpuError> {
-    s.parse()
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// List every GPU adapter with the limits and features that matter here,
-    /// and say which one dilaseg would use.
-    Devices {
-        #[command(flatten)]
-        gpu: GpuArgs,
-    },
-}
-
-fn devices(args: &GpuArgs) -> anyhow::Result<()> {
-    let reports = adapter_reports(args.backend);
-    for report in &reports {
-        println!("{report}\n");
-    }
-    let gpu = Gpu::new(&args.options())?;
-    println!("dilaseg would use: {}", gpu.describe());
-    Ok(())
-}
+use clap::Parser;
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Devices { gpu } => devices(gpu),
+        Command::Devices { gpu } => cli::devices(gpu),
+        Command::Train(args) => cli::train::run(args, &argv),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

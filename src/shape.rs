@@ -36,6 +36,11 @@ impl Shape {
         ((n * self.c + c) * self.h + y) * self.w + x
     }
 
+    /// The same shape with another batch size.
+    pub const fn with_n(&self, n: usize) -> Self {
+        Self::new(n, self.c, self.h, self.w)
+    }
+
     /// The same shape with another channel count.
     pub const fn with_c(&self, c: usize) -> Self {
         Self::new(self.n, c, self.h, self.w)

@@ -99,6 +99,7 @@ pub struct Graph {
     trunk_backward: Vec<Dispatch>,
     updates: Vec<Update>,
     loss_sums: Option<Tensor>,
+    optimizer: Option<Optimizer>,
 }
 
 fn norm_stats(norm: NormKind) -> NormStats {
@@ -334,6 +335,7 @@ impl Graph {
             trunk_backward: Vec::new(),
             updates: Vec::new(),
             loss_sums: None,
+            optimizer: train.map(|t| t.optimizer),
         };
         let Some(setup) = train else { return Ok(graph) };
 
@@ -557,5 +559,48 @@ impl Graph {
     /// running statistics and in inference graphs).
     pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Option<Vec<f32>>>> {
         self.grads.iter().map(|g| g.as_ref().map(|t| gpu.read(t)).transpose()).collect()
+    }
+}
+
+impl Graph {
+    /// Whether the optimiser is Adam (its state: two moments per parameter)
+    /// rather than SGD (one momentum buffer).
+    pub fn is_adam(&self) -> bool {
+        matches!(self.optimizer, Some(Optimizer::Adam(_)))
+    }
+
+    /// The optimiser state, in `checkpoint::optim_names` order.
+    pub fn read_optimizer_state(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        self.state.iter().flatten().map(|t| gpu.read(t)).collect()
+    }
+
+    /// Restores the optimiser state (same order as `read_optimizer_state`).
+    pub fn write_optimizer_state(&self, gpu: &Gpu, values: &[Vec<f32>]) -> Result<()> {
+        let tensors: Vec<&Tensor> = self.state.iter().flatten().collect();
+        if tensors.len() != values.len() || tensors.iter().zip(values).any(|(t, v)| t.shape.numel() != v.len()) {
+            return Err(GpuError::Shape {
+                kernel: "graph".into(),
+                message: "optimiser state does not match the model's parameters".into(),
+            });
+        }
+        for (t, v) in tensors.iter().zip(values) {
+            gpu.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(v));
+        }
+        Ok(())
+    }
+
+    /// Overwrites the parameters (e.g. to share trained weights with an
+    /// inference graph of another shape).
+    pub fn write_params(&self, gpu: &Gpu, values: &ParamSet) -> Result<()> {
+        for (t, v) in self.params.iter().zip(&values.values) {
+            if t.shape.numel() != v.len() {
+                return Err(GpuError::Shape {
+                    kernel: "graph".into(),
+                    message: format!("{} values for {}", v.len(), t.shape),
+                });
+            }
+            gpu.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(v));
+        }
+        Ok(())
     }
 }

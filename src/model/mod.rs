@@ -4,8 +4,10 @@
 //! reference of the whole graph (`reference`), the GPU graph (`graph`) and
 //! checkpoints (`checkpoint`).
 
+pub mod checkpoint;
 pub mod config;
 pub mod graph;
+pub mod output;
 pub mod params;
 pub mod reference;
 

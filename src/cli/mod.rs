@@ -1,0 +1,71 @@
+//! The command line: argument parsing and printing only; the work lives in
+//! the library.
+
+pub mod train;
+
+use clap::{Args, Parser, Subcommand};
+use dilaseg::gpu::{adapter_reports, BackendChoice, Gpu, GpuError, GpuOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "dilaseg",
+    version,
+    about = "Dilated fully-convolutional networks for medical image segmentation, on the GPU through WGSL",
+    long_about = "Trains and runs LungNet-style dilated fully-convolutional segmenters (Anthimopoulos et al., \
+                  IEEE JBHI 2019) entirely on the GPU through hand-written WGSL compute shaders, on any \
+                  Vulkan, Metal, DX12 or GL adapter, including software ones such as Mesa's lavapipe."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List every GPU adapter with the limits and features that matter here,
+    /// and say which one dilaseg would use.
+    Devices {
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Train a model on a folder of labelled images.
+    Train(Box<train::TrainArgs>),
+}
+
+/// How to choose the GPU adapter; shared by every command that uses one.
+#[derive(Args, Debug)]
+pub struct GpuArgs {
+    /// Graphics API: auto, vulkan, metal, dx12 or gl. `auto` honours WGPU_BACKEND.
+    #[arg(long, default_value = "auto", value_parser = parse_backend)]
+    backend: BackendChoice,
+    /// Use the adapter whose name contains this text (case-insensitive).
+    #[arg(long, env = "WGPU_ADAPTER_NAME")]
+    adapter: Option<String>,
+    /// Use a software (CPU) adapter such as lavapipe, e.g. on a machine with no GPU or in CI.
+    #[arg(long)]
+    software: bool,
+}
+
+impl GpuArgs {
+    pub fn options(&self) -> GpuOptions {
+        GpuOptions {
+            backend: self.backend,
+            adapter: self.adapter.clone(),
+            software: self.software,
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_backend(s: &str) -> Result<BackendChoice, GpuError> {
+    s.parse()
+}
+
+pub fn devices(args: &GpuArgs) -> anyhow::Result<()> {
+    for report in adapter_reports(args.backend) {
+        println!("{report}\n");
+    }
+    let gpu = Gpu::new(&args.options())?;
+    println!("dilaseg would use: {}", gpu.describe());
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Image files to tensors, as MODEL.md says: pixels scaled to [0, 1]
+//! (8-bit / 255, 16-bit / 65535), colour converted to one grey channel with
+//! ITU-R 601 luma weights (as PIL's "L") unless the model takes 3 channels,
+//! masks foreground where the grey value is > 127 (8-bit) or > 32767 (16-bit).
+//! Resizing is bilinear for images (half-pixel centres, no antialiasing,
+//! as PyTorch's `interpolate(mode="bilinear")`) and nearest for masks.
+
+use std::path::Path;
+
+use image::DynamicImage;
+
+use super::DataError;
+
+/// A decoded image: planar C x H x W f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planes {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<f32>,
+}
+
+const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+
+fn open(path: &Path) -> Result<DynamicImage, DataError> {
+    let bad = |message: String| DataError::Image { path: path.to_path_buf(), message };
+    let img = image::ImageReader::open(path)
+        .map_err(|e| bad(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?
+        .decode()
+        .map_err(|e| bad(e.to_string()))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(bad(format!("the image is empty ({}x{})", img.width(), img.height())));
+    }
+    Ok(img)
+}
+
+fn is_16_bit(img: &DynamicImage) -> bool {
+    img.color().bytes_per_pixel() / img.color().channel_count() >= 2
+}
+
+/// Grey values in [0, 1] (luma for colour images).
+fn grey(img: &DynamicImage) -> Vec<f32> {
+    if img.color().has_color() {
+        img.to_rgb32f().pixels().map(|p| LUMA[0] * p[0] + LUMA[1] * p[1] + LUMA[2] * p[2]).collect()
+    } else {
+        img.to_luma32f().into_raw()
+    }
+}
+
+/// An input image with `channels` (1 or 3) channels, values in [0, 1].
+pub fn load_image(path: &Path, channels: usize) -> Result<Planes, DataError> {
+    let img = open(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let data = if channels == 1 {
+        grey(&img)
+    } else {
+        let rgb = img.to_rgb32f();
+        (0..3).flat_map(|c| rgb.pixels().map(move |p| p[c]).collect::<Vec<_>>()).collect()
+    };
+    Ok(Planes { c: channels, h, w, data })
+}
+
+/// A binary mask (1 foreground, 0 background).
+pub fn load_mask(path: &Path) -> Result<Planes, DataError> {
+    let img = open(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    // > 127 of 255, > 32767 of 65535: halfway between the two integer codes.
+    let threshold = if is_16_bit(&img) { 32767.5 / 65535.0 } else { 127.5 / 255.0 };
+    let data = grey(&img).into_iter().map(|v| if v > threshold { 1.0 } else { 0.0 }).collect();
+    Ok(Planes { c: 1, h, w, data })
+}
+
+/// The size of an image file, reading only its header.
+pub fn dimensions(path: &Path) -> Result<(usize, usize), DataError> {
+    let (w, h) = image::image_dimensions(path)
+        .map_err(|e| DataError::Image { path: path.to_path_buf(), message: e.to_string() })?;
+    if w == 0 || h == 0 {
+        return Err(DataError::Image { path: path.to_path_buf(), message: format!("the image is empty ({w}x{h})") });
+    }
+    Ok((h as usize, w as usize))
+}
+
+/// The source coordinate sampled for output coordinate `o` (half-pixel centres).
+fn source(o: usize, from: usize, to: usize) -> f32 {
+    ((o as f32 + 0.5) * from as f32 / to as f32 - 0.5).clamp(0.0, (from - 1) as f32)
+}
+
+impl Planes {
+    /// Bilinear resize of every channel to h x w.
+    pub fn resize_bilinear(&self, h: usize, w: usize) -> Planes {
+        if (h, w) == (self.h, self.w) {
+            return self.clone();
+        }
+        let mut data = Vec::with_capacity(self.c * h * w);
+        for c in 0..self.c {
+            let plane = &self.data[c * self.h * self.w..][..self.h * self.w];
+            for oy in 0..h {
+                let fy = source(oy, self.h, h);
+                let (y0, wy) = (fy.floor() as usize, fy.fract());
+                let y1 = (y0 + 1).min(self.h - 1);
+                for ox in 0..w {
+                    let fx = source(ox, self.w, w);
+                    let (x0, wx) = (fx.floor() as usize, fx.fract());
+                    let x1 = (x0 + 1).min(self.w - 1);
+                    let at = |y: usize, x: usize| plane[y * self.w + x];
+                    let top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx;
+                    let bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx;
+                    data.push(top * (1.0 - wy) + bottom * wy);
+                }
+            }
+        }
+        Planes { c: self.c, h, w, data }
+    }
+
+    /// Nearest-neighbour resize (PyTorch's "nearest": floor(o * from / to)).
+    pub fn resize_nearest(&self, h: usize, w: usize) -> Planes {
+        if (h, w) == (self.h, self.w) {
+            return self.clone();
+        }
+        let mut data = Vec::with_capacity(self.c * h * w);
+        for c in 0..self.c {
+            for oy in 0..h {
+                let y = (oy * self.h / h).min(self.h - 1);
+                for ox in 0..w {
+                    let x = (ox * self.w / w).min(self.w - 1);
+                    data.push(self.data[(c * self.h + y) * self.w + x]);
+                }
+            }
+        }
+        Planes { c: self.c, h, w, data }
+    }
+
+    /// One of the 8 flip/rotate-by-90 transforms (the paper's augmentation):
+    /// `t % 4` quarter turns counter-clockwise, then a horizontal flip when
+    /// `t >= 4`. Odd turns swap H and W.
+    pub fn dihedral(&self, t: u8) -> Planes {
+        let turns = t % 4;
+        let (h, w) = if turns % 2 == 1 { (self.w, self.h) } else { (self.h, self.w) };
+        let mut data = Vec::with_capacity(self.data.len());
+        for c in 0..self.c {
+            for y in 0..h {
+                for x in 0..w {
+                    let x = if t >= 4 { w - 1 - x } else { x };
+                    // Undo the quarter turns: output (y, x) reads source (sy, sx).
+                    let (sy, sx) = match turns {
+                        0 => (y, x),
+                        1 => (x, self.w - 1 - y),
+                        2 => (self.h - 1 - y, self.w - 1 - x),
+                        _ => (self.h - 1 - x, y),
+                    };
+                    data.push(self.data[(c * self.h + sy) * self.w + sx]);
+                }
+            }
+        }
+        Planes { c: self.c, h, w, data }
+    }
+}

@@ -1,0 +1,554 @@
+//! The training run: data in, checkpoints and metrics out. Reports progress
+//! through an `Observer` (the command line draws a progress bar; tests stay
+//! quiet), so nothing here knows about terminals.
+//!
+//! Run folder: `last.safetensors` (+ `last.optim.safetensors`: optimiser
+//! state and position, for `--resume`), `best.safetensors` (best
+//! validation Dice), `metrics.csv` (a row per epoch), `loss.csv` (a row per
+//! step).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::data::loader::{load_sample, BatchPlan, DecodeOptions, Prefetcher};
+use crate::data::{image::dimensions, split, DataError, Dataset, Sample, ValSplit};
+use crate::gpu::{Gpu, GpuError};
+use crate::metrics;
+use crate::model::checkpoint::{self, CheckpointError, CheckpointMeta, OptimState};
+use crate::model::config::{ConfigError, ModelConfig};
+use crate::model::graph::{Graph, Optimizer, TrainSetup};
+use crate::model::output::{foreground_scores, DEFAULT_THRESHOLD};
+use crate::model::params::ParamSet;
+use crate::model::Architecture;
+use crate::nn::{self, SigmoidLoss};
+use crate::rng::Rng;
+use crate::shape::Shape;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "the loss became {loss} at step {step}; stopped. The last good checkpoint is kept in {run}. \
+         Try a lower --lr."
+    )]
+    NonFinite { step: u64, loss: f32, run: PathBuf },
+    #[error("{0}")]
+    Options(String),
+}
+
+type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ThresholdChoice {
+    Fixed(f32),
+    /// The threshold that maximises the validation Dice.
+    Auto,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub config: ModelConfig,
+    /// Start from these weights (their config wins over `config`).
+    pub init: Option<PathBuf>,
+    pub out: PathBuf,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub max_steps: Option<u64>,
+    pub optimizer: Optimizer,
+    pub size: Option<(usize, usize)>,
+    pub val: ValSplit,
+    pub augment: bool,
+    pub skip_bad: bool,
+    pub threshold: ThresholdChoice,
+    pub sigmoid_loss: SigmoidLoss,
+    pub class_weights: Option<Vec<f32>>,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+}
+
+impl TrainOptions {
+    /// Defaults for a preset's config: MODEL.md's batch size and Adam at 1e-3.
+    pub fn new(data: PathBuf, config: ModelConfig, out: PathBuf) -> Self {
+        let batch = if config.norm == crate::model::config::NormKind::Batch { 2 } else { 1 };
+        TrainOptions {
+            data,
+            config,
+            init: None,
+            out,
+            epochs: 1,
+            batch,
+            seed: 0,
+            max_steps: None,
+            optimizer: Optimizer::Adam(nn::Adam::with_lr(1e-3)),
+            size: None,
+            val: ValSplit::Fraction(0.2),
+            augment: false,
+            skip_bad: false,
+            threshold: ThresholdChoice::Fixed(DEFAULT_THRESHOLD),
+            sigmoid_loss: SigmoidLoss { bce: true, dice: false },
+            class_weights: None,
+            resume: false,
+        }
+    }
+}
+
+pub struct RunInfo {
+    pub adapter: String,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub skipped_files: usize,
+    pub shape: Shape,
+    pub steps_per_epoch: usize,
+    pub total_steps: u64,
+    pub start_step: u64,
+}
+
+pub struct StepReport {
+    pub step: u64,
+    pub epoch: usize,
+    pub loss: f32,
+    pub images_per_s: f64,
+}
+
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_dice: Option<f64>,
+    pub val_iou: Option<f64>,
+    pub threshold: f32,
+    pub seconds: f64,
+}
+
+/// Receives progress; every method has a quiet default.
+pub trait Observer {
+    fn started(&mut self, _info: &RunInfo) {}
+    fn step(&mut self, _report: &StepReport) {}
+    fn epoch(&mut self, _report: &EpochReport) {}
+    fn warn(&mut self, _message: &str) {}
+}
+
+/// Discards every report.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Finished {
+        steps: u64,
+        best_dice: Option<f64>,
+    },
+    /// Stopped early (`--max-steps` or a stop request) with a resumable checkpoint.
+    Stopped {
+        steps: u64,
+    },
+}
+
+/// Files of the run folder.
+pub fn last_path(run: &Path) -> PathBuf {
+    run.join("last.safetensors")
+}
+
+pub fn best_path(run: &Path) -> PathBuf {
+    run.join("best.safetensors")
+}
+
+/// The run's position, kept in the optimiser file's metadata.
+struct Position {
+    epoch: usize,
+    /// Batches of `epoch` already trained.
+    epoch_step: usize,
+    best_dice: Option<f64>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Checks every file's header (and sizes, without `--size`); with
+/// `skip_bad`, unreadable samples are dropped and counted.
+fn preflight(
+    samples: Vec<Sample>,
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+    skipped: &mut usize,
+) -> Result<Vec<Sample>> {
+    let mut kept = Vec::with_capacity(samples.len());
+    let mut first: Option<(PathBuf, (usize, usize))> = None;
+    for s in samples {
+        let files = [Some(&s.image), s.mask.as_ref()];
+        let sizes: std::result::Result<Vec<(usize, usize)>, DataError> =
+            files.iter().flatten().map(|p| dimensions(p)).collect();
+        let sizes = match sizes {
+            Ok(sizes) => sizes,
+            Err(e) if opts.skip_bad => {
+                obs.warn(&format!("skipping: {e}"));
+                *skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if opts.size.is_none() {
+            match &first {
+                None => first = Some((s.image.clone(), sizes[0])),
+                Some((path, size)) => {
+                    if let Some(other) = sizes.iter().find(|z| *z != size) {
+                        return Err(DataError::SizeMismatch {
+                            first: path.clone(),
+                            first_h: size.0,
+                            first_w: size.1,
+                            other: s.image.clone(),
+                            other_h: other.0,
+                            other_w: other.1,
+                        }
+                        .into());
+                    }
+                }
+            }
+        }
+        kept.push(s);
+    }
+    Ok(kept)
+}
+
+/// Shuffled batches of one epoch with their augmentation, a pure function
+/// of (seed, epoch): a resumed run rebuilds exactly the same plan.
+fn epoch_plan(n: usize, batch: usize, seed: u64, epoch: usize, augment: bool, square: bool) -> Vec<BatchPlan> {
+    let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    // Non-square images keep their shape: identity, 180 degrees and the two flips.
+    const SHAPE_KEEPING: [u8; 4] = [0, 2, 4, 6];
+    order
+        .chunks_exact(batch)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&i| {
+                    let t = match (augment, square) {
+                        (false, _) => 0,
+                        (true, true) => rng.below(8) as u8,
+                        (true, false) => SHAPE_KEEPING[rng.below(4)],
+                    };
+                    (i, t)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+struct Validation {
+    dice: f64,
+    iou: f64,
+    threshold: f32,
+    all_empty: bool,
+}
+
+/// Mean per-image Dice and IoU of the validation set at `threshold`, or at
+/// the threshold (0.05 .. 0.95) that maximises the Dice.
+fn validate(
+    gpu: &Gpu,
+    graph: &Graph,
+    samples: &[Sample],
+    decode: &DecodeOptions,
+    choice: ThresholdChoice,
+) -> Result<Validation> {
+    let cfg = &graph.arch.config;
+    let mut scored = Vec::with_capacity(samples.len());
+    for s in samples {
+        let (image, mask) = load_sample(s, 0, decode)?;
+        graph.set_input(gpu, &image.data)?;
+        graph.forward(gpu)?;
+        let logits = graph.read_logits(gpu)?;
+        let truth: Vec<bool> = mask.data.iter().map(|&v| v > 0.5).collect();
+        scored.push((foreground_scores(cfg, &logits, image.h * image.w), truth));
+    }
+    let at = |t: f32| {
+        let (mut dice, mut iou, mut empty) = (0.0, 0.0, true);
+        for (scores, truth) in &scored {
+            let pred: Vec<bool> = scores.iter().map(|&s| s >= t).collect();
+            empty &= !pred.iter().any(|&p| p);
+            dice += metrics::dice(&pred, truth);
+            iou += metrics::iou(&pred, truth);
+        }
+        let n = scored.len().max(1) as f64;
+        Validation { dice: dice / n, iou: iou / n, threshold: t, all_empty: empty }
+    };
+    Ok(match choice {
+        ThresholdChoice::Fixed(t) => at(t),
+        ThresholdChoice::Auto => (1..20)
+            .map(|k| at(k as f32 * 0.05))
+            .fold(None, |best: Option<Validation>, v| match best {
+                Some(b) if b.dice >= v.dice => Some(b),
+                _ => Some(v),
+            })
+            .expect("thresholds to try"),
+    })
+}
+
+/// Runs (or resumes) a training run. `stop` is polled after every step: set
+/// it (e.g. on Ctrl-C) to stop with a resumable checkpoint.
+pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Observer) -> Result<Outcome> {
+    if opts.batch == 0 || opts.epochs == 0 {
+        return Err(TrainError::Options("--batch and --epochs must be at least 1".into()));
+    }
+    std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
+    let run = &opts.out;
+
+    // Model and weights: a resumed run's last checkpoint, --init, or a fresh init.
+    let resumed = if opts.resume { Some(checkpoint::load(&last_path(run))?) } else { None };
+    let initial = match (&resumed, &opts.init) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(path)) => Some(checkpoint::load(path)?),
+        (None, None) => None,
+    };
+    let (arch, params, meta) = match initial {
+        Some(c) => (c.arch, c.params, c.meta),
+        None => {
+            opts.config.validate()?;
+            let arch = Architecture::new(&opts.config);
+            let params = ParamSet::init(&arch, opts.seed);
+            (arch, params, CheckpointMeta::default())
+        }
+    };
+    let cfg = arch.config.clone();
+
+    // Data.
+    let dataset = Dataset::scan(&opts.data)?;
+    let labelled = dataset.labelled()?;
+    let unlabelled = dataset.samples.len() - labelled.len();
+    if unlabelled > 0 {
+        obs.warn(&format!("{unlabelled} images have no mask and are not used"));
+    }
+    let (train_set, val_set) = split(&labelled, dataset.layout, &opts.val, opts.seed)?;
+    let mut skipped_files = 0;
+    let train_set = preflight(train_set, opts, obs, &mut skipped_files)?;
+    let val_set = preflight(val_set, opts, obs, &mut skipped_files)?;
+    if train_set.len() < opts.batch {
+        return Err(TrainError::Options(format!(
+            "--batch {} is larger than the {} training images",
+            opts.batch,
+            train_set.len()
+        )));
+    }
+    let (h, w) = match opts.size {
+        Some(size) => size,
+        None => dimensions(&train_set[0].image)?,
+    };
+    let shape = Shape::new(opts.batch, cfg.in_channels, h, w);
+    let decode = DecodeOptions { channels: cfg.in_channels, size: opts.size, skip_bad: opts.skip_bad };
+
+    // Graphs: training, and inference at batch 1 for validation.
+    let setup = TrainSetup {
+        optimizer: opts.optimizer,
+        sigmoid_loss: opts.sigmoid_loss,
+        class_weights: opts.class_weights.clone(),
+        dropout_seed: (opts.seed as u32) ^ 0x5eed_d20f,
+    };
+    let mut graph = Graph::new(gpu, &arch, &params, shape, Some(&setup))?;
+    let val_graph = Graph::new(gpu, &arch, &params, shape.with_c(cfg.in_channels).with_n(1), None)?;
+
+    let steps_per_epoch = train_set.len() / opts.batch;
+    let mut position = Position { epoch: 0, epoch_step: 0, best_dice: None };
+    let mut step: u64 = 0;
+    if resumed.is_some() {
+        let state = checkpoint::load_optim(&checkpoint::optim_path(&last_path(run)), &arch.params(), graph.is_adam())?;
+        let saved = resumed.as_ref().and_then(|c| c.meta.step);
+        if saved != Some(state.step) {
+            return Err(TrainError::Options(format!(
+                "{} (step {saved:?}) and its optimiser state (step {}) disagree: the run stopped while saving; \
+                 start again, or continue from the weights alone with --init",
+                last_path(run).display(),
+                state.step
+            )));
+        }
+        let values: Vec<Vec<f32>> = state.tensors.into_iter().map(|(_, _, v)| v).collect();
+        graph.write_optimizer_state(gpu, &values)?;
+        step = state.step;
+        let get = |key: &str| state.position.get(key).and_then(|v| v.parse::<usize>().ok());
+        position.epoch = get("epoch").unwrap_or(0);
+        position.epoch_step = get("epoch_step").unwrap_or(0);
+        position.best_dice = state.position.get("best_dice").and_then(|v| v.parse().ok());
+    }
+    let total_steps = (opts.epochs * steps_per_epoch) as u64;
+    obs.started(&RunInfo {
+        adapter: gpu.describe(),
+        train_images: train_set.len(),
+        val_images: val_set.len(),
+        skipped_files,
+        shape,
+        steps_per_epoch,
+        total_steps,
+        start_step: step,
+    });
+
+    let loss_log = run.join("loss.csv");
+    truncate_log(&loss_log, step)?;
+    let mut loss_file =
+        std::fs::OpenOptions::new().create(true).append(true).open(&loss_log).map_err(io_err(&loss_log))?;
+    if step == 0 {
+        writeln!(loss_file, "step,epoch,loss").map_err(io_err(&loss_log))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .map_err(|e| TrainError::Io { path: run.clone(), source: e })?;
+    let train_samples = Arc::new(train_set);
+    let square = h == w;
+    let mut meta = meta;
+    meta.train_size = Some((h, w));
+    let mut threshold = meta.threshold.unwrap_or(DEFAULT_THRESHOLD);
+
+    while position.epoch < opts.epochs {
+        let epoch = position.epoch;
+        let started = Instant::now();
+        let plans = epoch_plan(train_samples.len(), opts.batch, opts.seed, epoch, opts.augment, square);
+        let mut loader =
+            Prefetcher::start(&runtime, train_samples.clone(), plans[position.epoch_step..].to_vec(), decode, 4);
+        let mut loss_sum = 0.0;
+        let mut losses = 0;
+        while let Some(batch) = loader.next_batch() {
+            let batch = batch?;
+            for e in &batch.skipped {
+                obs.warn(&format!("replaced in its batch: {e}"));
+            }
+            let t0 = Instant::now();
+            graph.set_input(gpu, &batch.images)?;
+            graph.set_target(gpu, &batch.masks)?;
+            graph.step(gpu, (step + 1) as u32, true)?;
+            let loss = graph.loss(gpu)?;
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite { step: step + 1, loss, run: run.clone() });
+            }
+            step += 1;
+            position.epoch_step += 1;
+            loss_sum += loss as f64;
+            losses += 1;
+            writeln!(loss_file, "{step},{epoch},{loss}").map_err(io_err(&loss_log))?;
+            obs.step(&StepReport {
+                step,
+                epoch,
+                loss,
+                images_per_s: batch.n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            });
+            let at_limit = opts.max_steps.is_some_and(|m| step >= m);
+            if at_limit || stop.load(Ordering::Relaxed) {
+                save_last(gpu, &graph, run, &meta, step, &position)?;
+                return Ok(Outcome::Stopped { steps: step });
+            }
+        }
+        // End of epoch: validate, then save.
+        let trained = graph.read_params(gpu)?;
+        let val = if val_set.is_empty() {
+            None
+        } else {
+            val_graph.write_params(gpu, &trained)?;
+            let v = validate(gpu, &val_graph, &val_set, &decode, opts.threshold)?;
+            if v.all_empty {
+                obs.warn(&format!(
+                    "every validation prediction is empty at threshold {}: the outputs never reach it \
+                     (try --threshold auto)",
+                    v.threshold
+                ));
+            }
+            Some(v)
+        };
+        if let Some(v) = &val {
+            threshold = v.threshold;
+            meta.threshold = Some(threshold);
+        }
+        position.epoch += 1;
+        position.epoch_step = 0;
+        let report = EpochReport {
+            epoch,
+            train_loss: loss_sum / losses.max(1) as f64,
+            val_dice: val.as_ref().map(|v| v.dice),
+            val_iou: val.as_ref().map(|v| v.iou),
+            threshold,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        append_metrics(run, &report)?;
+        if let Some(v) = &val {
+            if position.best_dice.is_none_or(|b| v.dice > b) {
+                position.best_dice = Some(v.dice);
+                checkpoint::save(&best_path(run), &arch, &trained, &meta)?;
+            }
+        }
+        save_last(gpu, &graph, run, &meta, step, &position)?;
+        obs.epoch(&report);
+    }
+    Ok(Outcome::Finished { steps: step, best_dice: position.best_dice })
+}
+
+/// Writes `last.safetensors` and its optimiser state with the position.
+fn save_last(gpu: &Gpu, graph: &Graph, run: &Path, meta: &CheckpointMeta, step: u64, pos: &Position) -> Result<()> {
+    let params = graph.read_params(gpu)?;
+    let names = checkpoint::optim_names(&params.specs, graph.is_adam());
+    let values = graph.read_optimizer_state(gpu)?;
+    let mut position = std::collections::HashMap::from([
+        ("optimizer".to_string(), if graph.is_adam() { "adam" } else { "sgd" }.to_string()),
+        ("epoch".to_string(), pos.epoch.to_string()),
+        ("epoch_step".to_string(), pos.epoch_step.to_string()),
+    ]);
+    if let Some(d) = pos.best_dice {
+        position.insert("best_dice".into(), d.to_string());
+    }
+    let state =
+        OptimState { tensors: names.into_iter().zip(values).map(|((n, s), v)| (n, s, v)).collect(), step, position };
+    // Both files carry the step: a crash between the two writes is
+    // detected when resuming, never silently mixed.
+    let last = last_path(run);
+    checkpoint::save_optim(&checkpoint::optim_path(&last), &state)?;
+    checkpoint::save(&last, &graph.arch, &params, &CheckpointMeta { step: Some(step), ..meta.clone() })?;
+    Ok(())
+}
+
+fn append_metrics(run: &Path, r: &EpochReport) -> Result<()> {
+    let path = run.join("metrics.csv");
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    if new {
+        writeln!(f, "epoch,train_loss,val_dice,val_iou,threshold,seconds").map_err(io_err(&path))?;
+    }
+    writeln!(
+        f,
+        "{},{:.6},{},{},{},{:.1}",
+        r.epoch,
+        r.train_loss,
+        opt(r.val_dice),
+        opt(r.val_iou),
+        r.threshold,
+        r.seconds
+    )
+    .map_err(io_err(&path))
+}
+
+/// Drops loss-log rows past `step` (left by a run that crashed after its
+/// last checkpoint), so a resumed run's log has each step once.
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| line.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s <= step))
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    std::fs::write(path, body).map_err(io_err(path))
+}
