@@ -93,7 +93,9 @@ pub struct TrainArgs {
     /// Cross-entropy class weights, e.g. 0.5,2.
     #[arg(long, value_delimiter = ',')]
     class_weights: Option<Vec<f32>>,
-    /// Continue the run in this folder from its last checkpoint, with its options.
+    /// Continue the run in this folder from its last checkpoint, with its
+    /// options (a new --max-steps may be given; run from the same folder,
+    /// as relative paths are kept as typed).
     #[arg(long)]
     resume: Option<PathBuf>,
     #[command(flatten)]
@@ -227,6 +229,8 @@ pub fn run(args: &TrainArgs, argv: &[String]) -> anyhow::Result<()> {
                 bail!("{}: not a training run", saved.display());
             };
             let mut opts = original.options()?;
+            // The saved options, but this invocation's step limit.
+            opts.max_steps = args.max_steps;
             opts.resume = true;
             opts.out = run.clone();
             (opts, &args.gpu)

@@ -39,6 +39,16 @@ macro_rules! gpu_or_skip {
     };
 }
 
+/// The shared real data: `DILASEG_DATA`, else `../shared/data` beside the
+/// project (as in CI).
+pub fn data_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("DILASEG_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(dir.is_dir(), "real data not found at {} (set DILASEG_DATA)", dir.display());
+    dir
+}
+
 /// SplitMix64: deterministic test data with no dependency.
 pub struct Rng(u64);
 
