@@ -224,3 +224,51 @@ fn the_command_line_stops_at_max_steps_and_resumes_from_the_run_folder() {
     assert!(train::best_path(&run).is_file());
     assert_eq!(std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().count(), 3);
 }
+
+/// Keeps the warnings a run reports.
+#[derive(Default)]
+struct Warnings(Vec<String>);
+
+impl train::Observer for Warnings {
+    fn warn(&mut self, message: &str) {
+        self.0.push(message.to_string());
+    }
+}
+
+#[test]
+fn auto_threshold_is_chosen_on_validation_and_empty_predictions_are_warned_about() {
+    let gpu = gpu_or_skip!();
+    let data = cxr_folder(3);
+    let out = tempfile::tempdir().unwrap();
+    // The blog variant's linear output starts near 0: at threshold 0.5
+    // every prediction is empty, which the run must say.
+    let cfg = ModelConfig { width: 2, head: vec![2], ..ModelConfig::seo2018() };
+    let mut opts = options(data.path(), out.path(), cfg);
+    opts.batch = 2;
+    opts.val = ValSplit::Fraction(0.34);
+    let mut warnings = Warnings::default();
+    train::train(gpu, &opts, &AtomicBool::new(false), &mut warnings).unwrap();
+    assert!(warnings.0.iter().any(|w| w.contains("every validation prediction is empty")), "{:?}", warnings.0);
+
+    opts.threshold = train::ThresholdChoice::Auto;
+    opts.out = out.path().join("auto");
+    train::train(gpu, &opts, &AtomicBool::new(false), &mut Quiet).unwrap();
+    let best = checkpoint::load(&train::best_path(&opts.out)).unwrap();
+    let t = best.meta.threshold.expect("the chosen threshold is recorded");
+    assert!((0.05..=0.95).contains(&t) && t != 0.5, "threshold {t}");
+}
+
+#[test]
+fn a_stop_request_ends_the_step_and_leaves_a_resumable_checkpoint() {
+    let gpu = gpu_or_skip!();
+    let data = cxr_folder(3);
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = options(data.path(), out.path(), small_lungnet(0.0));
+    opts.val = ValSplit::Fraction(0.0);
+    opts.epochs = 3;
+    let stop = AtomicBool::new(true); // as if Ctrl-C came during the first step
+    assert_eq!(train::train(gpu, &opts, &stop, &mut Quiet).unwrap(), Outcome::Stopped { steps: 1 });
+    opts.resume = true;
+    let outcome = train::train(gpu, &opts, &AtomicBool::new(false), &mut Quiet).unwrap();
+    assert_eq!(outcome, Outcome::Finished { steps: 9, best_dice: None });
+}
