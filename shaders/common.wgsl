@@ -26,6 +26,11 @@ fn slice_index(n: u32, c: u32, p: u32, hw: u32, c_total: u32, c_off: u32) -> u32
     return (n * c_total + c_off + c) * hw + p;
 }
 
+// (n, c, p) of element i of an N x C x HW tensor, in NCHW order.
+fn unflatten(i: u32, c: u32, hw: u32) -> vec3<u32> {
+    return vec3<u32>(i / (hw * c), (i / hw) % c, i % hw);
+}
+
 var<workgroup> reduce_scratch: array<f32, WG>;
 
 // Sum of `v` over the workgroup, in a fixed tree order: deterministic and

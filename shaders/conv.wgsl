@@ -60,9 +60,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     if (i >= P.n * P.cout * hw) {
         return;
     }
-    let p = i % hw;
-    let co = (i / hw) % P.cout;
-    let n = i / (hw * P.cout);
+    let e = unflatten(i, P.cout, hw);
+    let n = e.x;
+    let co = e.y;
+    let p = e.z;
     let oy = p / P.w;
     let ox = p % P.w;
     var acc = bias[co];
@@ -93,9 +94,10 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (i >= P.n * P.cin * hw) {
         return;
     }
-    let p = i % hw;
-    let ci = (i / hw) % P.cin;
-    let n = i / (hw * P.cin);
+    let e = unflatten(i, P.cin, hw);
+    let n = e.x;
+    let ci = e.y;
+    let p = e.z;
     let iy = p / P.w;
     let ix = p % P.w;
     var acc = 0.0;

@@ -48,10 +48,8 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     if (i >= P.n * P.c * P.hw) {
         return;
     }
-    let p = i % P.hw;
-    let c = (i / P.hw) % P.c;
-    let n = i / (P.hw * P.c);
+    let e = unflatten(i, P.c, P.hw);
     let keep = dropout_uniform(P.seed, P.step, i) >= P.p;
-    let v = src[slice_index(n, c, p, P.hw, P.a_ctotal, P.a_coff)];
-    dst[slice_index(n, c, p, P.hw, P.b_ctotal, P.b_coff)] = select(0.0, v / (1.0 - P.p), keep);
+    let v = src[slice_index(e.x, e.y, e.z, P.hw, P.a_ctotal, P.a_coff)];
+    dst[slice_index(e.x, e.y, e.z, P.hw, P.b_ctotal, P.b_coff)] = select(0.0, v / (1.0 - P.p), keep);
 }

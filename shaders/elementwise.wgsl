@@ -25,13 +25,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-// (a index, b index) of element i, or None (x = 0) past the end.
+// (index in a, index in b, 1 if element i exists else 0).
 fn indices(i: u32) -> vec3<u32> {
-    let p = i % P.hw;
-    let c = (i / P.hw) % P.c;
-    let n = i / (P.hw * P.c);
-    return vec3<u32>(slice_index(n, c, p, P.hw, P.a_ctotal, P.a_coff),
-                     slice_index(n, c, p, P.hw, P.b_ctotal, P.b_coff),
+    let e = unflatten(i, P.c, P.hw);
+    return vec3<u32>(slice_index(e.x, e.y, e.z, P.hw, P.a_ctotal, P.a_coff),
+                     slice_index(e.x, e.y, e.z, P.hw, P.b_ctotal, P.b_coff),
                      select(0u, 1u, i < P.n * P.c * P.hw));
 }
 

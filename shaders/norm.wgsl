@@ -111,13 +111,11 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     if (i >= P.n * P.c * P.hw) {
         return;
     }
-    let p = i % P.hw;
-    let c = (i / P.hw) % P.c;
-    let n = i / (P.hw * P.c);
-    let g = group_of(n, c);
-    let v = x[slice_index(n, c, p, P.hw, P.x_ctotal, P.x_coff)];
+    let e = unflatten(i, P.c, P.hw);
+    let g = group_of(e.x, e.y);
+    let v = x_at(e);
     let xhat = (v - mean_in[g]) * inverseSqrt(var_in[g] + P.eps);
-    y[slice_index(n, c, p, P.hw, P.y_ctotal, P.y_coff)] = v + gamma[c] * xhat + beta[c];
+    y[slice_index(e.x, e.y, e.z, P.hw, P.y_ctotal, P.y_coff)] = v + gamma[e.y] * xhat + beta[e.y];
 }
 
 @compute @workgroup_size(WG)
@@ -164,18 +162,15 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (i >= P.n * P.c * P.hw) {
         return;
     }
-    let p = i % P.hw;
-    let c = (i / P.hw) % P.c;
-    let n = i / (P.hw * P.c);
-    let g = group_of(n, c);
-    let e = vec3<u32>(n, c, p);
+    let e = unflatten(i, P.c, P.hw);
+    let g = group_of(e.x, e.y);
     let inv = inverseSqrt(var_in[g] + P.eps);
     let xhat = (x_at(e) - mean_in[g]) * inv;
     let count = f32(group_size());
     let d = dy_at(e);
     let mean_dy = sums_in[2u * g] / count;
     let mean_dy_xhat = sums_in[2u * g + 1u] / count;
-    dx[slice_index(n, c, p, P.hw, P.x_ctotal, P.x_coff)] = d + gamma[c] * inv * (d - mean_dy - xhat * mean_dy_xhat);
+    dx[slice_index(e.x, e.y, e.z, P.hw, P.x_ctotal, P.x_coff)] = d + gamma[e.y] * inv * (d - mean_dy - xhat * mean_dy_xhat);
 }
 
 @compute @workgroup_size(WG)
