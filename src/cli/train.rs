@@ -170,12 +170,24 @@ struct Bar {
     bar: ProgressBar,
 }
 
+impl Bar {
+    /// A line above the bar, or on stderr when there is no bar (output is
+    /// not a terminal): logs must keep warnings and epoch summaries.
+    fn line(&self, text: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+}
+
 impl Observer for Bar {
     fn started(&mut self, info: &RunInfo) {
         self.bar.set_length(info.total_steps);
         self.bar.set_position(info.start_step);
         self.bar.reset_eta();
-        self.bar.println(format!(
+        self.line(format!(
             "training on {}: {} images ({} for validation{}), batches of {}, {} steps per epoch",
             info.adapter,
             info.train_images,
@@ -196,11 +208,11 @@ impl Observer for Bar {
             (Some(d), Some(i)) => format!("validation Dice {d:.4} IoU {i:.4} at threshold {:.2}", r.threshold),
             _ => "no validation images".to_string(),
         };
-        self.bar.println(format!("epoch {}: train loss {:.4}, {val} ({:.0} s)", r.epoch + 1, r.train_loss, r.seconds));
+        self.line(format!("epoch {}: train loss {:.4}, {val} ({:.0} s)", r.epoch + 1, r.train_loss, r.seconds));
     }
 
     fn warn(&mut self, message: &str) {
-        self.bar.println(format!("warning: {message}"));
+        self.line(format!("warning: {message}"));
     }
 }
 
