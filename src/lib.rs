@@ -10,7 +10,9 @@
 
 pub mod cpu;
 pub mod data;
+pub mod export;
 pub mod gpu;
+pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod nn;

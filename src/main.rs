@@ -11,11 +11,14 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Devices { gpu } => cli::devices(gpu),
-        Command::Train(args) => cli::train::run(args, &argv),
+        Command::Devices { gpu } => cli::devices(gpu).map(|()| true),
+        Command::Train(args) => cli::train::run(args, &argv).map(|()| true),
+        Command::Infer(args) => cli::infer::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // Some inputs failed (each reported); the rest were done.
+        Ok(false) => ExitCode::from(2),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

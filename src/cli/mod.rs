@@ -1,6 +1,7 @@
 //! The command line: argument parsing and printing only; the work lives in
 //! the library.
 
+pub mod infer;
 pub mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +31,8 @@ pub enum Command {
     },
     /// Train a model on a folder of labelled images.
     Train(Box<train::TrainArgs>),
+    /// Segment images with a trained model: masks, score maps, overlays.
+    Infer(Box<infer::InferArgs>),
 }
 
 /// How to choose the GPU adapter; shared by every command that uses one.
