@@ -1,0 +1,99 @@
+//! `dilaseg infer` end to end on lavapipe with real images: the files it
+//! promises, per-file errors that let the rest go on, a refused checkpoint.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dilaseg::model::checkpoint::{self, CheckpointMeta};
+use dilaseg::model::config::ModelConfig;
+use dilaseg::model::params::ParamSet;
+use dilaseg::model::Architecture;
+
+fn dilaseg(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dilaseg")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// An (untrained) narrow lungnet checkpoint recorded as trained at 64x64.
+fn model(dir: &Path) -> PathBuf {
+    let arch = Architecture::new(&ModelConfig { width: 4, head: vec![8], ..ModelConfig::lungnet() });
+    let path = dir.join("model.safetensors");
+    let meta = CheckpointMeta { train_size: Some((64, 64)), ..CheckpointMeta::default() };
+    checkpoint::save(&path, &arch, &ParamSet::init(&arch, 1), &meta).unwrap();
+    path
+}
+
+fn cxr(name: &str) -> PathBuf {
+    common::data_dir().join("lung-cxr/images").join(name)
+}
+
+#[test]
+fn infer_writes_mask_score_map_overlay_and_npy_at_the_image_size() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let truth = common::data_dir().join("lung-cxr/masks");
+    let (m, o, t) = (model(dir.path()), out.to_str().unwrap(), truth.to_str().unwrap());
+    let image = cxr("CHNCXR_0042_0.jpg");
+    let (code, stdout, stderr) = dilaseg(&["infer", "--model", m.to_str().unwrap(), image.to_str().unwrap(), "--out", o, "--truth", t, "--npy"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 images, 0 failed") && stdout.contains("mean Dice"), "{stdout}");
+
+    let mask = image::open(out.join("CHNCXR_0042_0_mask.png")).unwrap();
+    assert_eq!((mask.width(), mask.height(), mask.color()), (512, 512, image::ColorType::L8));
+    assert!(mask.to_luma8().pixels().all(|p| p[0] == 0 || p[0] == 255));
+    let score = image::open(out.join("CHNCXR_0042_0_prob.png")).unwrap();
+    assert_eq!((score.width(), score.color()), (512, image::ColorType::L16));
+    let overlay = image::open(out.join("CHNCXR_0042_0_overlay.png")).unwrap().to_rgb8();
+    assert_eq!(overlay.dimensions(), (512, 512));
+    let green = dilaseg::export::TRUTH;
+    assert!(overlay.pixels().any(|p| p.0 == green), "the ground truth is outlined");
+    // Softmax with 2 classes: the .npy holds both probabilities, C x H x W.
+    let npy = std::fs::read(out.join("CHNCXR_0042_0.npy")).unwrap();
+    let header = String::from_utf8_lossy(&npy[10..128]);
+    assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (2, 512, 512)"), "{header}");
+    assert_eq!(npy.len(), 128 + 2 * 512 * 512 * 4);
+    let probs: Vec<f32> = npy[128..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let plane = 512 * 512;
+    assert!((0..plane).step_by(997).all(|p| (probs[p] + probs[plane + p] - 1.0).abs() < 1e-4), "softmax sums to 1");
+}
+
+#[test]
+fn bad_inputs_are_reported_per_file_and_the_rest_go_on() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\n then nothing").unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "a text file with an image name").unwrap();
+    let out = dir.path().join("out");
+    let good = cxr("CHNCXR_0041_0.jpg");
+    let m = model(dir.path());
+    let args = ["infer", "--model", m.to_str().unwrap(), good.to_str().unwrap(), broken.to_str().unwrap(), text.to_str().unwrap(), "/no/such.png", "--out", out.to_str().unwrap()];
+    let (code, stdout, stderr) = dilaseg(&args);
+    assert_eq!(code, 2, "partial failure has its own exit code: {stderr}");
+    for name in ["broken.png", "notes.jpg", "/no/such.png"] {
+        assert!(stderr.contains(name), "the error names {name}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.join("CHNCXR_0041_0_mask.png").is_file(), "the good image was still segmented: {stdout}");
+}
+
+#[test]
+fn a_checkpoint_that_does_not_match_its_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = Architecture::new(&ModelConfig::lungnet());
+    let narrow = Architecture::new(&ModelConfig { width: 8, ..ModelConfig::lungnet() });
+    let path = dir.path().join("mismatch.safetensors");
+    checkpoint::save(&path, &arch, &ParamSet::init(&narrow, 1), &CheckpointMeta::default()).unwrap();
+    let good = cxr("CHNCXR_0041_0.jpg");
+    let (code, _, stderr) = dilaseg(&["infer", "--model", path.to_str().unwrap(), good.to_str().unwrap(), "--out", dir.path().join("o").to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("mismatch.safetensors") && stderr.contains("dilated.1.conv.weight: shape [8, 8, 3, 3]"), "{stderr}");
+}
