@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod gpu;
 pub mod infer;

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Devices { gpu } => cli::devices(gpu).map(|()| true),
         Command::Train(args) => cli::train::run(args, &argv).map(|()| true),
         Command::Infer(args) => cli::infer::run(args),
+        Command::Eval(args) => cli::eval::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

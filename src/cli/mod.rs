@@ -1,6 +1,7 @@
 //! The command line: argument parsing and printing only; the work lives in
 //! the library.
 
+pub mod eval;
 pub mod infer;
 pub mod train;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Segment images with a trained model: masks, score maps, overlays.
     Infer(Box<infer::InferArgs>),
+    /// Score a model, or masks already written, against labelled images.
+    Eval(Box<eval::EvalArgs>),
 }
 
 /// How to choose the GPU adapter; shared by every command that uses one.

@@ -72,6 +72,15 @@ pub fn load_mask(path: &Path) -> Result<Planes, DataError> {
     Ok(Planes { c: 1, h, w, data })
 }
 
+/// A label map: the grey value of each pixel as a class index (colour
+/// images by their luma, rounded).
+pub fn load_labels(path: &Path) -> Result<(usize, usize, Vec<usize>), DataError> {
+    let img = open(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let scale = if is_16_bit(&img) { 65535.0 } else { 255.0 };
+    Ok((h, w, grey(&img).into_iter().map(|v| (v * scale).round() as usize).collect()))
+}
+
 /// The size of an image file, reading only its header.
 pub fn dimensions(path: &Path) -> Result<(usize, usize), DataError> {
     let (w, h) = image::image_dimensions(path)
