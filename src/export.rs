@@ -1,7 +1,8 @@
 //! Results to files: the binary mask (8-bit PNG, 0/255), the score map
 //! (16-bit PNG, score x 65535, clamped to [0, 1]), an overlay for people
 //! (prediction tinted and outlined on the image, ground truth outlined in a
-//! second colour) and the raw output as a NumPy `.npy` (f32, C x H x W).
+//! second colour), the 2018 blog's animated GIF, and the raw output as a
+//! NumPy `.npy` (f32, C x H x W).
 
 use std::io::Write;
 use std::path::Path;
@@ -58,6 +59,41 @@ pub fn overlay(grey: &[f32], pred: &[bool], truth: Option<&[bool]>, w: usize, h:
         *px = Rgb(c.map(|v| v.round() as u8));
     }
     img
+}
+
+/// The blog's animation, one frame a second, looping: the image, the
+/// ground truth (when known), the prediction, the truth overlay (when
+/// known), the prediction overlay.
+pub fn write_gif(
+    path: &Path,
+    grey: &[f32],
+    pred: &[bool],
+    truth: Option<&[bool]>,
+    w: usize,
+    h: usize,
+) -> image::ImageResult<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    use image::{Delay, Frame, RgbaImage};
+    let grey_frame = |values: &mut dyn Iterator<Item = u8>| {
+        RgbaImage::from_fn(w as u32, h as u32, |_, _| {
+            let g = values.next().unwrap_or(0);
+            image::Rgba([g, g, g, 255])
+        })
+    };
+    let binary = |m: &[bool]| grey_frame(&mut m.iter().map(|&b| if b { 255 } else { 0 }));
+    let rgba = |img: RgbImage| image::DynamicImage::ImageRgb8(img).to_rgba8();
+    let mut frames = vec![grey_frame(&mut grey.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8))];
+    if let Some(t) = truth {
+        frames.push(binary(t));
+    }
+    frames.push(binary(pred));
+    if let Some(t) = truth {
+        frames.push(rgba(overlay(grey, t, None, w, h)));
+    }
+    frames.push(rgba(overlay(grey, pred, None, w, h)));
+    let mut encoder = GifEncoder::new(std::fs::File::create(path)?);
+    encoder.set_repeat(Repeat::Infinite)?;
+    encoder.encode_frames(frames.into_iter().map(|f| Frame::from_parts(f, 0, 0, Delay::from_numer_denom_ms(1000, 1))))
 }
 
 /// Writes `data` (C x H x W, C-order) as a NumPy .npy file, format 1.0.

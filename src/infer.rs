@@ -5,7 +5,7 @@
 //! pool while the GPU works.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -95,6 +95,8 @@ pub struct InferOptions {
     pub native: bool,
     /// Also write the raw output as .npy.
     pub npy: bool,
+    /// Also write the blog's animated GIF.
+    pub gif: bool,
 }
 
 /// What happened to one item.
@@ -147,22 +149,23 @@ fn grey(image: &Planes) -> Vec<f32> {
 }
 
 fn write_outputs(
-    dir: &Path,
+    opts: &InferOptions,
     stem: &str,
     image: &Planes,
     pred: &Prediction,
     truth: Option<&[bool]>,
-    npy: bool,
 ) -> Result<(), String> {
     let (w, h) = (image.w, image.h);
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("writing {what}: {e}");
-    let path = |suffix: &str| dir.join(format!("{stem}{suffix}"));
+    let path = |suffix: &str| opts.out.join(format!("{stem}{suffix}"));
     export::mask_image(&pred.mask, w, h).save(path("_mask.png")).map_err(|e| fail("the mask", &e))?;
     export::score_image(&pred.scores, w, h).save(path("_prob.png")).map_err(|e| fail("the score map", &e))?;
-    export::overlay(&grey(image), &pred.mask, truth, w, h)
-        .save(path("_overlay.png"))
-        .map_err(|e| fail("the overlay", &e))?;
-    if npy {
+    let grey = grey(image);
+    export::overlay(&grey, &pred.mask, truth, w, h).save(path("_overlay.png")).map_err(|e| fail("the overlay", &e))?;
+    if opts.gif {
+        export::write_gif(&path(".gif"), &grey, &pred.mask, truth, w, h).map_err(|e| fail("the GIF", &e))?;
+    }
+    if opts.npy {
         let o = &pred.output;
         export::write_npy(&path(".npy"), &o.data, [o.c, o.h, o.w]).map_err(|e| fail("the .npy", &e))?;
     }
@@ -207,9 +210,9 @@ pub fn run(
         match predicted {
             Ok((image, truth, pred)) => {
                 let dice = truth.as_ref().map(|t| metrics::dice(&pred.mask, t));
-                let (dir, stem, npy) = (opts.out.clone(), item.stem.clone(), opts.npy);
+                let (opts, stem) = (opts.clone(), item.stem.clone());
                 let write =
-                    runtime.spawn_blocking(move || write_outputs(&dir, &stem, &image, &pred, truth.as_deref(), npy));
+                    runtime.spawn_blocking(move || write_outputs(&opts, &stem, &image, &pred, truth.as_deref()));
                 writes.push_back((item, dice, write));
                 while writes.len() > 4 || writes.front().is_some_and(|w| w.2.is_finished()) {
                     finish(&runtime, writes.pop_front().expect("non-empty"), &mut summary, &mut all_dice, report);

@@ -43,8 +43,18 @@ fn infer_writes_mask_score_map_overlay_and_npy_at_the_image_size() {
     let truth = common::data_dir().join("lung-cxr/masks");
     let (m, o, t) = (model(dir.path()), out.to_str().unwrap(), truth.to_str().unwrap());
     let image = cxr("CHNCXR_0042_0.jpg");
-    let (code, stdout, stderr) =
-        dilaseg(&["infer", "--model", m.to_str().unwrap(), image.to_str().unwrap(), "--out", o, "--truth", t, "--npy"]);
+    let (code, stdout, stderr) = dilaseg(&[
+        "infer",
+        "--model",
+        m.to_str().unwrap(),
+        image.to_str().unwrap(),
+        "--out",
+        o,
+        "--truth",
+        t,
+        "--npy",
+        "--gif",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("1 images, 0 failed") && stdout.contains("mean Dice"), "{stdout}");
 
@@ -57,6 +67,11 @@ fn infer_writes_mask_score_map_overlay_and_npy_at_the_image_size() {
     assert_eq!(overlay.dimensions(), (512, 512));
     let green = dilaseg::export::TRUTH;
     assert!(overlay.pixels().any(|p| p.0 == green), "the ground truth is outlined");
+    // The blog's animation: image, truth, prediction and both overlays.
+    use image::AnimationDecoder;
+    let gif = std::io::BufReader::new(std::fs::File::open(out.join("CHNCXR_0042_0.gif")).unwrap());
+    let frames = image::codecs::gif::GifDecoder::new(gif).unwrap().into_frames().collect_frames().unwrap();
+    assert_eq!(frames.len(), 5);
     // Softmax with 2 classes: the .npy holds both probabilities, C x H x W.
     let npy = std::fs::read(out.join("CHNCXR_0042_0.npy")).unwrap();
     let header = String::from_utf8_lossy(&npy[10..128]);

@@ -24,7 +24,7 @@ pub struct InferArgs {
     #[arg(required = true)]
     inputs: Vec<String>,
     /// Folder for the results: NAME_mask.png, NAME_prob.png (16-bit),
-    /// NAME_overlay.png, and NAME.npy with --npy.
+    /// NAME_overlay.png, and NAME.npy and NAME.gif on request.
     #[arg(long)]
     out: PathBuf,
     /// Run at each image's own size instead of the size the model was trained at.
@@ -39,6 +39,10 @@ pub struct InferArgs {
     /// Also write the output after softmax/sigmoid as NumPy .npy (f32, C x H x W).
     #[arg(long)]
     npy: bool,
+    /// Also write an animated GIF per image: the image, the ground truth,
+    /// the prediction and their overlays (as in the 2018 blog post).
+    #[arg(long)]
+    gif: bool,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -118,7 +122,7 @@ pub fn run(args: &InferArgs) -> anyhow::Result<bool> {
     eprintln!("segmenting {} images on {} {scale}, threshold {}", items.len(), gpu.describe(), predictor.threshold);
     let bar = ProgressBar::new(items.len() as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} images, ETA {eta}").expect("valid template"));
-    let opts = InferOptions { out: args.out.clone(), native: args.native, npy: args.npy };
+    let opts = InferOptions { out: args.out.clone(), native: args.native, npy: args.npy, gif: args.gif };
     let summary = infer::run(&mut predictor, items, &opts, &mut |r| {
         bar.inc(1);
         if let Err(e) = &r.result {
