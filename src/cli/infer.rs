@@ -130,13 +130,14 @@ pub fn run(args: &InferArgs) -> anyhow::Result<bool> {
         }
     });
     bar.finish_and_clear();
+    let summary_failed = summary.failures.len();
     failures.extend(summary.failures);
     println!(
         "{} images, {} failed, {:.1} s ({:.2} images/s){}; results in {}",
         summary.images,
         failures.len(),
         summary.seconds,
-        summary.images as f64 / summary.seconds.max(1e-9),
+        (summary.images - summary_failed) as f64 / summary.seconds.max(1e-9),
         summary.mean_dice.map_or(String::new(), |d| format!(", mean Dice {d:.4} against the ground truth")),
         args.out.display()
     );
