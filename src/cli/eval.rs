@@ -11,7 +11,7 @@ use dilaseg::gpu::Gpu;
 use dilaseg::infer::Predictor;
 use dilaseg::model::checkpoint;
 
-use super::GpuArgs;
+use super::{GpuArgs, PredictArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -27,12 +27,8 @@ pub struct EvalArgs {
     /// Folder for per_image.csv and summary.json.
     #[arg(long)]
     out: PathBuf,
-    /// Run at each image's own size instead of the training size.
-    #[arg(long)]
-    native: bool,
-    /// Decision threshold (default: the checkpoint's, else 0.5).
-    #[arg(long)]
-    threshold: Option<f32>,
+    #[command(flatten)]
+    run: PredictArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -61,9 +57,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         (Some(model), _) => {
             let ckpt = checkpoint::load(model)?;
             let gpu = Gpu::new(&args.gpu.options())?;
-            let mut predictor = Predictor::new(&gpu, ckpt, args.threshold);
+            let mut predictor = Predictor::new(&gpu, ckpt, args.run.threshold);
             eprintln!("evaluating {} images on {}, threshold {}", samples.len(), gpu.describe(), predictor.threshold);
-            eval::eval_model(&mut predictor, &samples, args.native)
+            eval::eval_model(&mut predictor, &samples, args.run.native)
         }
         (None, Some(pred)) => eval::eval_predictions(pred, &samples),
         (None, None) => unreachable!("clap requires --model or --pred"),

@@ -12,7 +12,7 @@ use dilaseg::infer::{self, InferOptions, Item, Predictor};
 use dilaseg::model::checkpoint;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::GpuArgs;
+use super::{GpuArgs, PredictArgs};
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
@@ -27,12 +27,8 @@ pub struct InferArgs {
     /// NAME_overlay.png, and NAME.npy and NAME.gif on request.
     #[arg(long)]
     out: PathBuf,
-    /// Run at each image's own size instead of the size the model was trained at.
-    #[arg(long)]
-    native: bool,
-    /// Decision threshold (default: the checkpoint's, else 0.5).
-    #[arg(long)]
-    threshold: Option<f32>,
+    #[command(flatten)]
+    run: PredictArgs,
     /// Folder of ground-truth masks named like the images, outlined on the overlays.
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -114,15 +110,15 @@ pub fn run(args: &InferArgs) -> anyhow::Result<bool> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let gpu = Gpu::new(&args.gpu.options())?;
-    let mut predictor = Predictor::new(&gpu, ckpt, args.threshold);
-    let scale = match (args.native, predictor.train_size) {
+    let mut predictor = Predictor::new(&gpu, ckpt, args.run.threshold);
+    let scale = match (args.run.native, predictor.train_size) {
         (false, Some((h, w))) => format!("at the training size {h}x{w}"),
         _ => "at each image's own size".into(),
     };
     eprintln!("segmenting {} images on {} {scale}, threshold {}", items.len(), gpu.describe(), predictor.threshold);
     let bar = ProgressBar::new(items.len() as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} images, ETA {eta}").expect("valid template"));
-    let opts = InferOptions { out: args.out.clone(), native: args.native, npy: args.npy, gif: args.gif };
+    let opts = InferOptions { out: args.out.clone(), native: args.run.native, npy: args.npy, gif: args.gif };
     let summary = infer::run(&mut predictor, items, &opts, &mut |r| {
         bar.inc(1);
         if let Err(e) = &r.result {

@@ -63,6 +63,17 @@ impl GpuArgs {
     }
 }
 
+/// How a trained model is run on images; shared by `infer` and `eval`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Run at each image's own size instead of the size the model was trained at.
+    #[arg(long)]
+    pub native: bool,
+    /// Decision threshold (default: the checkpoint's, else 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+}
+
 fn parse_backend(s: &str) -> Result<BackendChoice, GpuError> {
     s.parse()
 }
