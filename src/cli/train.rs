@@ -168,6 +168,9 @@ impl TrainArgs {
 /// Draws the progress bar: loss, images/s and ETA; epoch summaries above it.
 struct Bar {
     bar: ProgressBar,
+    /// Launch time, to report how long start-up took until the first step.
+    launched: std::time::Instant,
+    first_step_seen: bool,
 }
 
 impl Bar {
@@ -199,6 +202,10 @@ impl Observer for Bar {
     }
 
     fn step(&mut self, r: &StepReport) {
+        if !self.first_step_seen {
+            self.first_step_seen = true;
+            self.line(format!("first step done {:.1} s after launch", self.launched.elapsed().as_secs_f64()));
+        }
         self.bar.set_position(r.step);
         self.bar.set_message(format!("epoch {} loss {:.4} {:.2} img/s", r.epoch + 1, r.loss, r.images_per_s));
     }
@@ -228,6 +235,7 @@ fn stop_on_ctrl_c(flag: Arc<AtomicBool>) {
 }
 
 pub fn run(args: &TrainArgs, argv: &[String]) -> anyhow::Result<()> {
+    let launched = std::time::Instant::now();
     let (mut opts, gpu_args) = match &args.resume {
         Some(run) => {
             let saved = run.join(ARGS_FILE);
@@ -261,7 +269,7 @@ pub fn run(args: &TrainArgs, argv: &[String]) -> anyhow::Result<()> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {msg}, ETA {eta}").expect("valid template"),
     );
-    let mut observer = Bar { bar };
+    let mut observer = Bar { bar, launched, first_step_seen: false };
     let outcome = train::train(&gpu, &opts, &stop, &mut observer);
     observer.bar.finish_and_clear();
     match outcome? {
