@@ -291,7 +291,7 @@ fn validate(
     Ok(match choice {
         ThresholdChoice::Fixed(t) => at(t),
         ThresholdChoice::Auto => (1..20)
-            .map(|k| at(k as f32 * 0.05))
+            .map(|k| at(k as f32 / 20.0))
             .fold(None, |best: Option<Validation>, v| match best {
                 Some(b) if b.dice >= v.dice => Some(b),
                 _ => Some(v),
