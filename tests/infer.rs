@@ -3,22 +3,14 @@
 
 mod common;
 
+use common::dilaseg;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dilaseg::model::checkpoint::{self, CheckpointMeta};
 use dilaseg::model::config::ModelConfig;
 use dilaseg::model::params::ParamSet;
 use dilaseg::model::Architecture;
-
-fn dilaseg(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dilaseg")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// An (untrained) narrow lungnet checkpoint recorded as trained at 64x64.
 fn model(dir: &Path) -> PathBuf {

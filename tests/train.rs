@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use dilaseg::data::ValSplit;
@@ -128,11 +127,6 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
     assert_eq!(losses(whole.path()), losses(parts.path()));
 }
 
-fn dilaseg(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dilaseg")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 #[test]
 fn a_bad_config_file_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,7 +135,7 @@ fn a_bad_config_file_is_refused_naming_the_field() {
     v["dropout"] = 1.5.into();
     std::fs::write(&config, v.to_string()).unwrap();
     let data = common::data_dir().join("lung-cxr");
-    let (code, stderr) = dilaseg(&[
+    let (code, _, stderr) = common::dilaseg(&[
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -215,10 +209,10 @@ fn the_command_line_stops_at_max_steps_and_resumes_from_the_run_folder() {
         "--max-steps",
         "1",
     ];
-    let (code, stderr) = dilaseg(&args);
+    let (code, _, stderr) = common::dilaseg(&args);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(losses(&run).len(), 1);
-    let (code, stderr) = dilaseg(&["train", "--resume", r]);
+    let (code, _, stderr) = common::dilaseg(&["train", "--resume", r]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(losses(&run).len(), 4, "two epochs of two images");
     assert!(train::best_path(&run).is_file());

@@ -49,6 +49,13 @@ pub fn data_dir() -> std::path::PathBuf {
     dir
 }
 
+/// Runs the dilaseg binary: (exit code, stdout, stderr).
+pub fn dilaseg(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dilaseg")).args(args).output().expect("dilaseg runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
 /// SplitMix64: deterministic test data with no dependency.
 pub struct Rng(u64);
 
