@@ -167,6 +167,19 @@ pub fn best_path(run: &Path) -> PathBuf {
     run.join("best.safetensors")
 }
 
+/// Whether `dir` already holds a training run (which a fresh run must not
+/// overwrite).
+pub fn holds_run(dir: &Path) -> bool {
+    last_path(dir).exists()
+}
+
+pub fn already_a_run(dir: &Path) -> TrainError {
+    TrainError::Options(format!(
+        "{} already holds a training run; continue it with --resume {0}, or choose another --out",
+        dir.display()
+    ))
+}
+
 /// The run's position, kept in the optimiser file's metadata.
 struct Position {
     epoch: usize,
@@ -305,6 +318,9 @@ fn validate(
 pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Observer) -> Result<Outcome> {
     if opts.batch == 0 || opts.epochs == 0 {
         return Err(TrainError::Options("--batch and --epochs must be at least 1".into()));
+    }
+    if !opts.resume && holds_run(&opts.out) {
+        return Err(already_a_run(&opts.out));
     }
     std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
     let run = &opts.out;

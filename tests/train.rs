@@ -216,6 +216,11 @@ fn the_command_line_stops_at_max_steps_and_resumes_from_the_run_folder() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(losses(&run).len(), 4, "two epochs of two images");
     assert!(train::best_path(&run).is_file());
+    // A fresh run into the same folder is refused; the run is left as it was.
+    let (code, _, stderr) = common::dilaseg(&args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("already holds a training run") && stderr.contains("--resume"), "{stderr}");
+    assert_eq!(losses(&run).len(), 4);
     assert_eq!(std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().count(), 3);
 }
 

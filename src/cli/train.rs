@@ -258,6 +258,9 @@ pub fn run(args: &TrainArgs, argv: &[String]) -> anyhow::Result<()> {
         None => (args.options()?, &args.gpu),
     };
     if !opts.resume {
+        if train::holds_run(&opts.out) {
+            return Err(train::already_a_run(&opts.out).into());
+        }
         std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
         let saved = opts.out.join(ARGS_FILE);
         std::fs::write(&saved, serde_json::to_string(argv)?).with_context(|| format!("writing {}", saved.display()))?;
