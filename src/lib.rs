@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod profile;
 pub mod rng;
 pub mod shape;
 pub mod train;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(args, &argv).map(|()| true),
         Command::Infer(args) => cli::infer::run(args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Profile(args) => cli::profile::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

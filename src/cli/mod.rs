@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod infer;
+pub mod profile;
 pub mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -36,6 +37,8 @@ pub enum Command {
     Infer(Box<infer::InferArgs>),
     /// Score a model, or masks already written, against labelled images.
     Eval(Box<eval::EvalArgs>),
+    /// Time every kernel of a forward pass or training step.
+    Profile(Box<profile::ProfileArgs>),
 }
 
 /// How to choose the GPU adapter; shared by every command that uses one.

@@ -1,6 +1,7 @@
 //! The GPU runtime: adapter choice and device creation (`device`), one
 //! buffer pool (`pool`), one pipeline cache (`pipelines`), typed tensors
-//! (`tensor`), recorded kernel launches (`dispatch`) and the WGSL sources
+//! (`tensor`), recorded kernel launches (`dispatch`), their timing
+//! (`profile`) and the WGSL sources
 //! (`shaders`). Ops (`crate::ops`) build on these; nothing here knows about
 //! the network or files.
 
@@ -8,12 +9,14 @@ mod device;
 mod dispatch;
 mod pipelines;
 mod pool;
+mod profile;
 pub mod shaders;
 mod tensor;
 
 pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions};
 pub use dispatch::{Dispatch, Grid, Kernel};
 pub use pool::PoolStats;
+pub use profile::TimeSource;
 pub use tensor::{Tensor, View};
 
 /// Errors of the GPU layer. Each says what was being done and, where a

@@ -18,6 +18,14 @@ use crate::nn::{self, NormStats, SigmoidLoss};
 use crate::ops::{self, dropout::Dropout, loss::LossKind, norm::NormTensors, optim::Update};
 use crate::shape::Shape;
 
+/// Which part of a step a dispatch belongs to (the loss counts as backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    Forward,
+    Backward,
+    Optimizer,
+}
+
 /// The optimiser of a training graph.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Optimizer {
@@ -502,7 +510,8 @@ impl Graph {
         Ok(())
     }
 
-    fn forward_list(&self) -> Vec<&Dispatch> {
+    /// The forward pass's dispatches, in order.
+    pub fn forward_dispatches(&self) -> Vec<&Dispatch> {
         let mut list: Vec<&Dispatch> = self.trunk.iter().collect();
         list.extend(self.dropout_forward.as_ref().map(|d| &d.dispatch));
         list.extend(&self.head);
@@ -511,13 +520,13 @@ impl Graph {
 
     /// Runs the forward pass (the logits are then in `read_logits`).
     pub fn forward(&self, gpu: &Gpu) -> Result<()> {
-        gpu.run(&self.forward_list())
+        gpu.run(&self.forward_dispatches())
     }
 
-    /// One training step numbered `step` (from 1: the dropout mask's counter
-    /// and Adam's bias correction): forward, loss, backward and, when
-    /// `update`, the optimiser, in one submission.
-    pub fn step(&mut self, gpu: &Gpu, step: u32, update: bool) -> Result<()> {
+    /// Prepares training step `step` (from 1: the dropout mask's counter and
+    /// Adam's bias correction) and returns its dispatches by phase, in
+    /// order: forward, loss and backward, and the optimiser when `update`.
+    pub fn step_dispatches(&mut self, gpu: &Gpu, step: u32, update: bool) -> Vec<(Phase, &Dispatch)> {
         for d in self.dropout_forward.iter_mut().chain(self.dropout_backward.iter_mut()) {
             d.set_step(gpu, step);
         }
@@ -526,13 +535,20 @@ impl Graph {
                 u.set_step(gpu, step);
             }
         }
-        let mut list = self.forward_list();
-        list.extend(&self.head_backward);
-        list.extend(self.dropout_backward.as_ref().map(|d| &d.dispatch));
-        list.extend(&self.trunk_backward);
+        let mut list: Vec<(Phase, &Dispatch)> =
+            self.forward_dispatches().into_iter().map(|d| (Phase::Forward, d)).collect();
+        list.extend(self.head_backward.iter().map(|d| (Phase::Backward, d)));
+        list.extend(self.dropout_backward.iter().map(|d| (Phase::Backward, &d.dispatch)));
+        list.extend(self.trunk_backward.iter().map(|d| (Phase::Backward, d)));
         if update {
-            list.extend(self.updates.iter().map(|u| &u.dispatch));
+            list.extend(self.updates.iter().map(|u| (Phase::Optimizer, &u.dispatch)));
         }
+        list
+    }
+
+    /// One training step (see `step_dispatches`) in one submission.
+    pub fn step(&mut self, gpu: &Gpu, step: u32, update: bool) -> Result<()> {
+        let list: Vec<&Dispatch> = self.step_dispatches(gpu, step, update).into_iter().map(|(_, d)| d).collect();
         gpu.run(&list)
     }
 

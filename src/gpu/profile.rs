@@ -1,0 +1,91 @@
+//! Per-dispatch timing. With timestamp queries each dispatch runs in a
+//! compute pass of its own whose begin and end are stamped by the GPU; the
+//! stamps are resolved in the step's encoder and copied for reading in a
+//! SEPARATE submission (resolving and copying in one encoder can read
+//! zeros on Vulkan), then scaled by the queue's timestamp period. Without
+//! timestamps each dispatch is submitted alone and timed by the CPU clock
+//! (labelled as such by `TimeSource`).
+
+use std::time::Instant;
+
+use super::dispatch::Dispatch;
+use super::{Gpu, GpuError, Result};
+
+/// Where the times come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSource {
+    GpuTimestamps,
+    /// CPU wall time of one submission per dispatch, synchronised.
+    CpuWallPerSubmission,
+}
+
+/// wgpu's cap on queries per set, two per dispatch.
+const MAX_QUERIES: u32 = 4096;
+
+impl Gpu {
+    /// Runs `dispatches` in order and returns each one's time in ms.
+    pub fn run_timed(&self, dispatches: &[&Dispatch]) -> Result<(TimeSource, Vec<f64>)> {
+        if !self.has_timestamps() {
+            let mut times = Vec::with_capacity(dispatches.len());
+            for d in dispatches {
+                let t = Instant::now();
+                self.run(&[d])?;
+                self.sync()?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            return Ok((TimeSource::CpuWallPerSubmission, times));
+        }
+        let mut times = Vec::with_capacity(dispatches.len());
+        for chunk in dispatches.chunks((MAX_QUERIES / 2) as usize) {
+            times.extend(self.stamp(chunk)?);
+        }
+        Ok((TimeSource::GpuTimestamps, times))
+    }
+
+    fn stamp(&self, dispatches: &[&Dispatch]) -> Result<Vec<f64>> {
+        let count = 2 * dispatches.len() as u32;
+        let bytes = count as u64 * 8;
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("dispatch timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolved = self.pool.take(bytes, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        self.scoped("timing kernels", || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            for (i, d) in dispatches.iter().enumerate() {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(d.label()),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &queries,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                d.record(&mut pass);
+            }
+            encoder.resolve_query_set(&queries, 0..count, resolved.buffer(), 0);
+            self.queue.submit([encoder.finish()]);
+        })?;
+        let readback = self.pool.take(bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(resolved.buffer(), 0, readback.buffer(), 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let slice = readback.buffer().slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.sync()?;
+        rx.recv()
+            .map_err(|e| GpuError::Device(e.to_string()))?
+            .map_err(|e| GpuError::Device(format!("mapping timestamps: {e}")))?;
+        let stamps: Vec<u64> = {
+            let view = slice.get_mapped_range().map_err(|e| GpuError::Device(e.to_string()))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        readback.buffer().unmap();
+        let period_ns = self.queue.get_timestamp_period() as f64;
+        Ok(stamps.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period_ns / 1e6).collect())
+    }
+}

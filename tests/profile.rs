@@ -1,0 +1,59 @@
+//! `dilaseg profile` on lavapipe: one row per dispatched kernel, positive
+//! times, and a sum that is consistent with the step's own wall time (a
+//! loose bound: this checks the bookkeeping, not speed).
+
+mod common;
+
+use dilaseg::model::config::ModelConfig;
+use dilaseg::model::graph::{Graph, Optimizer, TrainSetup};
+use dilaseg::model::params::ParamSet;
+use dilaseg::model::Architecture;
+use dilaseg::nn::{self, SigmoidLoss};
+use dilaseg::Shape;
+
+#[test]
+fn profile_has_a_row_per_kernel_and_adds_up_to_the_step() {
+    let gpu = gpu_or_skip!();
+    let cfg = ModelConfig { width: 2, head: vec![2], ..ModelConfig::seo2018() };
+    let arch = Architecture::new(&cfg);
+    let shape = Shape::new(2, 1, 32, 32);
+    let setup = TrainSetup {
+        optimizer: Optimizer::Adam(nn::Adam::with_lr(1e-3)),
+        sigmoid_loss: SigmoidLoss { bce: true, dice: false },
+        class_weights: None,
+        dropout_seed: 0,
+    };
+    let mut graph = Graph::new(gpu, &arch, &ParamSet::init(&arch, 0), shape, Some(&setup)).unwrap();
+    graph.set_input(gpu, &vec![0.5; shape.numel()]).unwrap();
+    graph.set_target(gpu, &vec![1.0; 2 * 32 * 32]).unwrap();
+    let labels: std::collections::BTreeSet<String> =
+        graph.step_dispatches(gpu, 1, true).iter().map(|(_, d)| d.label().to_string()).collect();
+    let dispatches = graph.step_dispatches(gpu, 1, true).len();
+
+    let p = dilaseg::profile::profile(gpu, &mut graph, true, 2).unwrap();
+    let rows: std::collections::BTreeSet<String> = p.rows.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(rows, labels, "one row per dispatched kernel");
+    assert_eq!(p.rows.iter().map(|r| r.calls).sum::<usize>(), 2 * dispatches);
+    assert!(p.rows.iter().all(|r| r.total_ms > 0.0), "{:?}", p.rows);
+    let per_step = p.total_ms() / 2.0;
+    assert!(
+        per_step > 0.25 * p.step_ms && per_step < 4.0 * p.step_ms,
+        "kernels {per_step} ms vs step {} ms",
+        p.step_ms
+    );
+    assert_eq!(p.phases.len(), 3, "forward, backward and optimiser: {:?}", p.phases);
+}
+
+#[test]
+fn profile_json_is_machine_readable() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let (code, stdout, stderr) =
+        common::dilaseg(&["profile", "--preset", "seo2018", "--size", "24x20", "--iters", "1", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(v["kernels"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
+    assert!(v["step_ms_median"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+    assert_eq!(v["time_source"], "GpuTimestamps", "lavapipe has timestamps");
+}
