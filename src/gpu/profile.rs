@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use super::dispatch::Dispatch;
-use super::{Gpu, GpuError, Result};
+use super::{Gpu, Result};
 
 /// Where the times come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,24 +67,8 @@ impl Gpu {
             encoder.resolve_query_set(&queries, 0..count, resolved.buffer(), 0);
             self.queue.submit([encoder.finish()]);
         })?;
-        let readback = self.pool.take(bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(resolved.buffer(), 0, readback.buffer(), 0, bytes);
-        self.queue.submit([encoder.finish()]);
-        let slice = readback.buffer().slice(..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.sync()?;
-        rx.recv()
-            .map_err(|e| GpuError::Device(e.to_string()))?
-            .map_err(|e| GpuError::Device(format!("mapping timestamps: {e}")))?;
-        let stamps: Vec<u64> = {
-            let view = slice.get_mapped_range().map_err(|e| GpuError::Device(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        readback.buffer().unmap();
+        // Copied in a submission of its own, after the resolve's.
+        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(resolved.buffer(), bytes)?);
         let period_ns = self.queue.get_timestamp_period() as f64;
         Ok(stamps.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period_ns / 1e6).collect())
     }

@@ -99,11 +99,17 @@ impl Gpu {
 
     /// Copies a tensor back to the host (waits for the queue).
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let staging = self.pool.take(t.bytes(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t.buffer(), t.bytes())?))
+    }
+
+    /// Copies the first `bytes` of `buffer` (COPY_SRC) back to the host, in
+    /// a submission of its own, and waits for it: the one read-back path.
+    pub(super) fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let staging = self.pool.take(bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(t.buffer(), 0, staging.buffer(), 0, t.bytes());
+        encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, bytes);
         self.queue.submit([encoder.finish()]);
-        let slice = staging.buffer().slice(..t.bytes());
+        let slice = staging.buffer().slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -112,10 +118,7 @@ impl Gpu {
         rx.recv()
             .map_err(|e| GpuError::Device(e.to_string()))?
             .map_err(|e| GpuError::Device(format!("mapping a read-back buffer: {e}")))?;
-        let data = {
-            let view = slice.get_mapped_range().map_err(|e| GpuError::Device(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
+        let data = slice.get_mapped_range().map_err(|e| GpuError::Device(e.to_string()))?.to_vec();
         staging.buffer().unmap();
         Ok(data)
     }
