@@ -8,6 +8,7 @@
 //! kernel family: parameters and launches), `model` (the network: config,
 //! architecture, CPU reference, GPU graph, checkpoints), `rng` (the seeded generator).
 
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod eval;

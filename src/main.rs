@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Infer(args) => cli::infer::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Profile(args) => cli::profile::run(args).map(|()| true),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

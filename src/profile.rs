@@ -1,11 +1,13 @@
 //! Where a step's time goes: every dispatch of a forward pass or training
 //! step timed on the GPU (`Gpu::run_timed`), summed per kernel (label: op,
-//! shape, dilation) and per phase, beside the step's own wall time.
+//! shape, dilation) and per phase, beside the step's own wall time, with
+//! rates from the dispatches' analytic counts (`Cost`) and a timeline of
+//! every dispatch for Chrome's trace-event format.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::gpu::{Dispatch, Gpu, Result, TimeSource};
+use crate::gpu::{Cost, Dispatch, Gpu, Result, TimeSource};
 use crate::model::graph::{Graph, Phase};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +15,28 @@ pub struct KernelRow {
     pub name: String,
     pub calls: usize,
     pub total_ms: f64,
+    /// Counted work summed over the calls.
+    pub cost: Cost,
+}
+
+impl KernelRow {
+    pub fn gflops(&self) -> f64 {
+        self.cost.flops / self.total_ms / 1e6
+    }
+
+    pub fn gbytes_per_s(&self) -> f64 {
+        self.cost.bytes / self.total_ms / 1e6
+    }
+}
+
+/// One timed dispatch on the profile's timeline (iterations laid end to end).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub name: String,
+    pub phase: Phase,
+    pub iteration: usize,
+    pub start_ms: f64,
+    pub ms: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -25,6 +49,7 @@ pub struct Profile {
     pub phases: BTreeMap<Phase, f64>,
     /// Median wall time of a normal (untimed, one submission) step, ms.
     pub step_ms: f64,
+    pub events: Vec<Event>,
 }
 
 impl Profile {
@@ -42,20 +67,47 @@ impl Profile {
             "kernels": self.rows.iter().map(|r| serde_json::json!({
                 "name": r.name, "calls": r.calls, "total_ms": r.total_ms,
                 "mean_ms": r.total_ms / r.calls as f64, "share": r.total_ms / total,
+                "gflops": r.gflops(), "gbytes_per_s": r.gbytes_per_s(),
             })).collect::<Vec<_>>(),
-            "phases_ms": self.phases.iter().map(|(p, ms)| (format!("{p:?}").to_lowercase(), *ms)).collect::<BTreeMap<_, _>>(),
+            "phases_ms": self.phases.iter().map(|(p, ms)| (phase_name(*p), *ms)).collect::<BTreeMap<_, _>>(),
         })
     }
+
+    /// Chrome trace-event JSON (Perfetto, chrome://tracing): one complete
+    /// ("X") event per timed dispatch, microseconds, one track per phase.
+    pub fn to_trace(&self) -> serde_json::Value {
+        let events: Vec<_> = self
+            .events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name, "cat": phase_name(e.phase), "ph": "X", "pid": 1, "tid": e.phase as u32,
+                    "ts": e.start_ms * 1e3, "dur": e.ms * 1e3, "args": {"iteration": e.iteration},
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "traceEvents": events,
+            "displayTimeUnit": "ms",
+            "otherData": {"time_source": format!("{:?}", self.source)},
+        })
+    }
+}
+
+fn phase_name(p: Phase) -> String {
+    format!("{p:?}").to_lowercase()
 }
 
 /// Profiles `iters` training steps (`train`) or forward passes of `graph`,
 /// after one warm-up (which compiles nothing new but settles the driver).
 pub fn profile(gpu: &Gpu, graph: &mut Graph, train: bool, iters: usize) -> Result<Profile> {
     let iters = iters.max(1);
-    let mut per_label: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    let mut per_label: BTreeMap<String, KernelRow> = BTreeMap::new();
     let mut phases = BTreeMap::new();
     let mut source = TimeSource::GpuTimestamps;
     let mut walls = Vec::new();
+    let mut events = Vec::new();
+    let mut origin = 0.0;
     for it in 0..=iters {
         let step = it as u32 + 1;
         let list: Vec<(Phase, &Dispatch)> = if train {
@@ -69,22 +121,36 @@ pub fn profile(gpu: &Gpu, graph: &mut Graph, train: bool, iters: usize) -> Resul
         gpu.run(&dispatches)?;
         gpu.sync()?;
         let wall = t.elapsed().as_secs_f64() * 1e3;
-        let (src, times) = gpu.run_timed(&dispatches)?;
+        let (src, spans) = gpu.run_timed(&dispatches)?;
         if it == 0 {
             continue; // warm-up
         }
         walls.push(wall);
         source = src;
-        for ((phase, d), ms) in list.iter().zip(times) {
-            let e = per_label.entry(d.label().to_string()).or_default();
-            e.0 += 1;
-            e.1 += ms;
-            *phases.entry(*phase).or_insert(0.0) += ms;
+        for ((phase, d), span) in list.iter().zip(&spans) {
+            let row = per_label.entry(d.label().to_string()).or_insert_with(|| KernelRow {
+                name: d.label().to_string(),
+                calls: 0,
+                total_ms: 0.0,
+                cost: Cost::default(),
+            });
+            row.calls += 1;
+            row.total_ms += span.ms;
+            row.cost.flops += d.cost().flops;
+            row.cost.bytes += d.cost().bytes;
+            *phases.entry(*phase).or_insert(0.0) += span.ms;
+            events.push(Event {
+                name: d.label().to_string(),
+                phase: *phase,
+                iteration: it,
+                start_ms: origin + span.start_ms,
+                ms: span.ms,
+            });
         }
+        origin += spans.iter().map(|s| s.start_ms + s.ms).fold(0.0, f64::max);
     }
     walls.sort_by(f64::total_cmp);
-    let mut rows: Vec<KernelRow> =
-        per_label.into_iter().map(|(name, (calls, total_ms))| KernelRow { name, calls, total_ms }).collect();
+    let mut rows: Vec<KernelRow> = per_label.into_values().collect();
     rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
-    Ok(Profile { source, iters, rows, phases, step_ms: walls[walls.len() / 2] })
+    Ok(Profile { source, iters, rows, phases, step_ms: walls[walls.len() / 2], events })
 }

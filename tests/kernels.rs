@@ -456,3 +456,28 @@ fn sgd_with_momentum_matches_cpu_over_three_steps() {
 fn plain_sgd_matches_cpu_over_three_steps() {
     check_sgd(0.0);
 }
+
+// ---------------------------------------------------------- microbenchmarks
+
+#[test]
+fn fma_chains_match_the_cpu_and_copy_is_exact() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(41);
+    // 1001 invocations: a partial last workgroup.
+    let seeds: Vec<f32> = (0..4 * 1001).map(|_| rng.uniform(-2.0, 2.0) as f32).collect();
+    let src = gpu.upload(Shape::vector(seeds.len()), &seeds).unwrap();
+    let out = gpu.zeros(src.shape).unwrap();
+    let iters = 36;
+    let d = ops::bench::fma_chains(gpu, &src, &out, iters).unwrap();
+    assert_eq!(d.cost().flops, 2.0 * ops::bench::CHAINS as f64 * iters as f64 * 1001.0);
+    run(gpu, &[&d]);
+    let expected: Vec<f64> =
+        seeds.chunks(4).flat_map(|s| cpu::bench::fma_chains([s[0], s[1], s[2], s[3]], iters)).map(f64::from).collect();
+    // f32 chains on both sides; a backend may round fma as mul + add.
+    assert_close("fma_chains", &gpu.read(&out).unwrap(), &expected, 1e-5, 1e-5);
+    assert!(ops::bench::fma_chains(gpu, &src, &out, 6).is_err(), "steps come four per trip");
+
+    let copied = gpu.zeros(src.shape).unwrap();
+    run(gpu, &[&ops::bench::copy(gpu, &src, &copied).unwrap()]);
+    assert_eq!(gpu.read(&copied).unwrap(), seeds);
+}

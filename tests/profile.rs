@@ -42,6 +42,19 @@ fn profile_has_a_row_per_kernel_and_adds_up_to_the_step() {
         p.step_ms
     );
     assert_eq!(p.phases.len(), 3, "forward, backward and optimiser: {:?}", p.phases);
+
+    // Rates come from analytic counts: BENCH.md's 2 Cin Cout k k H W N per
+    // convolution call, nothing for other kernels; traffic for every kernel.
+    let layer2 = p.rows.iter().find(|r| r.name == "conv.forward 2x2x32x32 3x3 d1").expect("layer 2's conv row");
+    assert_eq!(layer2.cost.flops, layer2.calls as f64 * 2.0 * 2.0 * 2.0 * 9.0 * 2.0 * 32.0 * 32.0);
+    assert!(layer2.gflops() > 0.0 && layer2.gbytes_per_s() > 0.0);
+    for r in &p.rows {
+        assert_eq!(r.cost.flops > 0.0, r.name.starts_with("conv.") && !r.name.contains("bias"), "{}", r.name);
+        assert!(r.cost.bytes > 0.0, "{}", r.name);
+    }
+    // The timeline: one event per timed dispatch, in submission order.
+    assert_eq!(p.events.len(), 2 * dispatches);
+    assert!(p.events.windows(2).all(|e| e[1].start_ms >= e[0].start_ms), "events out of order");
 }
 
 #[test]
@@ -56,4 +69,42 @@ fn profile_json_is_machine_readable() {
     assert!(v["kernels"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
     assert!(v["step_ms_median"].as_f64().is_some_and(|t| t > 0.0), "{v}");
     assert_eq!(v["time_source"], "GpuTimestamps", "lavapipe has timestamps");
+}
+
+#[test]
+fn trace_file_is_chrome_trace_json_with_an_event_per_dispatch() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("step.trace.json");
+    let (code, stdout, stderr) = common::dilaseg(&[
+        "profile",
+        "--preset",
+        "seo2018",
+        "--size",
+        "20x28",
+        "--batch",
+        "2",
+        "--train",
+        "--iters",
+        "2",
+        "--json",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let profile: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let calls: u64 = profile["kernels"].as_array().unwrap().iter().map(|k| k["calls"].as_u64().unwrap()).sum();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&trace).unwrap()).expect("the trace parses as JSON");
+    let events = v["traceEvents"].as_array().expect("traceEvents");
+    assert_eq!(events.len() as u64, calls, "one event per timed dispatch");
+    for e in events {
+        assert_eq!(e["ph"], "X", "{e}");
+        assert!(e["name"].as_str().is_some_and(|n| !n.is_empty()), "{e}");
+        assert!(e["ts"].as_f64().is_some_and(|t| t >= 0.0) && e["dur"].as_f64().is_some_and(|d| d > 0.0), "{e}");
+    }
+    let cats: std::collections::BTreeSet<&str> = events.iter().map(|e| e["cat"].as_str().unwrap()).collect();
+    assert_eq!(cats, ["backward", "forward", "optimizer"].into_iter().collect());
 }

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and printing only; the work lives in
 //! the library.
 
+pub mod bench;
 pub mod eval;
 pub mod infer;
 pub mod profile;
@@ -39,6 +40,8 @@ pub enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Time every kernel of a forward pass or training step.
     Profile(Box<profile::ProfileArgs>),
+    /// Time the workloads of BENCH.md against the adapter's measured peaks (one JSON object per line).
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// How to choose the GPU adapter; shared by every command that uses one.

@@ -7,11 +7,8 @@ use clap::Args;
 use dilaseg::gpu::{Gpu, TimeSource};
 use dilaseg::model::checkpoint::{self, parse_size};
 use dilaseg::model::config::ModelConfig;
-use dilaseg::model::graph::{Graph, Optimizer, TrainSetup};
 use dilaseg::model::params::ParamSet;
 use dilaseg::model::Architecture;
-use dilaseg::nn::{self, SigmoidLoss};
-use dilaseg::rng::Rng;
 use dilaseg::Shape;
 
 use super::GpuArgs;
@@ -41,6 +38,9 @@ pub struct ProfileArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write every timed dispatch as Chrome trace-event JSON (open in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -67,19 +67,13 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let gpu = Gpu::new(&args.gpu.options())?;
     let (h, w) = args.size;
     let shape = Shape::new(args.batch, arch.config.in_channels, h, w);
-    let setup = TrainSetup {
-        optimizer: Optimizer::Adam(nn::Adam::with_lr(1e-3)),
-        sigmoid_loss: SigmoidLoss { bce: true, dice: false },
-        class_weights: None,
-        dropout_seed: 0,
-    };
-    let mut graph = Graph::new(&gpu, &arch, &params, shape, args.train.then_some(&setup))?;
-    let mut rng = Rng::new(0);
-    graph.set_input(&gpu, &(0..shape.numel()).map(|_| rng.uniform() as f32).collect::<Vec<_>>())?;
-    if args.train {
-        graph.set_target(&gpu, &(0..shape.n * h * w).map(|_| (rng.next_u64() % 2) as f32).collect::<Vec<_>>())?;
-    }
+    let mut graph = dilaseg::bench::synthetic_graph(&gpu, &arch, &params, shape, args.train)?;
     let profile = dilaseg::profile::profile(&gpu, &mut graph, args.train, args.iters)?;
+    if let Some(path) = &args.trace {
+        std::fs::write(path, serde_json::to_vec(&profile.to_trace())?)
+            .with_context(|| format!("writing the trace {}", path.display()))?;
+        eprintln!("trace of {} dispatches written to {}", profile.events.len(), path.display());
+    }
     if args.json {
         let mut v = profile.to_json();
         v["adapter"] = gpu.describe().into();
@@ -95,15 +89,22 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     println!("{what} of {shape} on {}, {} iterations; times from {clock}", gpu.describe(), profile.iters);
     let total = profile.total_ms();
     let per_iter = |ms: f64| ms / profile.iters as f64;
-    println!("{:<60} {:>6} {:>11} {:>10} {:>6}", "kernel", "calls", "total ms", "mean ms", "share");
+    println!(
+        "{:<60} {:>6} {:>11} {:>10} {:>6} {:>9} {:>8}",
+        "kernel", "calls", "total ms", "mean ms", "share", "GFLOP/s", "GB/s"
+    );
     for r in &profile.rows {
+        // Only convolutions count arithmetic (BENCH.md); a dash elsewhere.
+        let gflops = if r.cost.flops > 0.0 { format!("{:.2}", r.gflops()) } else { "-".into() };
         println!(
-            "{:<60} {:>6} {:>11.2} {:>10.3} {:>5.1}%",
+            "{:<60} {:>6} {:>11.2} {:>10.3} {:>5.1}% {:>9} {:>8.2}",
             r.name,
             r.calls,
             r.total_ms,
             r.total_ms / r.calls as f64,
-            100.0 * r.total_ms / total
+            100.0 * r.total_ms / total,
+            gflops,
+            r.gbytes_per_s()
         );
     }
     for (phase, ms) in &profile.phases {

@@ -4,6 +4,7 @@
 //! never a fallback: clarity over speed.
 
 pub mod act;
+pub mod bench;
 pub mod conv;
 pub mod dropout;
 pub mod layout;

@@ -9,7 +9,7 @@ use bytemuck::Pod;
 
 use super::pool::PooledBuffer;
 use super::shaders::Family;
-use super::tensor::Tensor;
+use super::tensor::View;
 use super::{Gpu, GpuError, Result};
 
 /// Invocations per workgroup of every kernel (`WG` in shaders/common.wgsl).
@@ -43,8 +43,19 @@ pub enum Grid {
     Groups(usize),
 }
 
+/// What a launch does, counted analytically for the profile and the bench:
+/// arithmetic (BENCH.md's convention: 2 per multiply-add of a convolution,
+/// 0 for everything else) and the compulsory memory traffic (every bound
+/// operand read or written once).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub flops: f64,
+    pub bytes: f64,
+}
+
 pub struct Dispatch {
     label: String,
+    cost: Cost,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     params: Arc<PooledBuffer>,
@@ -56,6 +67,22 @@ pub struct Dispatch {
 impl Dispatch {
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    /// Sets the arithmetic count (the traffic comes from the bindings).
+    pub fn with_flops(mut self, flops: f64) -> Self {
+        self.cost.flops = flops;
+        self
+    }
+
+    /// Overrides the traffic where a binding is read and written.
+    pub fn with_bytes(mut self, bytes: f64) -> Self {
+        self.cost.bytes = bytes;
+        self
     }
 
     /// Rewrites the parameters (e.g. the optimiser step) before the next
@@ -81,11 +108,12 @@ impl Gpu {
         label: String,
         kernel: &Kernel,
         params: &P,
-        bindings: &[(u32, &Tensor)],
+        bindings: &[(u32, View)],
         grid: Grid,
     ) -> Result<Dispatch> {
         let limit = self.limits.max_storage_buffer_binding_size;
-        for (binding, t) in bindings {
+        for (binding, view) in bindings {
+            let t = view.tensor;
             if t.bytes() > limit {
                 return Err(GpuError::TooLarge {
                     what: format!("{label}: the {} tensor at binding {binding}", t.shape),
@@ -96,7 +124,7 @@ impl Gpu {
             }
         }
         for (i, (a, ta)) in bindings.iter().enumerate() {
-            if let Some((b, _)) = bindings[i + 1..].iter().find(|(_, tb)| ta.same_buffer(tb)) {
+            if let Some((b, _)) = bindings[i + 1..].iter().find(|(_, tb)| ta.tensor.same_buffer(tb.tensor)) {
                 return Err(GpuError::Shape {
                     kernel: label,
                     message: format!(
@@ -110,30 +138,32 @@ impl Gpu {
         let bytes = bytemuck::bytes_of(params);
         debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");
         let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-        let (pipeline, bind_group) = self.scoped(&label, || {
-            self.queue.write_buffer(params_buf.buffer(), 0, bytes);
-            let pipeline = self.pipelines.get(&self.device, kernel);
-            let mut entries =
-                vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
-            entries.extend(
-                bindings
-                    .iter()
-                    .map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.buffer().as_entire_binding() }),
-            );
-            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&label),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
-            (pipeline, bind_group)
-        })?;
+        let (pipeline, bind_group) =
+            self.scoped(&label, || {
+                self.queue.write_buffer(params_buf.buffer(), 0, bytes);
+                let pipeline = self.pipelines.get(&self.device, kernel);
+                let mut entries =
+                    vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
+                entries.extend(bindings.iter().map(|(b, v)| wgpu::BindGroupEntry {
+                    binding: *b,
+                    resource: v.tensor.buffer().as_entire_binding(),
+                }));
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&label),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                });
+                (pipeline, bind_group)
+            })?;
+        let bytes = bindings.iter().map(|(_, v)| v.shape().numel() as f64 * 4.0).sum();
         Ok(Dispatch {
             label,
+            cost: Cost { flops: 0.0, bytes },
             pipeline,
             bind_group,
             params: params_buf,
             workgroups,
-            _bound: bindings.iter().map(|(_, t)| t.buffer.clone()).collect(),
+            _bound: bindings.iter().map(|(_, v)| v.tensor.buffer.clone()).collect(),
         })
     }
 

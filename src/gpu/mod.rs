@@ -14,9 +14,9 @@ pub mod shaders;
 mod tensor;
 
 pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions};
-pub use dispatch::{Dispatch, Grid, Kernel};
+pub use dispatch::{Cost, Dispatch, Grid, Kernel};
 pub use pool::PoolStats;
-pub use profile::TimeSource;
+pub use profile::{Span, TimeSource};
 pub use tensor::{Tensor, View};
 
 /// Errors of the GPU layer. Each says what was being done and, where a

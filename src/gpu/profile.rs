@@ -19,30 +19,43 @@ pub enum TimeSource {
     CpuWallPerSubmission,
 }
 
+/// One dispatch's place on the timeline, ms, from the first dispatch's start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span {
+    pub start_ms: f64,
+    pub ms: f64,
+}
+
 /// wgpu's cap on queries per set, two per dispatch.
 const MAX_QUERIES: u32 = 4096;
 
 impl Gpu {
-    /// Runs `dispatches` in order and returns each one's time in ms.
-    pub fn run_timed(&self, dispatches: &[&Dispatch]) -> Result<(TimeSource, Vec<f64>)> {
+    /// Runs `dispatches` in order and returns where each one ran.
+    pub fn run_timed(&self, dispatches: &[&Dispatch]) -> Result<(TimeSource, Vec<Span>)> {
+        let mut spans = Vec::with_capacity(dispatches.len());
         if !self.has_timestamps() {
-            let mut times = Vec::with_capacity(dispatches.len());
+            let origin = Instant::now();
             for d in dispatches {
-                let t = Instant::now();
+                let start_ms = origin.elapsed().as_secs_f64() * 1e3;
                 self.run(&[d])?;
                 self.sync()?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
+                spans.push(Span { start_ms, ms: origin.elapsed().as_secs_f64() * 1e3 - start_ms });
             }
-            return Ok((TimeSource::CpuWallPerSubmission, times));
+            return Ok((TimeSource::CpuWallPerSubmission, spans));
         }
-        let mut times = Vec::with_capacity(dispatches.len());
+        // Chunks are separate submissions with their own clock origin: each
+        // is laid after the previous one's end.
+        let mut offset = 0.0;
         for chunk in dispatches.chunks((MAX_QUERIES / 2) as usize) {
-            times.extend(self.stamp(chunk)?);
+            let part = self.stamp(chunk)?;
+            let end = part.iter().map(|s| s.start_ms + s.ms).fold(0.0, f64::max);
+            spans.extend(part.into_iter().map(|s| Span { start_ms: s.start_ms + offset, ..s }));
+            offset += end;
         }
-        Ok((TimeSource::GpuTimestamps, times))
+        Ok((TimeSource::GpuTimestamps, spans))
     }
 
-    fn stamp(&self, dispatches: &[&Dispatch]) -> Result<Vec<f64>> {
+    fn stamp(&self, dispatches: &[&Dispatch]) -> Result<Vec<Span>> {
         let count = 2 * dispatches.len() as u32;
         let bytes = count as u64 * 8;
         let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -70,6 +83,11 @@ impl Gpu {
         // Copied in a submission of its own, after the resolve's.
         let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(resolved.buffer(), bytes)?);
         let period_ns = self.queue.get_timestamp_period() as f64;
-        Ok(stamps.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period_ns / 1e6).collect())
+        let origin = stamps.iter().step_by(2).copied().min().unwrap_or(0);
+        let ms = |ticks: u64| ticks as f64 * period_ns / 1e6;
+        Ok(stamps
+            .chunks(2)
+            .map(|p| Span { start_ms: ms(p[0].saturating_sub(origin)), ms: ms(p[1].saturating_sub(p[0])) })
+            .collect())
     }
 }

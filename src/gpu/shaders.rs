@@ -11,6 +11,7 @@ pub enum Family {
     Dropout,
     Loss,
     Optim,
+    Bench,
 }
 
 /// The helpers every family is compiled with.
@@ -18,8 +19,8 @@ pub const COMMON_FILE: &str = "common.wgsl";
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Family {
-    pub const ALL: [Family; 6] =
-        [Family::Conv, Family::Norm, Family::Elementwise, Family::Dropout, Family::Loss, Family::Optim];
+    pub const ALL: [Family; 7] =
+        [Family::Conv, Family::Norm, Family::Elementwise, Family::Dropout, Family::Loss, Family::Optim, Family::Bench];
 
     /// The family's file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
@@ -30,6 +31,7 @@ impl Family {
             Family::Dropout => "dropout.wgsl",
             Family::Loss => "loss.wgsl",
             Family::Optim => "optim.wgsl",
+            Family::Bench => "bench.wgsl",
         }
     }
 
@@ -41,6 +43,7 @@ impl Family {
             Family::Dropout => include_str!("../../shaders/dropout.wgsl"),
             Family::Loss => include_str!("../../shaders/loss.wgsl"),
             Family::Optim => include_str!("../../shaders/optim.wgsl"),
+            Family::Bench => include_str!("../../shaders/bench.wgsl"),
         }
     }
 

@@ -48,6 +48,11 @@ fn params(label: &str, input: &View, w: &Tensor, output: &View, dilation: usize)
     Ok((ws.h, p))
 }
 
+/// BENCH.md's count, the same for the forward and both gradients.
+fn flops(p: &Params, k: usize) -> f64 {
+    2.0 * f64::from(p.cin) * f64::from(p.cout) * (k * k) as f64 * f64::from(p.n) * f64::from(p.h) * f64::from(p.w)
+}
+
 fn kernel(entry: &'static str, k: usize) -> Kernel {
     Kernel::new(Family::Conv, entry).with("K", k as f64)
 }
@@ -57,8 +62,9 @@ pub fn forward(gpu: &Gpu, x: View, w: &Tensor, b: &Tensor, dilation: usize, y: V
     let label = format!("conv.forward {} {}x{} d{dilation}", x.shape(), w.shape.h, w.shape.w);
     let (k, p) = params(&label, &x, w, &y, dilation)?;
     ensure(b.shape.numel() == y.c, &label, || format!("bias {} for {} outputs", b.shape, y.c))?;
-    let bindings = [(1, x.tensor), (2, w), (3, b), (4, y.tensor)];
+    let bindings = [(1, x), (2, w.view()), (3, b.view()), (4, y)];
     gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))
+        .map(|d| d.with_flops(flops(&p, k)))
 }
 
 /// The input gradient: the transposed convolution of `dy`, written into
@@ -67,16 +73,18 @@ pub fn backward_data(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dx: View,
     let label = format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w);
     let (k, mut p) = params(&label, &dx, w, &dy, dilation)?;
     p.accumulate = u32::from(accumulate);
-    let bindings = [(5, dy.tensor), (2, w), (6, dx.tensor)];
+    let bindings = [(5, dy), (2, w.view()), (6, dx)];
     gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, Grid::Elements(dx.shape().numel()))
+        .map(|d| d.with_flops(flops(&p, k)))
 }
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
 pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Dispatch> {
     let label = format!("conv.backward_weight {} {}x{} d{dilation}", x.shape(), dw.shape.h, dw.shape.w);
     let (k, p) = params(&label, &x, dw, &dy, dilation)?;
-    let bindings = [(1, x.tensor), (5, dy.tensor), (7, dw)];
+    let bindings = [(1, x), (5, dy), (7, dw.view())];
     gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, Grid::Groups(dw.shape.numel()))
+        .map(|d| d.with_flops(flops(&p, k)))
 }
 
 /// The bias gradient `db` (overwritten): the sum of `dy` per channel.
@@ -98,6 +106,6 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
         accumulate: 0,
         _pad: 0,
     };
-    let bindings = [(5, dy.tensor), (8, db)];
+    let bindings = [(5, dy), (8, db.view())];
     gpu.dispatch(label, &Kernel::new(Family::Conv, "backward_bias"), &p, &bindings, Grid::Groups(s.c))
 }

@@ -59,7 +59,7 @@ pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Resul
         _pad0: 0,
         _pad1: 0,
     };
-    let bindings = [(1, x.tensor), (2, y.tensor)];
+    let bindings = [(1, x), (2, y)];
     let dispatch =
         gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, Grid::Elements(s.numel()))?;
     Ok(Dropout { dispatch, params })

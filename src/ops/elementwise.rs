@@ -39,7 +39,7 @@ fn params(a: &View, b: &View, slope: f32) -> Params {
 pub fn act_forward(gpu: &Gpu, x: View, act: Activation, y: View) -> Result<Dispatch> {
     let label = format!("act.forward {} slope {}", x.shape(), act.slope);
     ensure_same(&label, &x, &y)?;
-    let bindings = [(1, x.tensor), (2, y.tensor)];
+    let bindings = [(1, x), (2, y)];
     let kernel = Kernel::new(Family::Elementwise, "act_forward");
     gpu.dispatch(label, &kernel, &params(&x, &y, act.slope), &bindings, Grid::Elements(x.shape().numel()))
 }
@@ -48,7 +48,7 @@ pub fn act_forward(gpu: &Gpu, x: View, act: Activation, y: View) -> Result<Dispa
 pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dispatch> {
     let label = format!("act.backward {} slope {}", y.shape(), act.slope);
     ensure_same(&label, &y, &dy)?;
-    let bindings = [(1, y.tensor), (2, dy.tensor)];
+    let bindings = [(1, y), (2, dy)];
     let kernel = Kernel::new(Family::Elementwise, "act_backward");
     gpu.dispatch(label, &kernel, &params(&y, &dy, act.slope), &bindings, Grid::Elements(y.shape().numel()))
 }
@@ -62,7 +62,10 @@ pub fn add_within(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
         "source and destination must be slices of one tensor".to_string()
     })?;
     ensure(src.c_offset.abs_diff(dst.c_offset) >= src.c, &label, || "overlapping slices".to_string())?;
-    let bindings = [(2, dst.tensor)];
+    let bindings = [(2, dst)];
     let kernel = Kernel::new(Family::Elementwise, "add_within");
+    // Reads both operands and writes one: three passes over `dst`'s size.
+    let bytes = 3.0 * dst.shape().numel() as f64 * 4.0;
     gpu.dispatch(label, &kernel, &params(&src, &dst, 0.0), &bindings, Grid::Elements(src.shape().numel()))
+        .map(|d| d.with_bytes(bytes))
 }

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 use crate::nn::SigmoidLoss;
 use crate::shape::Shape;
 
@@ -31,7 +31,8 @@ fn stage(
     bindings: &[(u32, &Tensor)],
     pixels: usize,
 ) -> Result<Dispatch> {
-    gpu.dispatch(format!("{label} {entry}"), &Kernel::new(Family::Loss, entry), p, bindings, Grid::Elements(pixels))
+    let views: Vec<(u32, View)> = bindings.iter().map(|(b, t)| (*b, t.view())).collect();
+    gpu.dispatch(format!("{label} {entry}"), &Kernel::new(Family::Loss, entry), p, &views, Grid::Elements(pixels))
 }
 
 /// Which output function and loss (MODEL.md's `output`).
@@ -122,7 +123,8 @@ pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad:
         }
     };
     let reduce = Kernel::new(Family::Loss, "reduce");
-    let reduce = gpu.dispatch(format!("{label} reduce"), &reduce, &p, &[(6, &terms), (7, &sums)], Grid::Groups(1))?;
+    let reduce =
+        gpu.dispatch(format!("{label} reduce"), &reduce, &p, &[(6, terms.view()), (7, sums.view())], Grid::Groups(1))?;
     let dispatches = vec![term_stage, reduce, grad_stage];
     Ok(Loss { dispatches, sums, probs })
 }

@@ -3,6 +3,7 @@
 //! it. Each names its CPU oracle in `crate::cpu`, against which
 //! `tests/kernels.rs` checks it.
 
+pub mod bench;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
@@ -43,6 +44,7 @@ mod tests {
             (Family::Dropout, size_of::<super::dropout::Params>()),
             (Family::Loss, size_of::<super::loss::Params>()),
             (Family::Optim, size_of::<super::optim::Params>()),
+            (Family::Bench, size_of::<super::bench::Params>()),
         ];
         for (family, size) in rust {
             assert_eq!(struct_size(family, "Params"), Some(size as u32), "{family:?} Params");

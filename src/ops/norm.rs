@@ -79,7 +79,7 @@ pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor
     let label = format!("norm.moments {} {stats:?}", x.shape());
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
-    let bindings = [(1, x.tensor), (6, mean), (7, var)];
+    let bindings = [(1, x), (6, mean.view()), (7, var.view())];
     gpu.dispatch(label, &kernel("moments"), &params(&x, &x, stats), &bindings, Grid::Groups(groups))
 }
 
@@ -89,7 +89,7 @@ pub fn apply(gpu: &Gpu, x: View, stats: NormStats, t: &NormTensors, y: View) -> 
     ensure_same(&label, &x, &y)?;
     ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
     ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
-    let bindings = [(1, x.tensor), (2, t.gamma), (3, t.beta), (4, t.mean), (5, t.var), (8, y.tensor)];
+    let bindings = [(1, x), (2, t.gamma.view()), (3, t.beta.view()), (4, t.mean.view()), (5, t.var.view()), (8, y)];
     gpu.dispatch(label, &kernel("apply"), &params(&x, &y, stats), &bindings, Grid::Elements(x.shape().numel()))
 }
 
@@ -105,7 +105,7 @@ pub fn update_running(
 ) -> Result<Dispatch> {
     let label = format!("norm.update_running {}", x.shape());
     ensure_channels(&label, x.c, &[mean, var, running_mean, running_var])?;
-    let bindings = [(4, mean), (5, var), (15, running_mean), (16, running_var)];
+    let bindings = [(4, mean.view()), (5, var.view()), (15, running_mean.view()), (16, running_var.view())];
     let p = params(&x, &x, NormStats::PerChannel);
     gpu.dispatch(label, &kernel("update_running"), &p, &bindings, Grid::Elements(x.c))
 }
@@ -125,7 +125,7 @@ pub fn backward_sums(
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
-    let bindings = [(1, x.tensor), (9, dy.tensor), (4, mean), (5, var), (11, sums)];
+    let bindings = [(1, x), (9, dy), (4, mean.view()), (5, var.view()), (11, sums.view())];
     gpu.dispatch(label, &kernel("backward_sums"), &params(&x, &dy, stats), &bindings, Grid::Groups(groups))
 }
 
@@ -149,7 +149,8 @@ pub fn backward_data(
         "the input gradient must have the input's channel layout".to_string()
     })?;
     let p = params(&x, &dy, stats);
-    let bindings = [(1, x.tensor), (9, dy.tensor), (2, t.gamma), (4, t.mean), (5, t.var), (12, sums), (10, dx.tensor)];
+    let bindings =
+        [(1, x), (9, dy), (2, t.gamma.view()), (4, t.mean.view()), (5, t.var.view()), (12, sums.view()), (10, dx)];
     gpu.dispatch(label, &kernel("backward_data"), &p, &bindings, Grid::Elements(x.shape().numel()))
 }
 
@@ -164,6 +165,6 @@ pub fn param_grads(
 ) -> Result<Dispatch> {
     let label = format!("norm.param_grads {} {stats:?}", x.shape());
     ensure_channels(&label, x.c, &[dgamma, dbeta])?;
-    let bindings = [(12, sums), (13, dgamma), (14, dbeta)];
+    let bindings = [(12, sums.view()), (13, dgamma.view()), (14, dbeta.view())];
     gpu.dispatch(label, &kernel("param_grads"), &params(&x, &x, stats), &bindings, Grid::Elements(x.c))
 }

@@ -65,9 +65,12 @@ pub fn adam(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, hp
         weight_decay: hp.weight_decay,
         momentum: 0.0,
     };
-    let bindings = [(1, param), (2, grad), (3, m), (4, v)];
+    let bindings = [(1, param.view()), (2, grad.view()), (3, m.view()), (4, v.view())];
     let grid = Grid::Elements(param.shape.numel());
-    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Optim, "adam"), &params, &bindings, grid)?;
+    // Traffic: reads the parameter, gradient and both moments; writes three of them.
+    let bytes = 7.0 * param.bytes() as f64;
+    let dispatch =
+        gpu.dispatch(label, &Kernel::new(Family::Optim, "adam"), &params, &bindings, grid)?.with_bytes(bytes);
     let mut update = Update { dispatch, params, rule: Rule::Adam(*hp) };
     update.set_step(gpu, 1);
     Ok(update)
@@ -87,8 +90,10 @@ pub fn sgd(gpu: &Gpu, param: &Tensor, grad: &Tensor, momentum_buf: &Tensor, hp: 
         weight_decay: hp.weight_decay,
         momentum: hp.momentum,
     };
-    let bindings = [(1, param), (2, grad), (3, momentum_buf)];
+    let bindings = [(1, param.view()), (2, grad.view()), (3, momentum_buf.view())];
     let grid = Grid::Elements(param.shape.numel());
-    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Optim, "sgd"), &params, &bindings, grid)?;
+    // Traffic: reads the parameter, gradient and momentum; writes two of them.
+    let bytes = 5.0 * param.bytes() as f64;
+    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Optim, "sgd"), &params, &bindings, grid)?.with_bytes(bytes);
     Ok(Update { dispatch, params, rule: Rule::Sgd })
 }
