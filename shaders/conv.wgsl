@@ -1,7 +1,8 @@
 // Convolution family: 'same' zero padding, stride 1, a K x K kernel (K is the
 // pipeline constant, 3 or 1) with any dilation, weights OIHW, bias.
 //
-// Mapping (the plain baseline; tiled variants come with kernel tuning):
+// Two variants (src/ops/conv.rs chooses; docs/KERNELS.md has the numbers).
+// Baseline, any shape:
 // - forward: one invocation per output element (n, co, y, x), summing
 //   Cin * K * K taps;
 // - backward_data: one invocation per input element (n, ci, y, x): the
@@ -10,6 +11,9 @@
 // - backward_weight: one workgroup per weight (co, ci, ky, kx), its
 //   invocations striding over N x H x W and reduced in a fixed tree;
 // - backward_bias: one workgroup per output channel, likewise.
+// Blocked (pack_weights, blocked_forward, blocked_data), when one output-
+// channel group's weights fit a 64 KiB uniform table (Cin * K * K * COB
+// <= 4096 vec4s): see blocked_sums.
 // Activations and their gradients may be channel slices of larger buffers
 // (`*_ctotal`, `*_coff`): the gradient of a tensor has its tensor's layout.
 
@@ -27,7 +31,14 @@ struct Params {
     out_ctotal: u32,
     out_coff: u32,
     accumulate: u32,
-    _pad: u32,
+    // pack_weights: 1 to pack the transposed, tap-flipped kernel (the
+    // input gradient's convolution).
+    transposed: u32,
+    // pack_weights and blocked_*: the group of 4 * COB output channels.
+    group: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -39,6 +50,16 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
+// A uniform buffer, not storage: on lavapipe a uniform load costs about a
+// fifth of a storage load (docs/KERNELS.md), and 64 KiB is every adapter's
+// minimum uniform binding size.
+@group(0) @binding(9) var<uniform> wpack: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(10) var<storage, read_write> wpack_out: array<vec4<f32>>;
+
+// Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
+override COB: u32 = 8u;
+// vec4s in one group's packed weights (64 KiB).
+const PACK_LEN: u32 = 4096u;
 
 // Input coordinate read by tap k of output coordinate o, or -1 in the padding.
 fn tap(o: u32, k: u32, size: u32) -> i32 {
@@ -169,5 +190,134 @@ fn backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let total = workgroup_sum(lid.x, acc);
     if (lid.x == 0u) {
         db[co] = total;
+    }
+}
+
+// pack_weights: one output-channel group's weights as `blocked_*` read
+// them: [ci][tap][block] vec4s of 4 output channels, zero past Cout. P.cin
+// and P.cout are the computed convolution's; with `transposed` the source is
+// the forward kernel [ci][co][ky][kx] read as [co][ci] with the taps
+// flipped (the input gradient's convolution).
+@compute @workgroup_size(WG)
+fn pack_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let kk = K * K;
+    if (i >= P.cin * kk * COB) {
+        return;
+    }
+    let b = i % COB;
+    let t = (i / COB) % kk;
+    let ci = i / (COB * kk);
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let co = (P.group * COB + b) * 4u + j;
+        if (co < P.cout) {
+            if (P.transposed != 0u) {
+                v[j] = wt[(ci * P.cout + co) * kk + (kk - 1u - t)];
+            } else {
+                v[j] = wt[(co * P.cin + ci) * kk + t];
+            }
+        }
+    }
+    wpack_out[i] = v;
+}
+
+// The pixel (n, p) of invocation `lid` in workgroup `g`, clamped into range,
+// and whether it exists.
+fn blocked_pixel(g: u32, lid: u32) -> vec3<u32> {
+    let pixels = P.n * P.h * P.w;
+    let q = g * WG + lid;
+    let qc = min(q, pixels - 1u);
+    return vec3<u32>(qc / (P.h * P.w), qc % (P.h * P.w), select(0u, 1u, q < pixels));
+}
+
+// The register-blocked convolution: one invocation per pixel computes 4 * COB
+// output channels in vec4 accumulators. The weights come from the uniform
+// table at addresses shared by every invocation (they depend only on the
+// loop counters); the one per-invocation load is the input pixel, reused by
+// 4 * COB multiply-adds. No early return before the loops: a CPU adapter
+// runs the workgroup as SIMD lanes and inactive lanes would only add masks.
+fn blocked_sums(n: u32, p: u32) -> array<vec4<f32>, 8> {
+    let hw = P.h * P.w;
+    let oy = i32(p / P.w);
+    let ox = i32(p % P.w);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    let kk = K * K;
+    let half = i32(K / 2u);
+    let d = i32(P.dilation);
+    for (var ci = 0u; ci < P.cin; ci++) {
+        let plane = (n * P.in_ctotal + P.in_coff + ci) * hw;
+        for (var ky = 0u; ky < K; ky++) {
+            let iy = oy + (i32(ky) - half) * d;
+            let row_ok = iy >= 0 && iy < i32(P.h);
+            let row = plane + u32(clamp(iy, 0, i32(P.h) - 1)) * P.w;
+            for (var kx = 0u; kx < K; kx++) {
+                let ix = ox + (i32(kx) - half) * d;
+                let ok = row_ok && ix >= 0 && ix < i32(P.w);
+                let v = vec4<f32>(select(0.0, x[row + u32(clamp(ix, 0, i32(P.w) - 1))], ok));
+                let wb = (ci * kk + ky * K + kx) * COB;
+                a0 = fma(v, wpack[wb], a0);
+                if (COB > 1u) { a1 = fma(v, wpack[wb + 1u], a1); }
+                if (COB > 2u) { a2 = fma(v, wpack[wb + 2u], a2); }
+                if (COB > 3u) { a3 = fma(v, wpack[wb + 3u], a3); }
+                if (COB > 4u) { a4 = fma(v, wpack[wb + 4u], a4); }
+                if (COB > 5u) { a5 = fma(v, wpack[wb + 5u], a5); }
+                if (COB > 6u) { a6 = fma(v, wpack[wb + 6u], a6); }
+                if (COB > 7u) { a7 = fma(v, wpack[wb + 7u], a7); }
+            }
+        }
+    }
+    return array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
+}
+
+// blocked_forward: y = conv(x) + bias for one output-channel group.
+@compute @workgroup_size(WG)
+fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let px = blocked_pixel(group_index(wid, nwg), lid.x);
+    let acc = blocked_sums(px.x, px.y);
+    if (px.z == 0u) {
+        return;
+    }
+    for (var b = 0u; b < COB; b++) {
+        for (var j = 0u; j < 4u; j++) {
+            let co = (P.group * COB + b) * 4u + j;
+            if (co < P.cout) {
+                y[slice_index(px.x, co, px.y, P.h * P.w, P.out_ctotal, P.out_coff)] = acc[b][j] + bias[co];
+            }
+        }
+    }
+}
+
+// blocked_data: the input gradient (the convolution of dy, bound as `x`,
+// with transposed packed weights) written into, or added to, `y`.
+@compute @workgroup_size(WG)
+fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let px = blocked_pixel(group_index(wid, nwg), lid.x);
+    let acc = blocked_sums(px.x, px.y);
+    if (px.z == 0u) {
+        return;
+    }
+    for (var b = 0u; b < COB; b++) {
+        for (var j = 0u; j < 4u; j++) {
+            let co = (P.group * COB + b) * 4u + j;
+            if (co < P.cout) {
+                let i = slice_index(px.x, co, px.y, P.h * P.w, P.out_ctotal, P.out_coff);
+                if (P.accumulate != 0u) {
+                    y[i] += acc[b][j];
+                } else {
+                    y[i] = acc[b][j];
+                }
+            }
+        }
     }
 }

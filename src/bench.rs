@@ -225,8 +225,8 @@ fn parse_conv3x3(id: &str) -> Option<(usize, &str)> {
     ([1, 13, 55].contains(&d) && ["fwd", "bwd-data", "bwd-weight"].contains(&pass)).then_some((d, pass))
 }
 
-/// One convolution launch on 1 x cin x 256 x 256 with random operands.
-fn conv_workload(gpu: &Gpu, pass: &str, cin: usize, cout: usize, k: usize, dilation: usize) -> Result<Dispatch> {
+/// One convolution's launches on 1 x cin x 256 x 256 with random operands.
+fn conv_workload(gpu: &Gpu, pass: &str, cin: usize, cout: usize, k: usize, dilation: usize) -> Result<Vec<Dispatch>> {
     let mut rng = Rng::new(2);
     let mut random = |shape: Shape| -> Result<Tensor> {
         gpu.upload(shape, &(0..shape.numel()).map(|_| rng.uniform() as f32 - 0.5).collect::<Vec<_>>())
@@ -237,16 +237,18 @@ fn conv_workload(gpu: &Gpu, pass: &str, cin: usize, cout: usize, k: usize, dilat
     match pass {
         "fwd" => ops::conv::forward(gpu, x.view(), &w, &random(Shape::vector(cout))?, dilation, y.view()),
         "bwd-data" => ops::conv::backward_data(gpu, y.view(), &w, dilation, x.view(), false),
-        _ => ops::conv::backward_weight(gpu, x.view(), y.view(), dilation, &w),
+        _ => ops::conv::backward_weight(gpu, x.view(), y.view(), dilation, &w).map(|d| vec![d]),
     }
 }
 
-fn kernel_outcome(gpu: &Gpu, id: &str, d: &Dispatch, warmup: usize, runs: usize) -> Result<Outcome> {
+fn kernel_outcome(gpu: &Gpu, id: &str, list: &[Dispatch], warmup: usize, runs: usize) -> Result<Outcome> {
+    let refs: Vec<&Dispatch> = list.iter().collect();
     let timing = time(warmup, runs, || {
-        gpu.run(&[d])?;
+        gpu.run(&refs)?;
         gpu.sync()
     })?;
-    Ok(Outcome { workload: id.into(), timing, flops: d.cost().flops, bytes: d.cost().bytes })
+    let (flops, bytes) = sum_cost(&refs);
+    Ok(Outcome { workload: id.into(), timing, flops, bytes })
 }
 
 #[cfg(test)]

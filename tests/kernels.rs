@@ -9,7 +9,7 @@ use common::{assert_close, Rng};
 use dilaseg::cpu::{self, Tensor};
 use dilaseg::gpu::{Dispatch, Gpu};
 use dilaseg::nn::{self, Activation, NormStats, SigmoidLoss};
-use dilaseg::ops::{self, loss::LossKind};
+use dilaseg::ops::{self, conv::Variant, loss::LossKind};
 use dilaseg::Shape;
 
 fn upload(gpu: &Gpu, t: &Tensor) -> dilaseg::gpu::Tensor {
@@ -57,32 +57,50 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
     let y_ref = cpu::conv::forward(&x, &wt, &b, dilation);
     let g_ref = cpu::conv::backward(&x, &wt, &dy, dilation);
 
-    // x at channel 1 of cin + 2, y and dy at channel 2 of cout + 3.
-    let gx = upload(gpu, &embed(&mut rng, &x, 1, 2));
-    let gdy = upload(gpu, &embed(&mut rng, &dy, 2, 3));
-    let gdx = upload(gpu, &embed(&mut rng, &dx0, 1, 2));
-    let gy = gpu.zeros(Shape::new(n, cout + 3, h, w)).unwrap();
-    let (gw, gb) = (upload(gpu, &wt), upload_vec(gpu, &b));
-    let gdw = gpu.tensor(wt.shape).unwrap();
-    let gdb = gpu.tensor(Shape::vector(cout)).unwrap();
+    for variant in [Variant::Baseline, Variant::Blocked] {
+        // x at channel 1 of cin + 2, y and dy at channel 2 of cout + 3.
+        let gx = upload(gpu, &embed(&mut rng, &x, 1, 2));
+        let gdy = upload(gpu, &embed(&mut rng, &dy, 2, 3));
+        let gdx = upload(gpu, &embed(&mut rng, &dx0, 1, 2));
+        let gy = gpu.zeros(Shape::new(n, cout + 3, h, w)).unwrap();
+        let (gw, gb) = (upload(gpu, &wt), upload_vec(gpu, &b));
+        let gdw = gpu.tensor(wt.shape).unwrap();
+        let gdb = gpu.tensor(Shape::vector(cout)).unwrap();
 
-    let (xv, yv) = (gx.channels(1, cin), gy.channels(2, cout));
-    let fwd = ops::conv::forward(gpu, xv, &gw, &gb, dilation, yv).unwrap();
-    let bd = ops::conv::backward_data(gpu, gdy.channels(2, cout), &gw, dilation, gdx.channels(1, cin), true).unwrap();
-    let bw = ops::conv::backward_weight(gpu, xv, gdy.channels(2, cout), dilation, &gdw).unwrap();
-    let bb = ops::conv::backward_bias(gpu, gdy.channels(2, cout), &gdb).unwrap();
-    run(gpu, &[&fwd, &bd, &bw, &bb]);
+        let (xv, yv, dyv, dxv) =
+            (gx.channels(1, cin), gy.channels(2, cout), gdy.channels(2, cout), gdx.channels(1, cin));
+        let mut list = ops::conv::forward_with(gpu, variant, xv, &gw, &gb, dilation, yv).unwrap();
+        list.extend(ops::conv::backward_data_with(gpu, variant, dyv, &gw, dilation, dxv, true).unwrap());
+        list.push(ops::conv::backward_weight(gpu, xv, dyv, dilation, &gdw).unwrap());
+        list.push(ops::conv::backward_bias(gpu, dyv, &gdb).unwrap());
+        run(gpu, &list.iter().collect::<Vec<_>>());
 
-    // Sums of up to 9 * 33 products of magnitude <= 0.5 (forward, data
-    // gradient) and of up to 3 * 37 * 53 products (weight, bias gradients).
-    assert_close("conv forward", &read_channels(gpu, &gy, 2, cout), &y_ref.data, 1e-5, 1e-5);
-    let dx_ref: Vec<f64> = dx0.data.iter().zip(&g_ref.dx.data).map(|(a, b)| a + b).collect();
-    assert_close("conv backward_data (accumulated)", &read_channels(gpu, &gdx, 1, cin), &dx_ref, 1e-5, 1e-5);
-    assert_close("conv backward_weight", &gpu.read(&gdw).unwrap(), &g_ref.dw.data, 1e-3, 1e-4);
-    assert_close("conv backward_bias", &gpu.read(&gdb).unwrap(), &g_ref.db, 1e-3, 1e-4);
-    // Slices around the output were left alone.
-    let untouched = read_channels(gpu, &gy, 0, 2);
-    assert!(untouched.iter().all(|&v| v == 0.0), "conv forward wrote outside its output slice");
+        // Sums of up to 9 * 33 products of magnitude <= 0.5 (forward, data
+        // gradient) and of up to 3 * 37 * 53 products (weight, bias gradients).
+        let what = |op: &str| format!("conv {op} ({variant:?})");
+        assert_close(&what("forward"), &read_channels(gpu, &gy, 2, cout), &y_ref.data, 1e-5, 1e-5);
+        let dx_ref: Vec<f64> = dx0.data.iter().zip(&g_ref.dx.data).map(|(a, b)| a + b).collect();
+        assert_close(&what("backward_data, accumulated"), &read_channels(gpu, &gdx, 1, cin), &dx_ref, 1e-5, 1e-5);
+        assert_close(&what("backward_weight"), &gpu.read(&gdw).unwrap(), &g_ref.dw.data, 1e-3, 1e-4);
+        assert_close(&what("backward_bias"), &gpu.read(&gdb).unwrap(), &g_ref.db, 1e-3, 1e-4);
+        // Slices around the output were left alone.
+        let untouched = read_channels(gpu, &gy, 0, 2);
+        assert!(untouched.iter().all(|&v| v == 0.0), "conv forward ({variant:?}) wrote outside its output slice");
+    }
+}
+
+#[test]
+fn the_blocked_convolution_is_chosen_where_its_table_fits_and_refused_elsewhere() {
+    assert_eq!(Variant::choose(32, 32, 3), Variant::Blocked);
+    assert_eq!(Variant::choose(321, 128, 1), Variant::Blocked);
+    assert_eq!(Variant::choose(64, 32, 3), Variant::Baseline, "64 x 9 x 8 vec4s exceed the 64 KiB table");
+    let gpu = gpu_or_skip!();
+    let x = gpu.zeros(Shape::new(1, 64, 5, 7)).unwrap();
+    let (w, b) = (gpu.zeros(Shape::new(32, 64, 3, 3)).unwrap(), gpu.zeros(Shape::vector(32)).unwrap());
+    let y = gpu.tensor(Shape::new(1, 32, 5, 7)).unwrap();
+    let err = ops::conv::forward_with(gpu, Variant::Blocked, x.view(), &w, &b, 1, y.view()).err().expect("accepted");
+    assert!(err.to_string().contains("baseline"), "{err}");
+    assert_eq!(ops::conv::forward(gpu, x.view(), &w, &b, 1, y.view()).unwrap().len(), 1, "the baseline's one dispatch");
 }
 
 #[test]
@@ -135,12 +153,10 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
     let scratch = gpu.tensor(Shape::new(n, 3, h, w)).unwrap();
     let (gw1, gb1, gw2, gb2) = (upload(gpu, &w1), upload_vec(gpu, &b1), upload(gpu, &w2), upload_vec(gpu, &b2));
     let relu = Activation::RELU;
-    let d = [
-        ops::conv::forward(gpu, cat.channels(0, 1), &gw1, &gb1, 1, scratch.view()).unwrap(),
-        ops::elementwise::act_forward(gpu, scratch.view(), relu, cat.channels(1, 3)).unwrap(),
-        ops::conv::forward(gpu, cat.channels(1, 3), &gw2, &gb2, 2, scratch.view()).unwrap(),
-        ops::elementwise::act_forward(gpu, scratch.view(), relu, cat.channels(4, 3)).unwrap(),
-    ];
+    let mut d = ops::conv::forward(gpu, cat.channels(0, 1), &gw1, &gb1, 1, scratch.view()).unwrap();
+    d.push(ops::elementwise::act_forward(gpu, scratch.view(), relu, cat.channels(1, 3)).unwrap());
+    d.extend(ops::conv::forward(gpu, cat.channels(1, 3), &gw2, &gb2, 2, scratch.view()).unwrap());
+    d.push(ops::elementwise::act_forward(gpu, scratch.view(), relu, cat.channels(4, 3)).unwrap());
     run(gpu, &d.iter().collect::<Vec<_>>());
     assert_close("concatenation", &gpu.read(&cat).unwrap(), &cat_ref.data, 1e-5, 1e-5);
 

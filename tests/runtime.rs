@@ -36,7 +36,7 @@ fn tensors_over_the_storage_binding_limit_are_refused_before_dispatch() {
     let small = gpu.zeros(Shape::new(1, 32, 90, 90)).unwrap();
     let out = gpu.tensor(small.shape).unwrap();
     let d = ops::conv::forward(&gpu, small.view(), &w, &b, 1, out.view()).unwrap();
-    gpu.run(&[&d]).unwrap();
+    gpu.run(&d.iter().collect::<Vec<_>>()).unwrap();
     assert!(gpu.read(&out).unwrap().iter().all(|&v| v == 0.0));
 }
 

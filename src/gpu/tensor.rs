@@ -77,6 +77,17 @@ impl Gpu {
         Ok(Tensor { shape, buffer })
     }
 
+    /// A vector of `len` floats that kernels can also read as a uniform
+    /// buffer (e.g. the blocked convolution's packed weights). `len` is at
+    /// most 16384 (64 KiB, every adapter's minimum uniform binding size).
+    pub fn uniform_table(&self, len: usize) -> Result<Tensor> {
+        assert!(len <= 16384, "a uniform table of {len} floats exceeds 64 KiB");
+        let shape = Shape::vector(len);
+        let usage = TENSOR_USAGE.union(wgpu::BufferUsages::UNIFORM);
+        let buffer = self.scoped("allocating a uniform table", || self.pool.take(len as u64 * 4, usage))?;
+        Ok(Tensor { shape, buffer })
+    }
+
     pub fn zeros(&self, shape: Shape) -> Result<Tensor> {
         let t = self.tensor(shape)?;
         let mut encoder = self.device.create_command_encoder(&Default::default());

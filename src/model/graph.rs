@@ -204,7 +204,7 @@ impl Builder<'_> {
         out.push(ops::conv::backward_bias(gpu, dy, &db)?);
         if let Some((dx, accumulate)) = dx {
             let w = self.param(&format!("{}.weight", b.conv));
-            out.push(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx, accumulate)?);
+            out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx, accumulate)?);
         }
         Ok(())
     }
@@ -293,7 +293,7 @@ impl Graph {
             };
             let t = gpu.tensor(Shape::new(n, b.cout, h, w))?;
             let (wt, bias) = (bld.param(&format!("{}.weight", b.conv)), bld.param(&format!("{}.bias", b.conv)));
-            list.push(ops::conv::forward(gpu, input.view(), &wt, &bias, b.dilation, t.view())?);
+            list.extend(ops::conv::forward(gpu, input.view(), &wt, &bias, b.dilation, t.view())?);
             if b.place == Place::Out {
                 out_input = Some(input);
                 logits = Some(t);

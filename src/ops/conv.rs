@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View, WORKGROUP};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -20,7 +20,9 @@ pub(super) struct Params {
     out_ctotal: u32,
     out_coff: u32,
     accumulate: u32,
-    _pad: u32,
+    transposed: u32,
+    group: u32,
+    _pad: [u32; 3],
 }
 
 /// Checks `w` (OIHW, odd square kernel) against the input and output views
@@ -43,7 +45,9 @@ fn params(label: &str, input: &View, w: &Tensor, output: &View, dilation: usize)
         out_ctotal: u32_of(output.tensor.shape.c),
         out_coff: u32_of(output.c_offset),
         accumulate: 0,
-        _pad: 0,
+        transposed: 0,
+        group: 0,
+        _pad: [0; 3],
     };
     Ok((ws.h, p))
 }
@@ -57,25 +61,160 @@ fn kernel(entry: &'static str, k: usize) -> Kernel {
     Kernel::new(Family::Conv, entry).with("K", k as f64)
 }
 
+/// Which kernels compute a convolution's forward and input gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// One invocation per output element; any shape.
+    Baseline,
+    /// Register-blocked, weights from a uniform table (shaders/conv.wgsl,
+    /// `blocked_sums`): when one output-channel group's weights fit it.
+    Blocked,
+}
+
+/// vec4s in one packed-weight table (`PACK_LEN` in conv.wgsl): 64 KiB.
+const PACK_LEN: usize = 4096;
+
+/// Output channels per invocation of the blocked kernels, in vec4 blocks.
+fn blocks(cout: usize) -> usize {
+    cout.div_ceil(4).min(8)
+}
+
+impl Variant {
+    /// The fastest variant that handles a convolution computing `cout`
+    /// channels from `cin` with a `k` x `k` kernel.
+    pub fn choose(cin: usize, cout: usize, k: usize) -> Variant {
+        if cin * k * k * blocks(cout) <= PACK_LEN {
+            Variant::Blocked
+        } else {
+            Variant::Baseline
+        }
+    }
+}
+
 /// `y = conv(x, w, dilation) + b`, written into the view `y`.
-pub fn forward(gpu: &Gpu, x: View, w: &Tensor, b: &Tensor, dilation: usize, y: View) -> Result<Dispatch> {
+pub fn forward(gpu: &Gpu, x: View, w: &Tensor, b: &Tensor, dilation: usize, y: View) -> Result<Vec<Dispatch>> {
+    forward_with(gpu, Variant::choose(x.c, y.c, w.shape.h), x, w, b, dilation, y)
+}
+
+/// `forward` by a given variant (tests and the bench compare them).
+pub fn forward_with(
+    gpu: &Gpu,
+    variant: Variant,
+    x: View,
+    w: &Tensor,
+    b: &Tensor,
+    dilation: usize,
+    y: View,
+) -> Result<Vec<Dispatch>> {
     let label = format!("conv.forward {} {}x{} d{dilation}", x.shape(), w.shape.h, w.shape.w);
     let (k, p) = params(&label, &x, w, &y, dilation)?;
     ensure(b.shape.numel() == y.c, &label, || format!("bias {} for {} outputs", b.shape, y.c))?;
-    let bindings = [(1, x), (2, w.view()), (3, b.view()), (4, y)];
-    gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))
-        .map(|d| d.with_flops(flops(&p, k)))
+    match variant {
+        Variant::Baseline => {
+            let bindings = [(1, x), (2, w.view()), (3, b.view()), (4, y)];
+            let d = gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))?;
+            Ok(vec![d.with_flops(flops(&p, k))])
+        }
+        Variant::Blocked => blocked(gpu, label, "blocked_forward", p, k, w, x, Some(b), y),
+    }
 }
 
 /// The input gradient: the transposed convolution of `dy`, written into
 /// (or, with `accumulate`, added to) the view `dx`.
-pub fn backward_data(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dx: View, accumulate: bool) -> Result<Dispatch> {
+pub fn backward_data(
+    gpu: &Gpu,
+    dy: View,
+    w: &Tensor,
+    dilation: usize,
+    dx: View,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    backward_data_with(gpu, Variant::choose(dy.c, dx.c, w.shape.h), dy, w, dilation, dx, accumulate)
+}
+
+/// `backward_data` by a given variant.
+pub fn backward_data_with(
+    gpu: &Gpu,
+    variant: Variant,
+    dy: View,
+    w: &Tensor,
+    dilation: usize,
+    dx: View,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
     let label = format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w);
     let (k, mut p) = params(&label, &dx, w, &dy, dilation)?;
     p.accumulate = u32::from(accumulate);
-    let bindings = [(5, dy), (2, w.view()), (6, dx)];
-    gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, Grid::Elements(dx.shape().numel()))
-        .map(|d| d.with_flops(flops(&p, k)))
+    match variant {
+        Variant::Baseline => {
+            let bindings = [(5, dy), (2, w.view()), (6, dx)];
+            let grid = Grid::Elements(dx.shape().numel());
+            let d = gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, grid)?;
+            Ok(vec![d.with_flops(flops(&p, k))])
+        }
+        Variant::Blocked => {
+            // The transposed convolution: dy's channels in, dx's out.
+            let t = Params {
+                cin: p.cout,
+                cout: p.cin,
+                in_ctotal: p.out_ctotal,
+                in_coff: p.out_coff,
+                out_ctotal: p.in_ctotal,
+                out_coff: p.in_coff,
+                transposed: 1,
+                ..p
+            };
+            blocked(gpu, label, "blocked_data", t, k, w, dy, None, dx)
+        }
+    }
+}
+
+/// The blocked variant: per group of 4 * COB computed channels, a packing
+/// of the group's weights into a uniform table, then the convolution.
+#[allow(clippy::too_many_arguments)]
+fn blocked(
+    gpu: &Gpu,
+    label: String,
+    entry: &'static str,
+    p: Params,
+    k: usize,
+    w: &Tensor,
+    input: View,
+    bias: Option<&Tensor>,
+    output: View,
+) -> Result<Vec<Dispatch>> {
+    let (cin, cout) = (p.cin as usize, p.cout as usize);
+    let cob = blocks(cout);
+    ensure(cin * k * k * cob <= PACK_LEN, &label, || {
+        format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the baseline")
+    })?;
+    let kernel = |entry| Kernel::new(Family::Conv, entry).with("K", k as f64).with("COB", cob as f64);
+    let pixels = output.shape().n * output.shape().h * output.shape().w;
+    let mut list = Vec::new();
+    for group in 0..cout.div_ceil(4 * cob) {
+        let gp = Params { group: u32_of(group), ..p };
+        let table = gpu.uniform_table(PACK_LEN * 4)?;
+        let packed = cin * k * k * cob;
+        list.push(gpu.dispatch(
+            format!("conv.pack_weights {} group {group}", w.shape),
+            &kernel("pack_weights"),
+            &gp,
+            &[(2, w.view()), (10, table.view())],
+            Grid::Elements(packed),
+        )?);
+        let mut bindings = vec![(1, input), (9, table.view()), (4, output)];
+        bindings.extend(bias.map(|b| (3, b.view())));
+        let group_flops = 2.0 * (cin * k * k * (4 * cob).min(cout - 4 * cob * group) * pixels) as f64;
+        let d = gpu.dispatch(
+            format!("{label} group {group}"),
+            &kernel(entry),
+            &gp,
+            &bindings,
+            Grid::Groups(pixels.div_ceil(WORKGROUP)),
+        )?;
+        list.push(d.with_flops(group_flops));
+    }
+    Ok(list)
 }
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
@@ -104,7 +243,9 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
         out_ctotal: u32_of(dy.tensor.shape.c),
         out_coff: u32_of(dy.c_offset),
         accumulate: 0,
-        _pad: 0,
+        transposed: 0,
+        group: 0,
+        _pad: [0; 3],
     };
     let bindings = [(5, dy), (8, db.view())];
     gpu.dispatch(label, &Kernel::new(Family::Conv, "backward_bias"), &p, &bindings, Grid::Groups(s.c))
