@@ -13,7 +13,8 @@
 // - backward_bias: one workgroup per output channel, likewise.
 // Blocked (pack_weights, blocked_forward, blocked_data), when one output-
 // channel group's weights fit a 64 KiB uniform table (Cin * K * K * COB
-// <= 4096 vec4s): see blocked_sums.
+// <= 4096 vec4s): see blocked_sums. The weight gradient likewise (pack_dy,
+// blocked_weight): dy in uniform tables of CHUNK pixels, see blocked_weight.
 // Activations and their gradients may be channel slices of larger buffers
 // (`*_ctotal`, `*_coff`): the gradient of a tensor has its tensor's layout.
 
@@ -34,9 +35,10 @@ struct Params {
     // pack_weights: 1 to pack the transposed, tap-flipped kernel (the
     // input gradient's convolution).
     transposed: u32,
-    // pack_weights and blocked_*: the group of 4 * COB output channels.
+    // pack_weights, pack_dy and blocked_*: the group of 4 * COB output channels.
     group: u32,
-    _pad0: u32,
+    // pack_dy and blocked_weight: the chunk of CHUNK pixels.
+    chunk: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -58,8 +60,13 @@ struct Params {
 
 // Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
 override COB: u32 = 8u;
-// vec4s in one group's packed weights (64 KiB).
+// vec4s in one uniform table (64 KiB).
 const PACK_LEN: u32 = 4096u;
+// Pixels of dy in one table for blocked_weight.
+override CHUNK: u32 = PACK_LEN / COB;
+// Invocations per workgroup of blocked_weight: its grid is only Cin * K * K
+// invocations per group, so small workgroups spread it over more cores.
+const WG_WEIGHT: u32 = 64u;
 
 // Input coordinate read by tap k of output coordinate o, or -1 in the padding.
 fn tap(o: u32, k: u32, size: u32) -> i32 {
@@ -316,6 +323,97 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                     y[i] += acc[b][j];
                 } else {
                     y[i] = acc[b][j];
+                }
+            }
+        }
+    }
+}
+
+// pack_dy: chunk P.chunk of dy for output-channel group P.group, as
+// blocked_weight reads it: [pixel][block] vec4s of 4 output channels, zero
+// past the last pixel or channel.
+@compute @workgroup_size(WG)
+fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    if (i >= CHUNK * COB) {
+        return;
+    }
+    let b = i % COB;
+    let q = P.chunk * CHUNK + i / COB;
+    let hw = P.h * P.w;
+    var v = vec4<f32>(0.0);
+    if (q < P.n * hw) {
+        for (var j = 0u; j < 4u; j++) {
+            let co = (P.group * COB + b) * 4u + j;
+            if (co < P.cout) {
+                v[j] = dy[slice_index(q / hw, co, q % hw, hw, P.out_ctotal, P.out_coff)];
+            }
+        }
+    }
+    wpack_out[i] = v;
+}
+
+// blocked_weight: one invocation per (ci, tap) adds, for the 4 * COB output
+// channels of its group, the products over one chunk of pixels: dy from the
+// uniform table (shared addresses), x the one per-invocation load. Chunk 0
+// overwrites dw, later chunks add: the chunks' dispatches run in order, so
+// the sum is deterministic without atomics or a reduction pass.
+@compute @workgroup_size(WG_WEIGHT)
+fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let kk = K * K;
+    let r = group_index(wid, nwg) * WG_WEIGHT + lid.x;
+    let rc = min(r, P.cin * kk - 1u);
+    let ci = rc / kk;
+    let t = rc % kk;
+    let half = i32(K / 2u);
+    let dy_off = (i32(t / K) - half) * i32(P.dilation);
+    let dx_off = (i32(t % K) - half) * i32(P.dilation);
+    let hw = P.h * P.w;
+    let pixels = P.n * hw;
+    let q0 = P.chunk * CHUNK;
+    let count = min(CHUNK, pixels - q0);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    for (var k = 0u; k < count; k++) {
+        let q = q0 + k;
+        let n = q / hw;
+        let p = q % hw;
+        let iy = i32(p / P.w) + dy_off;
+        let ix = i32(p % P.w) + dx_off;
+        let ok = iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w);
+        let pc = u32(clamp(iy, 0, i32(P.h) - 1)) * P.w + u32(clamp(ix, 0, i32(P.w) - 1));
+        let v = vec4<f32>(select(0.0, x[slice_index(n, ci, pc, hw, P.in_ctotal, P.in_coff)], ok));
+        let wb = k * COB;
+        a0 = fma(v, wpack[wb], a0);
+        if (COB > 1u) { a1 = fma(v, wpack[wb + 1u], a1); }
+        if (COB > 2u) { a2 = fma(v, wpack[wb + 2u], a2); }
+        if (COB > 3u) { a3 = fma(v, wpack[wb + 3u], a3); }
+        if (COB > 4u) { a4 = fma(v, wpack[wb + 4u], a4); }
+        if (COB > 5u) { a5 = fma(v, wpack[wb + 5u], a5); }
+        if (COB > 6u) { a6 = fma(v, wpack[wb + 6u], a6); }
+        if (COB > 7u) { a7 = fma(v, wpack[wb + 7u], a7); }
+    }
+    if (r >= P.cin * kk) {
+        return;
+    }
+    let acc = array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
+    for (var b = 0u; b < COB; b++) {
+        for (var j = 0u; j < 4u; j++) {
+            let co = (P.group * COB + b) * 4u + j;
+            if (co < P.cout) {
+                let i = co * P.cin * kk + r;
+                if (P.chunk == 0u) {
+                    dw[i] = acc[b][j];
+                } else {
+                    dw[i] += acc[b][j];
                 }
             }
         }

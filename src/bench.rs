@@ -237,7 +237,7 @@ fn conv_workload(gpu: &Gpu, pass: &str, cin: usize, cout: usize, k: usize, dilat
     match pass {
         "fwd" => ops::conv::forward(gpu, x.view(), &w, &random(Shape::vector(cout))?, dilation, y.view()),
         "bwd-data" => ops::conv::backward_data(gpu, y.view(), &w, dilation, x.view(), false),
-        _ => ops::conv::backward_weight(gpu, x.view(), y.view(), dilation, &w).map(|d| vec![d]),
+        _ => ops::conv::backward_weight(gpu, x.view(), y.view(), dilation, &w),
     }
 }
 

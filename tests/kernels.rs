@@ -71,7 +71,7 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
             (gx.channels(1, cin), gy.channels(2, cout), gdy.channels(2, cout), gdx.channels(1, cin));
         let mut list = ops::conv::forward_with(gpu, variant, xv, &gw, &gb, dilation, yv).unwrap();
         list.extend(ops::conv::backward_data_with(gpu, variant, dyv, &gw, dilation, dxv, true).unwrap());
-        list.push(ops::conv::backward_weight(gpu, xv, dyv, dilation, &gdw).unwrap());
+        list.extend(ops::conv::backward_weight_with(gpu, variant, xv, dyv, dilation, &gdw).unwrap());
         list.push(ops::conv::backward_bias(gpu, dyv, &gdb).unwrap());
         run(gpu, &list.iter().collect::<Vec<_>>());
 

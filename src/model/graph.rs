@@ -200,7 +200,7 @@ impl Builder<'_> {
     ) -> Result<()> {
         let gpu = self.gpu;
         let (dw, db) = (grads.of(&format!("{}.weight", b.conv)), grads.of(&format!("{}.bias", b.conv)));
-        out.push(ops::conv::backward_weight(gpu, input, dy, b.dilation, &dw)?);
+        out.extend(ops::conv::backward_weight(gpu, input, dy, b.dilation, &dw)?);
         out.push(ops::conv::backward_bias(gpu, dy, &db)?);
         if let Some((dx, accumulate)) = dx {
             let w = self.param(&format!("{}.weight", b.conv));

@@ -22,7 +22,8 @@ pub(super) struct Params {
     accumulate: u32,
     transposed: u32,
     group: u32,
-    _pad: [u32; 3],
+    chunk: u32,
+    _pad: [u32; 2],
 }
 
 /// Checks `w` (OIHW, odd square kernel) against the input and output views
@@ -47,7 +48,8 @@ fn params(label: &str, input: &View, w: &Tensor, output: &View, dilation: usize)
         accumulate: 0,
         transposed: 0,
         group: 0,
-        _pad: [0; 3],
+        chunk: 0,
+        _pad: [0; 2],
     };
     Ok((ws.h, p))
 }
@@ -73,6 +75,9 @@ pub enum Variant {
 
 /// vec4s in one packed-weight table (`PACK_LEN` in conv.wgsl): 64 KiB.
 const PACK_LEN: usize = 4096;
+
+/// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in conv.wgsl).
+const WEIGHT_WORKGROUP: usize = 64;
 
 /// Output channels per invocation of the blocked kernels, in vec4 blocks.
 fn blocks(cout: usize) -> usize {
@@ -218,12 +223,58 @@ fn blocked(
 }
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
-pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Dispatch> {
+pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Vec<Dispatch>> {
+    backward_weight_with(gpu, Variant::Blocked, x, dy, dilation, dw)
+}
+
+/// `backward_weight` by a given variant (the blocked one handles any shape).
+pub fn backward_weight_with(
+    gpu: &Gpu,
+    variant: Variant,
+    x: View,
+    dy: View,
+    dilation: usize,
+    dw: &Tensor,
+) -> Result<Vec<Dispatch>> {
     let label = format!("conv.backward_weight {} {}x{} d{dilation}", x.shape(), dw.shape.h, dw.shape.w);
     let (k, p) = params(&label, &x, dw, &dy, dilation)?;
-    let bindings = [(1, x), (5, dy), (7, dw.view())];
-    gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, Grid::Groups(dw.shape.numel()))
-        .map(|d| d.with_flops(flops(&p, k)))
+    if variant == Variant::Baseline {
+        let bindings = [(1, x), (5, dy), (7, dw.view())];
+        let d = gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, Grid::Groups(dw.shape.numel()))?;
+        return Ok(vec![d.with_flops(flops(&p, k))]);
+    }
+    // Per output-channel group, chunk by chunk: dy's chunk packed into the
+    // group's uniform table, then every (ci, tap) adds its products.
+    let (cin, cout) = (x.c, dy.c);
+    let cob = blocks(cout);
+    let chunk = PACK_LEN / cob;
+    let pixels = x.shape().n * x.shape().h * x.shape().w;
+    let kernel = |entry| Kernel::new(Family::Conv, entry).with("K", k as f64).with("COB", cob as f64);
+    let mut list = Vec::new();
+    for group in 0..cout.div_ceil(4 * cob) {
+        let table = gpu.uniform_table(PACK_LEN * 4)?;
+        let group_cout = (4 * cob).min(cout - 4 * cob * group);
+        for c in 0..pixels.div_ceil(chunk) {
+            let gp = Params { group: u32_of(group), chunk: u32_of(c), ..p };
+            let count = chunk.min(pixels - c * chunk);
+            // Traffic of one chunk, not of the whole bound tensors.
+            let table_bytes = (count * cob * 16) as f64;
+            let pack = gpu.dispatch(
+                format!("conv.pack_dy {} group {group}", dy.shape()),
+                &kernel("pack_dy"),
+                &gp,
+                &[(5, dy), (10, table.view())],
+                Grid::Elements(chunk * cob),
+            )?;
+            list.push(pack.with_bytes((count * group_cout * 4) as f64 + table_bytes));
+            let grid = Grid::Groups((cin * k * k).div_ceil(WEIGHT_WORKGROUP));
+            let bindings = [(1, x), (9, table.view()), (7, dw.view())];
+            let d = gpu.dispatch(format!("{label} group {group}"), &kernel("blocked_weight"), &gp, &bindings, grid)?;
+            let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
+            list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
+        }
+    }
+    Ok(list)
 }
 
 /// The bias gradient `db` (overwritten): the sum of `dy` per channel.
@@ -245,7 +296,8 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
         accumulate: 0,
         transposed: 0,
         group: 0,
-        _pad: [0; 3],
+        chunk: 0,
+        _pad: [0; 2],
     };
     let bindings = [(5, dy), (8, db.view())];
     gpu.dispatch(label, &Kernel::new(Family::Conv, "backward_bias"), &p, &bindings, Grid::Groups(s.c))
