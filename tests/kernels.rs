@@ -57,7 +57,10 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
     let y_ref = cpu::conv::forward(&x, &wt, &b, dilation);
     let g_ref = cpu::conv::backward(&x, &wt, &dy, dilation);
 
-    for variant in [Variant::Baseline, Variant::Blocked] {
+    for variant in [Variant::Baseline, Variant::Blocked, Variant::BlockedSubgroup] {
+        if variant == Variant::BlockedSubgroup && !gpu.has_subgroups(8) {
+            continue;
+        }
         // x at channel 1 of cin + 2, y and dy at channel 2 of cout + 3.
         let gx = upload(gpu, &embed(&mut rng, &x, 1, 2));
         let gdy = upload(gpu, &embed(&mut rng, &dy, 2, 3));
@@ -91,10 +94,14 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
 
 #[test]
 fn the_blocked_convolution_is_chosen_where_its_table_fits_and_refused_elsewhere() {
-    assert_eq!(Variant::choose(32, 32, 3), Variant::Blocked);
-    assert_eq!(Variant::choose(321, 128, 1), Variant::Blocked);
-    assert_eq!(Variant::choose(64, 32, 3), Variant::Baseline, "64 x 9 x 8 vec4s exceed the 64 KiB table");
     let gpu = gpu_or_skip!();
+    let blocked = Variant::blocked(gpu);
+    assert_eq!(Variant::choose(gpu, 32, 32, 3), blocked);
+    assert_eq!(Variant::choose(gpu, 321, 128, 1), blocked);
+    assert_eq!(Variant::choose(gpu, 64, 32, 3), Variant::Baseline, "64 x 9 x 8 vec4s exceed the 64 KiB table");
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(blocked, Variant::BlockedSubgroup, "lavapipe has subgroups of 8: CI must test that path");
+    }
     let x = gpu.zeros(Shape::new(1, 64, 5, 7)).unwrap();
     let (w, b) = (gpu.zeros(Shape::new(32, 64, 3, 3)).unwrap(), gpu.zeros(Shape::vector(32)).unwrap());
     let y = gpu.tensor(Shape::new(1, 32, 5, 7)).unwrap();

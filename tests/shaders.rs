@@ -20,13 +20,16 @@ fn every_shader_file_parses_and_validates_with_naga() {
             validate(name, &on_disk).unwrap_or_else(|e| panic!("{e}"));
             continue;
         }
-        let family = Family::ALL
-            .into_iter()
-            .find(|f| f.file_name() == name)
-            .unwrap_or_else(|| panic!("shaders/{name} belongs to no kernel family in src/gpu/shaders.rs"));
-        let source = family.source();
-        assert!(source.ends_with(&on_disk), "shaders/{name} changed since the build embedded it");
-        validate(name, &source).unwrap_or_else(|e| panic!("{e}"));
+        let families: Vec<Family> = Family::ALL.into_iter().filter(|f| f.file_name() == name).collect();
+        assert!(!families.is_empty(), "shaders/{name} belongs to no kernel family in src/gpu/shaders.rs");
+        for family in families {
+            let source = family.source();
+            assert!(
+                source.ends_with(&family.select_lines(&on_disk)),
+                "shaders/{name} changed since the build embedded it"
+            );
+            validate(&format!("{name} ({family:?})"), &source).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }
 
@@ -34,4 +37,17 @@ fn every_shader_file_parses_and_validates_with_naga() {
 fn validation_reports_the_file_and_the_fault() {
     let err = validate("broken.wgsl", "fn f() -> f32 { return 1u; }").expect_err("a type error must not validate");
     assert!(err.contains("broken.wgsl"), "the error names the file: {err}");
+}
+
+#[test]
+fn tagged_lines_go_to_one_variant_each() {
+    let text = "a\nb(); // @subgroup\nc(); // @plain\n";
+    assert_eq!(Family::ConvSubgroup.select_lines(text), "a\nb();\n");
+    assert_eq!(Family::Conv.select_lines(text), "a\nc();\n");
+    let plain = Family::Conv.source();
+    assert!(
+        !plain.contains("subgroupBroadcast") && !plain.contains("subgroup_invocation_id"),
+        "the plain variant must compile without subgroups"
+    );
+    assert!(Family::ConvSubgroup.source().contains("subgroupBroadcast"));
 }

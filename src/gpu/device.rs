@@ -208,6 +208,12 @@ impl Gpu {
         self.check()
     }
 
+    /// Whether kernels may use subgroup operations on subgroups of at
+    /// least `lanes` invocations.
+    pub fn has_subgroups(&self, lanes: u32) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP) && self.info.subgroup_min_size >= lanes
+    }
+
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
@@ -253,6 +259,7 @@ impl fmt::Display for AdapterReport {
         let driver: Vec<&str> = [i.driver.trim(), i.driver_info.trim()].into_iter().filter(|s| !s.is_empty()).collect();
         writeln!(f, "  driver             {}", driver.join(" "))?;
         writeln!(f, "  storage binding    {}", mib(l.max_storage_buffer_binding_size))?;
+        writeln!(f, "  uniform binding    {} KiB", l.max_uniform_buffer_binding_size / 1024)?;
         writeln!(f, "  max buffer size    {}", mib(l.max_buffer_size))?;
         writeln!(f, "  workgroup memory   {} KiB", l.max_compute_workgroup_storage_size / 1024)?;
         writeln!(f, "  invocations/group  {}", l.max_compute_invocations_per_workgroup)?;

@@ -6,6 +6,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
     Conv,
+    /// conv.wgsl with its `@subgroup` lines instead of its `@plain` ones.
+    ConvSubgroup,
     Norm,
     Elementwise,
     Dropout,
@@ -25,7 +27,7 @@ impl Family {
     /// The family's file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
-            Family::Conv => "conv.wgsl",
+            Family::Conv | Family::ConvSubgroup => "conv.wgsl",
             Family::Norm => "norm.wgsl",
             Family::Elementwise => "elementwise.wgsl",
             Family::Dropout => "dropout.wgsl",
@@ -37,7 +39,7 @@ impl Family {
 
     fn body(self) -> &'static str {
         match self {
-            Family::Conv => include_str!("../../shaders/conv.wgsl"),
+            Family::Conv | Family::ConvSubgroup => include_str!("../../shaders/conv.wgsl"),
             Family::Norm => include_str!("../../shaders/norm.wgsl"),
             Family::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Family::Dropout => include_str!("../../shaders/dropout.wgsl"),
@@ -47,9 +49,25 @@ impl Family {
         }
     }
 
-    /// The source the GPU compiles: the common helpers, then the family.
+    /// The source the GPU compiles: the common helpers, then the family's
+    /// file as `select_lines` keeps it.
     pub fn source(self) -> String {
-        format!("{COMMON}\n{}", self.body())
+        format!("{COMMON}\n{}", self.select_lines(self.body()))
+    }
+
+    /// A file may hold two variants of some lines: those ending in
+    /// `// @subgroup` (subgroup operations, which a module may only contain
+    /// where the adapter has them) and those ending in `// @plain`. Each
+    /// family keeps one kind and drops the other; untagged lines stay.
+    pub fn select_lines(self, text: &str) -> String {
+        let (keep, drop) = if self == Family::ConvSubgroup { ("@subgroup", "@plain") } else { ("@plain", "@subgroup") };
+        let tag = |line: &str, t: &str| line.trim_end().ends_with(&format!("// {t}"));
+        text.lines()
+            .filter(|l| !tag(l, drop))
+            .map(|l| if tag(l, keep) { l.trim_end().trim_end_matches(&format!("// {keep}")).trim_end() } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     }
 }
 

@@ -71,6 +71,9 @@ pub enum Variant {
     /// Register-blocked, weights from a uniform table (shaders/conv.wgsl,
     /// `blocked_sums`): when one output-channel group's weights fit it.
     Blocked,
+    /// `Blocked` with the table rows shared by subgroup broadcasts, where
+    /// the adapter has subgroups of at least 8 lanes.
+    BlockedSubgroup,
 }
 
 /// vec4s in one packed-weight table (`PACK_LEN` in conv.wgsl): 64 KiB.
@@ -86,19 +89,35 @@ fn blocks(cout: usize) -> usize {
 
 impl Variant {
     /// The fastest variant that handles a convolution computing `cout`
-    /// channels from `cin` with a `k` x `k` kernel.
-    pub fn choose(cin: usize, cout: usize, k: usize) -> Variant {
-        if cin * k * k * blocks(cout) <= PACK_LEN {
-            Variant::Blocked
-        } else {
+    /// channels from `cin` with a `k` x `k` kernel on `gpu`.
+    pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
+        if cin * k * k * blocks(cout) > PACK_LEN {
             Variant::Baseline
+        } else {
+            Variant::blocked(gpu)
+        }
+    }
+
+    /// The blocked variant `gpu` runs best (the weight gradient's, any shape).
+    pub fn blocked(gpu: &Gpu) -> Variant {
+        if gpu.has_subgroups(8) {
+            Variant::BlockedSubgroup
+        } else {
+            Variant::Blocked
+        }
+    }
+
+    fn family(self) -> Family {
+        match self {
+            Variant::BlockedSubgroup => Family::ConvSubgroup,
+            _ => Family::Conv,
         }
     }
 }
 
 /// `y = conv(x, w, dilation) + b`, written into the view `y`.
 pub fn forward(gpu: &Gpu, x: View, w: &Tensor, b: &Tensor, dilation: usize, y: View) -> Result<Vec<Dispatch>> {
-    forward_with(gpu, Variant::choose(x.c, y.c, w.shape.h), x, w, b, dilation, y)
+    forward_with(gpu, Variant::choose(gpu, x.c, y.c, w.shape.h), x, w, b, dilation, y)
 }
 
 /// `forward` by a given variant (tests and the bench compare them).
@@ -120,7 +139,7 @@ pub fn forward_with(
             let d = gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
-        Variant::Blocked => blocked(gpu, label, "blocked_forward", p, k, w, x, Some(b), y),
+        _ => blocked(gpu, variant, label, "blocked_forward", p, k, w, x, Some(b), y),
     }
 }
 
@@ -134,7 +153,7 @@ pub fn backward_data(
     dx: View,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    backward_data_with(gpu, Variant::choose(dy.c, dx.c, w.shape.h), dy, w, dilation, dx, accumulate)
+    backward_data_with(gpu, Variant::choose(gpu, dy.c, dx.c, w.shape.h), dy, w, dilation, dx, accumulate)
 }
 
 /// `backward_data` by a given variant.
@@ -157,7 +176,7 @@ pub fn backward_data_with(
             let d = gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, grid)?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
-        Variant::Blocked => {
+        _ => {
             // The transposed convolution: dy's channels in, dx's out.
             let t = Params {
                 cin: p.cout,
@@ -169,7 +188,7 @@ pub fn backward_data_with(
                 transposed: 1,
                 ..p
             };
-            blocked(gpu, label, "blocked_data", t, k, w, dy, None, dx)
+            blocked(gpu, variant, label, "blocked_data", t, k, w, dy, None, dx)
         }
     }
 }
@@ -179,6 +198,7 @@ pub fn backward_data_with(
 #[allow(clippy::too_many_arguments)]
 fn blocked(
     gpu: &Gpu,
+    variant: Variant,
     label: String,
     entry: &'static str,
     p: Params,
@@ -193,7 +213,7 @@ fn blocked(
     ensure(cin * k * k * cob <= PACK_LEN, &label, || {
         format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the baseline")
     })?;
-    let kernel = |entry| Kernel::new(Family::Conv, entry).with("K", k as f64).with("COB", cob as f64);
+    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
     let pixels = output.shape().n * output.shape().h * output.shape().w;
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
@@ -224,7 +244,7 @@ fn blocked(
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
 pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Vec<Dispatch>> {
-    backward_weight_with(gpu, Variant::Blocked, x, dy, dilation, dw)
+    backward_weight_with(gpu, Variant::blocked(gpu), x, dy, dilation, dw)
 }
 
 /// `backward_weight` by a given variant (the blocked one handles any shape).
@@ -249,7 +269,7 @@ pub fn backward_weight_with(
     let cob = blocks(cout);
     let chunk = PACK_LEN / cob;
     let pixels = x.shape().n * x.shape().h * x.shape().w;
-    let kernel = |entry| Kernel::new(Family::Conv, entry).with("K", k as f64).with("COB", cob as f64);
+    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
         let table = gpu.uniform_table(PACK_LEN * 4)?;
