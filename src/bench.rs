@@ -12,7 +12,7 @@ use crate::model::graph::{Graph, Optimizer, TrainSetup};
 use crate::model::params::ParamSet;
 use crate::model::Architecture;
 use crate::nn::{self, SigmoidLoss};
-use crate::ops;
+use crate::ops::{self, conv::Variant};
 use crate::rng::Rng;
 use crate::shape::Shape;
 
@@ -135,6 +135,9 @@ pub fn measure_peaks(gpu: &Gpu) -> Result<Peaks> {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub workload: String,
+    /// The convolution kernels it ran (`ops::conv::Variant`), or "auto"
+    /// for whole-model workloads (each convolution's own choice).
+    pub variant: String,
     pub timing: Timing,
     /// BENCH.md's arithmetic count of one run.
     pub flops: f64,
@@ -155,6 +158,7 @@ impl Outcome {
     pub fn to_json(&self, gpu: &Gpu, peaks: &Peaks) -> serde_json::Value {
         serde_json::json!({
             "workload": self.workload,
+            "variant": self.variant,
             "adapter": gpu.info.name,
             "backend": format!("{:?}", gpu.info.backend),
             "runs": self.timing.runs,
@@ -174,8 +178,14 @@ fn sum_cost(list: &[&Dispatch]) -> (f64, f64) {
     list.iter().fold((0.0, 0.0), |(f, b), d| (f + d.cost().flops, b + d.cost().bytes))
 }
 
-/// Builds and times workload `id` (one of `WORKLOADS`).
-pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize) -> Result<Outcome> {
+/// Whether `id` times one convolution (and so can run any `Variant`).
+pub fn is_kernel_workload(id: &str) -> bool {
+    id.starts_with("conv")
+}
+
+/// Builds and times workload `id` (one of `WORKLOADS`); a kernel workload
+/// runs `variant` when given, else the variant the model would choose.
+pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize, variant: Option<Variant>) -> Result<Outcome> {
     let unknown = || GpuError::Shape {
         kernel: "bench".into(),
         message: format!("unknown workload {id:?}; the workloads are: {}", WORKLOADS.join(", ")),
@@ -187,7 +197,13 @@ pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize) -> Result<Outcome> {
         let (forward_flops, forward_bytes) = sum_cost(&graph.forward_dispatches());
         if !train {
             let timing = time(warmup, runs, || graph.forward(gpu).and_then(|()| graph.read_logits(gpu).map(drop)))?;
-            return Ok(Outcome { workload: id.into(), timing, flops: forward_flops, bytes: forward_bytes });
+            return Ok(Outcome {
+                workload: id.into(),
+                variant: "auto".into(),
+                timing,
+                flops: forward_flops,
+                bytes: forward_bytes,
+            });
         }
         let list: Vec<&Dispatch> = graph.step_dispatches(gpu, 1, true).into_iter().map(|(_, d)| d).collect();
         let (_, bytes) = sum_cost(&list);
@@ -198,7 +214,7 @@ pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize) -> Result<Outcome> {
             gpu.sync()
         })?;
         // BENCH.md: a step counts three times the forward convolutions.
-        Ok(Outcome { workload: id.into(), timing, flops: 3.0 * forward_flops, bytes })
+        Ok(Outcome { workload: id.into(), variant: "auto".into(), timing, flops: 3.0 * forward_flops, bytes })
     };
     match id {
         "lungnet-256-infer" => model("lungnet", Shape::new(1, 1, 256, 256), false),
@@ -206,13 +222,15 @@ pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize) -> Result<Outcome> {
         "lungnet-kaggle-infer" => model("lungnet", Shape::new(1, 1, 420, 580), false),
         "seo2018-256-train" => model("seo2018", Shape::new(2, 1, 256, 256), true),
         "conv1x1-321-128-fwd" => {
-            let d = conv_workload(gpu, "fwd", 321, 128, 1, 1)?;
-            kernel_outcome(gpu, id, &d, warmup, runs)
+            let variant = variant.unwrap_or_else(|| Variant::choose(gpu, 321, 128, 1));
+            let d = conv_workload(gpu, variant, "fwd", 321, 128, 1, 1)?;
+            kernel_outcome(gpu, id, variant, &d, warmup, runs)
         }
         _ => {
             let (dilation, pass) = parse_conv3x3(id).ok_or_else(unknown)?;
-            let d = conv_workload(gpu, pass, 32, 32, 3, dilation)?;
-            kernel_outcome(gpu, id, &d, warmup, runs)
+            let variant = variant.unwrap_or_else(|| Variant::choose(gpu, 32, 32, 3));
+            let d = conv_workload(gpu, variant, pass, 32, 32, 3, dilation)?;
+            kernel_outcome(gpu, id, variant, &d, warmup, runs)
         }
     }
 }
@@ -226,7 +244,15 @@ fn parse_conv3x3(id: &str) -> Option<(usize, &str)> {
 }
 
 /// One convolution's launches on 1 x cin x 256 x 256 with random operands.
-fn conv_workload(gpu: &Gpu, pass: &str, cin: usize, cout: usize, k: usize, dilation: usize) -> Result<Vec<Dispatch>> {
+fn conv_workload(
+    gpu: &Gpu,
+    variant: Variant,
+    pass: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    dilation: usize,
+) -> Result<Vec<Dispatch>> {
     let mut rng = Rng::new(2);
     let mut random = |shape: Shape| -> Result<Tensor> {
         gpu.upload(shape, &(0..shape.numel()).map(|_| rng.uniform() as f32 - 0.5).collect::<Vec<_>>())
@@ -235,20 +261,27 @@ fn conv_workload(gpu: &Gpu, pass: &str, cin: usize, cout: usize, k: usize, dilat
     let y = random(Shape::new(1, cout, 256, 256))?;
     let w = random(Shape::new(cout, cin, k, k))?;
     match pass {
-        "fwd" => ops::conv::forward(gpu, x.view(), &w, &random(Shape::vector(cout))?, dilation, y.view()),
-        "bwd-data" => ops::conv::backward_data(gpu, y.view(), &w, dilation, x.view(), false),
-        _ => ops::conv::backward_weight(gpu, x.view(), y.view(), dilation, &w),
+        "fwd" => ops::conv::forward_with(gpu, variant, x.view(), &w, &random(Shape::vector(cout))?, dilation, y.view()),
+        "bwd-data" => ops::conv::backward_data_with(gpu, variant, y.view(), &w, dilation, x.view(), false),
+        _ => ops::conv::backward_weight_with(gpu, variant, x.view(), y.view(), dilation, &w),
     }
 }
 
-fn kernel_outcome(gpu: &Gpu, id: &str, list: &[Dispatch], warmup: usize, runs: usize) -> Result<Outcome> {
+fn kernel_outcome(
+    gpu: &Gpu,
+    id: &str,
+    variant: Variant,
+    list: &[Dispatch],
+    warmup: usize,
+    runs: usize,
+) -> Result<Outcome> {
     let refs: Vec<&Dispatch> = list.iter().collect();
     let timing = time(warmup, runs, || {
         gpu.run(&refs)?;
         gpu.sync()
     })?;
     let (flops, bytes) = sum_cost(&refs);
-    Ok(Outcome { workload: id.into(), timing, flops, bytes })
+    Ok(Outcome { workload: id.into(), variant: format!("{variant:?}"), timing, flops, bytes })
 }
 
 #[cfg(test)]

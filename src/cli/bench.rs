@@ -4,6 +4,7 @@
 use clap::Args;
 use dilaseg::bench::{self, WORKLOADS};
 use dilaseg::gpu::Gpu;
+use dilaseg::ops::conv::Variant;
 
 use super::GpuArgs;
 
@@ -18,6 +19,9 @@ pub struct BenchArgs {
     /// Timed runs (BENCH.md asks for at least 10).
     #[arg(long, default_value_t = 10)]
     runs: usize,
+    /// Also time each convolution workload with the baseline kernels, in the same run.
+    #[arg(long)]
+    baseline: bool,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -41,23 +45,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<bool> {
     };
     let mut all_ok = true;
     for id in ids {
-        eprintln!("{id}: {} warm-ups, {} runs ...", args.warmup, args.runs);
-        match bench::run(&gpu, id, args.warmup, args.runs) {
-            Ok(outcome) => {
-                println!("{}", outcome.to_json(&gpu, &peaks));
-                eprintln!(
-                    "{id}: median {:.2} ms, min {:.2} ms, {:.2} GFLOP/s ({:.1}% of fma peak), {:.2} GB/s",
-                    outcome.timing.median_ms,
-                    outcome.timing.min_ms,
-                    outcome.gflops(),
-                    100.0 * outcome.gflops() / peaks.fma_gflops,
-                    outcome.gbytes_per_s()
-                );
-            }
-            Err(e) => {
-                all_ok = false;
-                eprintln!("{id}: failed: {e}");
-                println!("{}", serde_json::json!({"workload": id, "adapter": gpu.info.name, "error": e.to_string()}));
+        let mut variants = vec![None];
+        if args.baseline && bench::is_kernel_workload(id) {
+            variants.push(Some(Variant::Baseline));
+        }
+        for variant in variants {
+            eprintln!("{id}: {} warm-ups, {} runs ...", args.warmup, args.runs);
+            match bench::run(&gpu, id, args.warmup, args.runs, variant) {
+                Ok(outcome) => {
+                    println!("{}", outcome.to_json(&gpu, &peaks));
+                    eprintln!(
+                        "{id} ({}): median {:.2} ms, min {:.2} ms, {:.2} GFLOP/s ({:.1}% of fma peak), {:.2} GB/s",
+                        outcome.variant,
+                        outcome.timing.median_ms,
+                        outcome.timing.min_ms,
+                        outcome.gflops(),
+                        100.0 * outcome.gflops() / peaks.fma_gflops,
+                        outcome.gbytes_per_s()
+                    );
+                }
+                Err(e) => {
+                    all_ok = false;
+                    eprintln!("{id}: failed: {e}");
+                    let error = serde_json::json!({"workload": id, "adapter": gpu.info.name, "error": e.to_string()});
+                    println!("{error}");
+                }
             }
         }
     }
