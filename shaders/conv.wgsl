@@ -44,8 +44,11 @@ struct Params {
     group: u32,
     // pack_dy and blocked_weight: the chunk of CHUNK pixels.
     chunk: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Blocked kernels: the weight tensor's input channels, of which this
+    // convolution uses [w_coff, w_coff + its own input count) (a part of the
+    // concatenation convolved on its own; the baseline needs the whole).
+    w_ctotal: u32,
+    w_coff: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -226,9 +229,9 @@ fn pack_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         let co = (P.group * COB + b) * 4u + j;
         if (co < P.cout) {
             if (P.transposed != 0u) {
-                v[j] = wt[(ci * P.cout + co) * kk + (kk - 1u - t)];
+                v[j] = wt[(ci * P.w_ctotal + P.w_coff + co) * kk + (kk - 1u - t)];
             } else {
-                v[j] = wt[(co * P.cin + ci) * kk + t];
+                v[j] = wt[(co * P.w_ctotal + P.w_coff + ci) * kk + t];
             }
         }
     }
@@ -299,7 +302,8 @@ fn blocked_sums(n: u32, p: u32, lane: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
-// blocked_forward: y = conv(x) + bias for one output-channel group.
+// blocked_forward: y = conv(x) + bias for one output-channel group, or with
+// `accumulate`, y += conv(x) (the later parts of a concatenation).
 @compute @workgroup_size(WG)
 fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>,
@@ -315,7 +319,12 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         for (var j = 0u; j < 4u; j++) {
             let co = (P.group * COB + b) * 4u + j;
             if (co < P.cout) {
-                y[slice_index(px.x, co, px.y, P.h * P.w, P.out_ctotal, P.out_coff)] = acc[b][j] + bias[co];
+                let i = slice_index(px.x, co, px.y, P.h * P.w, P.out_ctotal, P.out_coff);
+                if (P.accumulate != 0u) {
+                    y[i] += acc[b][j];
+                } else {
+                    y[i] = acc[b][j] + bias[co];
+                }
             }
         }
     }
@@ -441,7 +450,7 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         for (var j = 0u; j < 4u; j++) {
             let co = (P.group * COB + b) * 4u + j;
             if (co < P.cout) {
-                let i = co * P.cin * kk + r;
+                let i = (co * P.w_ctotal + P.w_coff) * kk + r;
                 if (P.chunk == 0u) {
                     dw[i] = acc[b][j];
                 } else {

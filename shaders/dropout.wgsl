@@ -1,9 +1,11 @@
 // Dropout family: inverted dropout, b = a * keep / (1 - p), with the keep
-// decision hashed from (seed, step, element index within the view), so the
+// decision hashed from (seed, step, element index), so the
 // backward pass (the same kernel on the gradient: dropout is linear) and the
 // CPU reference (src/nn.rs, `dropout_uniform`) reproduce the mask exactly
 // without a mask buffer. One invocation per element; a and b are channel
-// slices of their buffers.
+// slices of their buffers. The hashed index is the element's index in the
+// whole tensor the mask covers (m_ctotal channels, this view at m_coff): the
+// concatenation is dropped out part by part with the mask of the whole.
 
 struct Params {
     n: u32,
@@ -16,8 +18,8 @@ struct Params {
     a_coff: u32,
     b_ctotal: u32,
     b_coff: u32,
-    _pad0: u32,
-    _pad1: u32,
+    m_ctotal: u32,
+    m_coff: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -49,7 +51,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         return;
     }
     let e = unflatten(i, P.c, P.hw);
-    let keep = dropout_uniform(P.seed, P.step, i) >= P.p;
+    let keep = dropout_uniform(P.seed, P.step, slice_index(e.x, e.y, e.z, P.hw, P.m_ctotal, P.m_coff)) >= P.p;
     let v = src[slice_index(e.x, e.y, e.z, P.hw, P.a_ctotal, P.a_coff)];
     dst[slice_index(e.x, e.y, e.z, P.hw, P.b_ctotal, P.b_coff)] = select(0.0, v / (1.0 - P.p), keep);
 }

@@ -6,9 +6,8 @@
 // - act_forward:  b = act(a)            (src -> dst)
 // - act_backward: b *= act'(a), where a is the activation's OUTPUT (y > 0
 //   exactly where x > 0), in place on the gradient b
-// - add_within:   b += a, both slices of ONE buffer (bound once, read-write):
-//   the residual x_i += x_{i-1} and its backward both live in the
-//   concatenation buffer, which cannot be bound twice in one dispatch.
+// - add:          b += a (src -> dst): the residual x_i += x_{i-1} and its
+//   backward, whose operands are parts of the concatenation
 
 struct Params {
     n: u32,
@@ -55,11 +54,11 @@ fn act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 }
 
 @compute @workgroup_size(WG)
-fn add_within(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-              @builtin(num_workgroups) nwg: vec3<u32>) {
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+       @builtin(num_workgroups) nwg: vec3<u32>) {
     let ix = indices(element_index(wid, lid, nwg));
     if (ix.z == 0u) {
         return;
     }
-    dst[ix.y] += dst[ix.x];
+    dst[ix.y] += src[ix.x];
 }

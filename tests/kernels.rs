@@ -92,6 +92,57 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
     }
 }
 
+/// A convolution over a concatenation held as separate tensors (the
+/// network's head over the dilated layers' outputs) equals the convolution
+/// of the concatenation: forward, input gradients per part, weight gradient.
+fn check_conv_parts(k: usize, dilation: usize, seed: u64) {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(seed);
+    let (n, h, w, cout) = (2, 13, 17, 7);
+    let sizes = [1, 4, 5];
+    let parts: Vec<Tensor> = sizes.iter().map(|&c| rng.tensor(Shape::new(n, c, h, w), -1.0, 1.0)).collect();
+    let x = cpu::layout::concat(&parts.iter().collect::<Vec<_>>());
+    let wt = rng.tensor(Shape::new(cout, 10, k, k), -0.5, 0.5);
+    let b = rng.vec(cout, -0.5, 0.5);
+    let dy = rng.tensor(Shape::new(n, cout, h, w), -1.0, 1.0);
+    let y_ref = cpu::conv::forward(&x, &wt, &b, dilation);
+    let g_ref = cpu::conv::backward(&x, &wt, &dy, dilation);
+
+    let gparts: Vec<_> = parts.iter().map(|p| upload(gpu, p)).collect();
+    let gdx: Vec<_> = parts.iter().map(|p| gpu.tensor(p.shape).unwrap()).collect();
+    let (gw, gb, gdy) = (upload(gpu, &wt), upload_vec(gpu, &b), upload(gpu, &dy));
+    let (gy, gdw) = (gpu.tensor(dy.shape).unwrap(), gpu.tensor(wt.shape).unwrap());
+    let xs: Vec<_> = gparts.iter().map(|t| t.view()).collect();
+    let dxs: Vec<_> = gdx.iter().map(|t| t.view()).collect();
+    let mut list = ops::conv::forward_parts(gpu, &xs, &gw, &gb, dilation, gy.view()).unwrap();
+    list.extend(ops::conv::backward_data_parts(gpu, gdy.view(), &gw, dilation, &dxs).unwrap());
+    list.extend(ops::conv::backward_weight_parts(gpu, &xs, gdy.view(), dilation, &gdw).unwrap());
+    run(gpu, &list.iter().collect::<Vec<_>>());
+
+    assert_close("conv over parts", &gpu.read(&gy).unwrap(), &y_ref.data, 1e-5, 1e-5);
+    let mut c0 = 0;
+    for (c, t) in sizes.iter().zip(&gdx) {
+        let expected = cpu::layout::channels(&g_ref.dx, c0, *c);
+        assert_close(&format!("input gradient of the part at {c0}"), &gpu.read(t).unwrap(), &expected.data, 1e-5, 1e-5);
+        c0 += c;
+    }
+    assert_close("weight gradient over parts", &gpu.read(&gdw).unwrap(), &g_ref.dw.data, 1e-4, 1e-4);
+
+    // Parts that do not make up the weights' input channels are refused.
+    let err = ops::conv::forward_parts(gpu, &xs[..2], &gw, &gb, dilation, gy.view()).err().expect("accepted");
+    assert!(err.to_string().contains("parts of 5 channels"), "{err}");
+}
+
+#[test]
+fn conv1x1_over_concatenation_parts_matches_cpu() {
+    check_conv_parts(1, 1, 31);
+}
+
+#[test]
+fn conv3x3_over_concatenation_parts_matches_cpu() {
+    check_conv_parts(3, 5, 32);
+}
+
 #[test]
 fn the_blocked_convolution_is_chosen_where_its_table_fits_and_refused_elsewhere() {
     let gpu = gpu_or_skip!();
@@ -302,17 +353,33 @@ fn leaky_relu_matches_cpu_on_channel_slices() {
 }
 
 #[test]
-fn residual_add_within_the_concat_buffer_matches_cpu() {
+fn residual_add_matches_cpu_on_channel_slices() {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(23);
-    let cat = rng.tensor(Shape::new(3, 11, 37, 53), -1.0, 1.0);
-    let (a, b) = (cpu::layout::channels(&cat, 1, 5), cpu::layout::channels(&cat, 6, 5));
+    let (a, b) = (rng.tensor(Shape::new(3, 5, 37, 53), -1.0, 1.0), rng.tensor(Shape::new(3, 5, 37, 53), -1.0, 1.0));
     let sum = cpu::act::add(&a, &b);
-    let g = upload(gpu, &cat);
-    run(gpu, &[&ops::elementwise::add_within(gpu, g.channels(1, 5), g.channels(6, 5)).unwrap()]);
-    assert_close("residual", &read_channels(gpu, &g, 6, 5), &sum.data, 0.0, 1e-6);
-    assert_close("residual source untouched", &read_channels(gpu, &g, 1, 5), &a.data, 0.0, 0.0);
-    assert!(ops::elementwise::add_within(gpu, g.channels(1, 5), g.channels(4, 5)).is_err(), "overlap accepted");
+    let (ga, gb) = (upload(gpu, &embed(&mut rng, &a, 1, 2)), upload(gpu, &embed(&mut rng, &b, 2, 3)));
+    run(gpu, &[&ops::elementwise::add(gpu, ga.channels(1, 5), gb.channels(2, 5)).unwrap()]);
+    assert_close("residual", &read_channels(gpu, &gb, 2, 5), &sum.data, 0.0, 1e-6);
+    assert_close("residual source untouched", &read_channels(gpu, &ga, 1, 5), &a.data, 0.0, 0.0);
+}
+
+#[test]
+fn dropout_by_parts_reproduces_the_whole_mask() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(25);
+    let (p, seed, step) = (0.5, 99, 3);
+    let whole = rng.tensor(Shape::new(2, 9, 13, 11), 0.5, 1.5);
+    let y_ref = cpu::dropout::forward(&whole, p, seed, step);
+    // Channels [0, 1), [1, 5), [5, 9) as separate tensors, as the graph holds them.
+    for (c0, c) in [(0, 1), (1, 4), (5, 4)] {
+        let part = upload(gpu, &cpu::layout::channels(&whole, c0, c));
+        let out = gpu.tensor(part.shape).unwrap();
+        let d = ops::dropout::apply_part(gpu, part.view(), p, seed, step, out.view(), (9, c0)).unwrap();
+        run(gpu, &[&d.dispatch]);
+        let expected = cpu::layout::channels(&y_ref, c0, c);
+        assert_close(&format!("dropout part at channel {c0}"), &gpu.read(&out).unwrap(), &expected.data, 0.0, 1e-6);
+    }
 }
 
 #[test]

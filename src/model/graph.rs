@@ -4,11 +4,12 @@
 //! replays forward, loss, backward and update in ONE submission, reading
 //! nothing back unless the loss is asked for.
 //!
-//! Buffers: the input (when it is normalised), the concatenation `cat`,
-//! each block's convolution output `t` and norm-block output `u`, head
-//! outputs, the logits; in training, their gradients mirror them (`dcat`
-//! holds every layer's output gradient in its slice). CPU oracle:
-//! `model::reference`.
+//! Buffers: the input (when it is normalised), the concatenation as one
+//! tensor per part (the normalised input, each dilated layer's output: no
+//! binding ever holds all its channels, so an image is limited by what one
+//! layer needs, not by the whole concatenation), each block's convolution
+//! output `t` and norm-block output `u`, head outputs, the logits; in
+//! training, their gradients mirror them. CPU oracle: `model::reference`.
 
 use super::config::{NormKind, OutputKind};
 use super::params::ParamSet;
@@ -44,24 +45,6 @@ pub struct TrainSetup {
     pub dropout_seed: u32,
 }
 
-/// A channel slice held by value (a `View` borrows).
-#[derive(Clone)]
-struct Slice {
-    tensor: Tensor,
-    offset: usize,
-    c: usize,
-}
-
-impl Slice {
-    fn whole(t: &Tensor) -> Self {
-        Slice { tensor: t.clone(), offset: 0, c: t.shape.c }
-    }
-
-    fn view(&self) -> View<'_> {
-        self.tensor.channels(self.offset, self.c)
-    }
-}
-
 /// A norm block's per-group statistics, kept from forward to backward.
 struct NormBufs {
     gamma: Tensor,
@@ -72,11 +55,12 @@ struct NormBufs {
 
 /// One block's buffers, for the backward pass.
 struct BlockBufs {
-    input: Slice,
+    /// The convolution's input: one tensor, or the concatenation's parts.
+    input: Vec<Tensor>,
     t: Tensor,
     /// Norm-block output (the activation's input); `t` itself without a norm.
     u: Tensor,
-    out: Slice,
+    out: Tensor,
     norm: Option<(String, NormBufs)>,
 }
 
@@ -91,18 +75,19 @@ pub struct Graph {
     /// Optimiser state per trainable parameter: Adam [m, v] or SGD [momentum].
     state: Vec<Vec<Tensor>>,
     /// Where `set_input` writes: the input buffer, or the concatenation's
-    /// first slice when there is no input norm.
-    input: Slice,
+    /// first part when there is no input norm.
+    input: Tensor,
     logits: Tensor,
     target: Option<Tensor>,
     /// Input norm and dilated layers (up to the concatenation).
     trunk: Vec<Dispatch>,
-    dropout_forward: Option<Dropout>,
+    /// Dropout of the concatenation, part by part.
+    dropout_forward: Vec<Dropout>,
     /// Head layers and the output convolution.
     head: Vec<Dispatch>,
     /// Loss, then backward through the output convolution and the head.
     head_backward: Vec<Dispatch>,
-    dropout_backward: Option<Dropout>,
+    dropout_backward: Vec<Dropout>,
     /// Backward through the dilated layers and the input norm.
     trunk_backward: Vec<Dispatch>,
     updates: Vec<Update>,
@@ -194,20 +179,36 @@ impl Builder<'_> {
         out: &mut Vec<Dispatch>,
         grads: &Grads,
         b: &Block,
-        input: View,
+        input: &[Tensor],
         dy: View,
-        dx: Option<(View, bool)>,
+        dx: Option<InputGrad>,
     ) -> Result<()> {
         let gpu = self.gpu;
         let (dw, db) = (grads.of(&format!("{}.weight", b.conv)), grads.of(&format!("{}.bias", b.conv)));
-        out.extend(ops::conv::backward_weight(gpu, input, dy, b.dilation, &dw)?);
+        out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw)?);
         out.push(ops::conv::backward_bias(gpu, dy, &db)?);
-        if let Some((dx, accumulate)) = dx {
-            let w = self.param(&format!("{}.weight", b.conv));
-            out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx, accumulate)?);
+        let w = self.param(&format!("{}.weight", b.conv));
+        match dx {
+            Some(InputGrad::Add(dx)) => out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx.view(), true)?),
+            Some(InputGrad::Write(dxs)) => {
+                out.extend(ops::conv::backward_data_parts(gpu, dy, &w, b.dilation, &views(&dxs))?)
+            }
+            None => {}
         }
         Ok(())
     }
+}
+
+/// Where a block's input gradient goes.
+enum InputGrad {
+    /// Added into one tensor that other consumers also feed (the trunk).
+    Add(Tensor),
+    /// Written into the tensor, or the concatenation's parts, it mirrors.
+    Write(Vec<Tensor>),
+}
+
+fn views(tensors: &[Tensor]) -> Vec<View<'_>> {
+    tensors.iter().map(Tensor::view).collect()
 }
 
 /// Parameter gradients by name.
@@ -260,40 +261,59 @@ impl Graph {
         // ---- forward
         let mut trunk = Vec::new();
         let mut head = Vec::new();
-        let cat = gpu.tensor(Shape::new(n, arch.cat_channels, h, w))?;
-        let x0 = Slice { tensor: cat.clone(), offset: 0, c: cfg.in_channels };
+        // The concatenation's parts: the (normalised) input, each dilated layer.
+        let mut parts = vec![gpu.tensor(shape)?];
+        for b in arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })) {
+            parts.push(gpu.tensor(Shape::new(n, b.cout, h, w))?);
+        }
+        let offsets: Vec<usize> = parts.iter().scan(0, |c, p| Some(std::mem::replace(c, *c + p.shape.c))).collect();
         let (input, input_norm) = match &arch.input_norm {
             Some(prefix) => {
-                let input = Slice::whole(&gpu.tensor(shape)?);
-                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), x0.view())?;
+                let input = gpu.tensor(shape)?;
+                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), parts[0].view())?;
                 (input, Some((prefix.clone(), bufs)))
             }
-            None => (x0.clone(), None),
+            None => (parts[0].clone(), None),
         };
         let dropout_p = if training { cfg.dropout } else { 0.0 };
         let dropout_seed = train.map_or(0, |t| t.dropout_seed);
-        let mut dropout_forward = None;
+        let mut dropout_forward = Vec::new();
         let head_input = if dropout_p > 0.0 {
-            let dropped = Slice::whole(&gpu.tensor(cat.shape)?);
-            dropout_forward = Some(ops::dropout::apply(gpu, cat.view(), dropout_p, dropout_seed, 1, dropped.view())?);
+            let mut dropped = Vec::new();
+            for (part, &offset) in parts.iter().zip(&offsets) {
+                let d = gpu.tensor(part.shape)?;
+                let mask = (arch.cat_channels, offset);
+                dropout_forward.push(ops::dropout::apply_part(
+                    gpu,
+                    part.view(),
+                    dropout_p,
+                    dropout_seed,
+                    1,
+                    d.view(),
+                    mask,
+                )?);
+                dropped.push(d);
+            }
             dropped
         } else {
-            Slice::whole(&cat)
+            parts.clone()
         };
         let mut blocks: Vec<BlockBufs> = Vec::new();
-        let mut prev = x0;
-        let mut head_prev: Option<Slice> = None;
+        let mut layer = 0;
+        let mut head_prev: Option<Tensor> = None;
         let mut out_input = None;
         let mut logits = None;
         for b in &arch.blocks {
-            let list = if matches!(b.place, Place::Concat { .. }) { &mut trunk } else { &mut head };
-            let input = match b.place {
-                Place::Concat { .. } => prev.clone(),
-                _ => head_prev.clone().unwrap_or_else(|| head_input.clone()),
+            let dilated = matches!(b.place, Place::Concat { .. });
+            let list = if dilated { &mut trunk } else { &mut head };
+            let input = match (dilated, &head_prev) {
+                (true, _) => vec![parts[layer].clone()],
+                (false, Some(prev)) => vec![prev.clone()],
+                (false, None) => head_input.clone(),
             };
             let t = gpu.tensor(Shape::new(n, b.cout, h, w))?;
             let (wt, bias) = (bld.param(&format!("{}.weight", b.conv)), bld.param(&format!("{}.bias", b.conv)));
-            list.extend(ops::conv::forward(gpu, input.view(), &wt, &bias, b.dilation, t.view())?);
+            list.extend(ops::conv::forward_parts(gpu, &views(&input), &wt, &bias, b.dilation, t.view())?);
             if b.place == Place::Out {
                 out_input = Some(input);
                 logits = Some(t);
@@ -307,17 +327,15 @@ impl Graph {
                 }
                 None => (t.clone(), None),
             };
-            let out = match b.place {
-                Place::Concat { offset } => Slice { tensor: cat.clone(), offset, c: b.cout },
-                _ => Slice::whole(&gpu.tensor(t.shape)?),
-            };
+            let out = if dilated { parts[layer + 1].clone() } else { gpu.tensor(t.shape)? };
             list.push(ops::elementwise::act_forward(gpu, u.view(), act, out.view())?);
             if b.residual {
-                list.push(ops::elementwise::add_within(gpu, input.view(), out.view())?);
+                list.push(ops::elementwise::add(gpu, input[0].view(), out.view())?);
             }
-            match b.place {
-                Place::Concat { .. } => prev = out.clone(),
-                _ => head_prev = Some(out.clone()),
+            if dilated {
+                layer += 1;
+            } else {
+                head_prev = Some(out.clone());
             }
             blocks.push(BlockBufs { input, t, u, out, norm });
         }
@@ -339,7 +357,7 @@ impl Graph {
             dropout_forward,
             head,
             head_backward: Vec::new(),
-            dropout_backward: None,
+            dropout_backward: Vec::new(),
             trunk_backward: Vec::new(),
             updates: Vec::new(),
             loss_sums: None,
@@ -368,43 +386,53 @@ impl Graph {
         };
         let loss = ops::loss::build(gpu, &graph.logits, &target, &kind, &dlogits)?;
         let mut head_backward = loss.dispatches;
-        let dcat = gpu.tensor(cat.shape)?;
-        let dhead_input = match &graph.dropout_forward {
-            Some(_) => Slice::whole(&gpu.tensor(cat.shape)?),
-            None => Slice::whole(&dcat),
+        let dparts = parts.iter().map(|p| gpu.tensor(p.shape)).collect::<Result<Vec<_>>>()?;
+        let dhead_input = if graph.dropout_forward.is_empty() {
+            dparts.clone()
+        } else {
+            parts.iter().map(|p| gpu.tensor(p.shape)).collect::<Result<Vec<_>>>()?
         };
         let dilated = arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })).count();
         // The gradient of each head block's output, then of the output conv's.
-        let mut douts: Vec<Slice> = Vec::new();
+        let mut douts: Vec<Tensor> = Vec::new();
         for bb in &blocks[dilated..] {
-            douts.push(Slice::whole(&gpu.tensor(bb.out.tensor.shape)?));
+            douts.push(gpu.tensor(bb.out.shape)?);
         }
         let out_block = arch.blocks.last().expect("output block");
-        let d_out_input = douts.last().cloned().unwrap_or_else(|| dhead_input.clone());
+        let d_out_input = douts.last().map_or_else(|| dhead_input.clone(), |d| vec![d.clone()]);
         bld.conv_backward(
             &mut head_backward,
             &g,
             out_block,
-            out_input.view(),
+            &out_input,
             dlogits.view(),
-            Some((d_out_input.view(), false)),
+            Some(InputGrad::Write(d_out_input)),
         )?;
         for (j, (b, bb)) in arch.blocks[dilated..arch.blocks.len() - 1].iter().zip(&blocks[dilated..]).enumerate().rev()
         {
-            let dout = &douts[j];
-            let dinput = if j == 0 { dhead_input.clone() } else { douts[j - 1].clone() };
-            graph.block_backward(&bld, &g, &mut head_backward, b, bb, dout.view(), Some((dinput.view(), false)))?;
+            let dinput = if j == 0 { dhead_input.clone() } else { vec![douts[j - 1].clone()] };
+            graph.block_backward(
+                &bld,
+                &g,
+                &mut head_backward,
+                b,
+                bb,
+                douts[j].view(),
+                Some(InputGrad::Write(dinput)),
+            )?;
         }
-        if graph.dropout_forward.is_some() {
-            graph.dropout_backward =
-                Some(ops::dropout::apply(gpu, dhead_input.view(), dropout_p, dropout_seed, 1, dcat.view())?);
+        if !graph.dropout_forward.is_empty() {
+            for ((d, dpart), &offset) in dhead_input.iter().zip(&dparts).zip(&offsets) {
+                let mask = (arch.cat_channels, offset);
+                let dropout = ops::dropout::apply_part(gpu, d.view(), dropout_p, dropout_seed, 1, dpart.view(), mask)?;
+                graph.dropout_backward.push(dropout);
+            }
         }
         let mut trunk_backward = Vec::new();
         for (i, (b, bb)) in arch.blocks[..dilated].iter().zip(&blocks[..dilated]).enumerate().rev() {
-            let dout = Slice { tensor: dcat.clone(), offset: bb.out.offset, c: bb.out.c };
-            let dinput = Slice { tensor: dcat.clone(), offset: bb.input.offset, c: bb.input.c };
+            let (dout, dinput) = (&dparts[i + 1], &dparts[i]);
             if b.residual {
-                trunk_backward.push(ops::elementwise::add_within(gpu, dout.view(), dinput.view())?);
+                trunk_backward.push(ops::elementwise::add(gpu, dout.view(), dinput.view())?);
             }
             // Layer 1's input gradient only feeds the input norm's parameters.
             let wanted = i > 0 || input_norm.is_some();
@@ -415,12 +443,11 @@ impl Graph {
                 b,
                 bb,
                 dout.view(),
-                wanted.then(|| (dinput.view(), true)),
+                wanted.then(|| InputGrad::Add(dinput.clone())),
             )?;
         }
         if let Some((prefix, bufs)) = &input_norm {
-            let dx0 = dcat.channels(0, cfg.in_channels);
-            bld.norm_backward(&mut trunk_backward, &g, prefix, bufs, graph.input.view(), dx0, None)?;
+            bld.norm_backward(&mut trunk_backward, &g, prefix, bufs, graph.input.view(), dparts[0].view(), None)?;
         }
 
         // ---- optimiser
@@ -459,7 +486,7 @@ impl Graph {
         b: &Block,
         bb: &BlockBufs,
         dout: View,
-        dinput: Option<(View, bool)>,
+        dinput: Option<InputGrad>,
     ) -> Result<()> {
         let act = self.arch.config.activation();
         // The activation's derivative depends only on the sign of its input.
@@ -473,14 +500,14 @@ impl Graph {
             }
             None => dout,
         };
-        bld.conv_backward(out, g, b, bb.input.view(), dt, dinput)
+        bld.conv_backward(out, g, b, &bb.input, dt, dinput)
     }
 }
 
 impl Graph {
     /// Uploads a batch of images (N x in_channels x H x W, NCHW).
     pub fn set_input(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
-        self.write_samples(gpu, &self.input, data, "input")
+        self.write_whole(gpu, &self.input, data, "input")
     }
 
     /// Uploads the per-pixel targets (N x 1 x H x W) of a training graph.
@@ -489,31 +516,26 @@ impl Graph {
             kernel: "graph".into(),
             message: "targets given to an inference graph".into(),
         })?;
-        self.write_samples(gpu, &Slice::whole(target), data, "target")
+        self.write_whole(gpu, target, data, "target")
     }
 
-    /// Writes per-sample planes into a slice: one write per sample, since a
-    /// slice of a wider buffer is contiguous only within a sample.
-    fn write_samples(&self, gpu: &Gpu, dst: &Slice, data: &[f32], what: &str) -> Result<()> {
-        let s = dst.tensor.shape;
-        let per_sample = dst.c * s.plane();
-        if data.len() != s.n * per_sample {
+    /// Writes a whole tensor's values.
+    fn write_whole(&self, gpu: &Gpu, dst: &Tensor, data: &[f32], what: &str) -> Result<()> {
+        let s = dst.shape;
+        if data.len() != s.numel() {
             return Err(GpuError::Shape {
                 kernel: "graph".into(),
-                message: format!("{} {what} values for {} samples of {}x{}x{}", data.len(), s.n, dst.c, s.h, s.w),
+                message: format!("{} {what} values for {} samples of {}x{}x{}", data.len(), s.n, s.c, s.h, s.w),
             });
         }
-        for (n, sample) in data.chunks(per_sample).enumerate() {
-            let offset = (s.index(n, dst.offset, 0, 0) * 4) as u64;
-            gpu.queue.write_buffer(dst.tensor.buffer(), offset, bytemuck::cast_slice(sample));
-        }
+        gpu.queue.write_buffer(dst.buffer(), 0, bytemuck::cast_slice(data));
         Ok(())
     }
 
     /// The forward pass's dispatches, in order.
     pub fn forward_dispatches(&self) -> Vec<&Dispatch> {
         let mut list: Vec<&Dispatch> = self.trunk.iter().collect();
-        list.extend(self.dropout_forward.as_ref().map(|d| &d.dispatch));
+        list.extend(self.dropout_forward.iter().map(|d| &d.dispatch));
         list.extend(&self.head);
         list
     }

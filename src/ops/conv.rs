@@ -23,15 +23,33 @@ pub(super) struct Params {
     transposed: u32,
     group: u32,
     chunk: u32,
-    _pad: [u32; 2],
+    w_ctotal: u32,
+    w_coff: u32,
 }
 
 /// Checks `w` (OIHW, odd square kernel) against the input and output views
 /// and returns the kernel size and the parameters.
 fn params(label: &str, input: &View, w: &Tensor, output: &View, dilation: usize) -> Result<(usize, Params)> {
+    let (xs, ws) = (input.shape(), w.shape);
+    ensure(ws.c == xs.c, label, || format!("weights {ws} for an input of {} channels", xs.c))?;
+    part_params(label, input, w, 0, output, dilation)
+}
+
+/// `params` for an input that is channels [w_coff, w_coff + input.c) of
+/// what `w` convolves (one part of a concatenation).
+fn part_params(
+    label: &str,
+    input: &View,
+    w: &Tensor,
+    w_coff: usize,
+    output: &View,
+    dilation: usize,
+) -> Result<(usize, Params)> {
     let (xs, ws, ys) = (input.shape(), w.shape, output.shape());
     ensure(ws.h == ws.w && ws.h % 2 == 1, label, || format!("weights {ws} are not an odd square kernel"))?;
-    ensure(ws.c == xs.c && ws.n == ys.c, label, || format!("weights {ws} do not map {xs} to {ys}"))?;
+    ensure(w_coff + xs.c <= ws.c && ws.n == ys.c, label, || {
+        format!("weights {ws} do not map {xs} (at input channel {w_coff}) to {ys}")
+    })?;
     ensure((xs.n, xs.h, xs.w) == (ys.n, ys.h, ys.w), label, || format!("input {xs} and output {ys} differ"))?;
     ensure(dilation >= 1, label, || "dilation 0".to_string())?;
     let p = Params {
@@ -49,7 +67,8 @@ fn params(label: &str, input: &View, w: &Tensor, output: &View, dilation: usize)
         transposed: 0,
         group: 0,
         chunk: 0,
-        _pad: [0; 2],
+        w_ctotal: u32_of(ws.c),
+        w_coff: u32_of(w_coff),
     };
     Ok((ws.h, p))
 }
@@ -176,21 +195,93 @@ pub fn backward_data_with(
             let d = gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, grid)?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
-        _ => {
-            // The transposed convolution: dy's channels in, dx's out.
-            let t = Params {
-                cin: p.cout,
-                cout: p.cin,
-                in_ctotal: p.out_ctotal,
-                in_coff: p.out_coff,
-                out_ctotal: p.in_ctotal,
-                out_coff: p.in_coff,
-                transposed: 1,
-                ..p
-            };
-            blocked(gpu, variant, label, "blocked_data", t, k, w, dy, None, dx)
-        }
+        _ => blocked(gpu, variant, label, "blocked_data", transposed(p), k, w, dy, None, dx),
     }
+}
+
+/// The input gradient's convolution for the blocked kernels: dy's channels
+/// in, dx's out.
+fn transposed(p: Params) -> Params {
+    Params {
+        cin: p.cout,
+        cout: p.cin,
+        in_ctotal: p.out_ctotal,
+        in_coff: p.out_coff,
+        out_ctotal: p.in_ctotal,
+        out_coff: p.in_coff,
+        transposed: 1,
+        ..p
+    }
+}
+
+/// The parts of a concatenation, in channel order, with each one's first
+/// channel in it; the parts must make up all of `w`'s input channels.
+fn parts<'a>(label: &str, parts: &[View<'a>], w: &Tensor) -> Result<Vec<(usize, View<'a>)>> {
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        out.push((offset, *part));
+        offset += part.c;
+    }
+    ensure(offset == w.shape.c, label, || format!("parts of {offset} channels for weights {}", w.shape))?;
+    Ok(out)
+}
+
+/// `y = conv(concat(inputs), w, dilation) + b` without the concatenation in
+/// one buffer: each part is convolved with its slice of `w` and added into
+/// `y` (so no binding holds the whole concatenation). Blocked kernels only.
+pub fn forward_parts(
+    gpu: &Gpu,
+    inputs: &[View],
+    w: &Tensor,
+    b: &Tensor,
+    dilation: usize,
+    y: View,
+) -> Result<Vec<Dispatch>> {
+    if let [x] = inputs {
+        return forward(gpu, *x, w, b, dilation, y);
+    }
+    let base = format!("conv.forward {}x{} d{dilation}", w.shape.h, w.shape.w);
+    ensure(b.shape.numel() == y.c, &base, || format!("bias {} for {} outputs", b.shape, y.c))?;
+    let mut list = Vec::new();
+    for (c0, x) in parts(&base, inputs, w)? {
+        let label = format!("conv.forward {} {}x{} d{dilation} part {c0}", x.shape(), w.shape.h, w.shape.w);
+        let (k, mut p) = part_params(&label, &x, w, c0, &y, dilation)?;
+        p.accumulate = u32::from(c0 > 0);
+        list.extend(blocked(gpu, Variant::blocked(gpu), label, "blocked_forward", p, k, w, x, Some(b), y)?);
+    }
+    Ok(list)
+}
+
+/// The input gradients of `forward_parts`, each written into its part of `dxs`.
+pub fn backward_data_parts(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dxs: &[View]) -> Result<Vec<Dispatch>> {
+    if let [dx] = dxs {
+        return backward_data(gpu, dy, w, dilation, *dx, false);
+    }
+    let base = format!("conv.backward_data {}x{} d{dilation}", w.shape.h, w.shape.w);
+    let mut list = Vec::new();
+    for (c0, dx) in parts(&base, dxs, w)? {
+        let label = format!("conv.backward_data {} {}x{} d{dilation} part {c0}", dx.shape(), w.shape.h, w.shape.w);
+        let (k, p) = part_params(&label, &dx, w, c0, &dy, dilation)?;
+        list.extend(blocked(gpu, Variant::blocked(gpu), label, "blocked_data", transposed(p), k, w, dy, None, dx)?);
+    }
+    Ok(list)
+}
+
+/// The weight gradient of `forward_parts`: each part fills its input
+/// channels of `dw`.
+pub fn backward_weight_parts(gpu: &Gpu, xs: &[View], dy: View, dilation: usize, dw: &Tensor) -> Result<Vec<Dispatch>> {
+    if let [x] = xs {
+        return backward_weight(gpu, *x, dy, dilation, dw);
+    }
+    let base = format!("conv.backward_weight {}x{} d{dilation}", dw.shape.h, dw.shape.w);
+    let mut list = Vec::new();
+    for (c0, x) in parts(&base, xs, dw)? {
+        let label = format!("conv.backward_weight {} {}x{} d{dilation} part {c0}", x.shape(), dw.shape.h, dw.shape.w);
+        let (k, p) = part_params(&label, &x, dw, c0, &dy, dilation)?;
+        list.extend(blocked_weight(gpu, Variant::blocked(gpu), label, p, k, x, dy, dw)?);
+    }
+    Ok(list)
 }
 
 /// The blocked variant: per group of 4 * COB computed channels, a packing
@@ -263,8 +354,23 @@ pub fn backward_weight_with(
         let d = gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, Grid::Groups(dw.shape.numel()))?;
         return Ok(vec![d.with_flops(flops(&p, k))]);
     }
-    // Per output-channel group, chunk by chunk: dy's chunk packed into the
-    // group's uniform table, then every (ci, tap) adds its products.
+    blocked_weight(gpu, variant, label, p, k, x, dy, dw)
+}
+
+/// The blocked weight gradient: per output-channel group, chunk by chunk,
+/// dy's chunk packed into the group's uniform table, then every (ci, tap)
+/// adds its products into dw.
+#[allow(clippy::too_many_arguments)]
+fn blocked_weight(
+    gpu: &Gpu,
+    variant: Variant,
+    label: String,
+    p: Params,
+    k: usize,
+    x: View,
+    dy: View,
+    dw: &Tensor,
+) -> Result<Vec<Dispatch>> {
     let (cin, cout) = (x.c, dy.c);
     let cob = blocks(cout);
     let chunk = PACK_LEN / cob;
@@ -317,7 +423,8 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
         transposed: 0,
         group: 0,
         chunk: 0,
-        _pad: [0; 2],
+        w_ctotal: 0,
+        w_coff: 0,
     };
     let bindings = [(5, dy), (8, db.view())];
     gpu.dispatch(label, &Kernel::new(Family::Conv, "backward_bias"), &p, &bindings, Grid::Groups(s.c))

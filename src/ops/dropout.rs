@@ -20,8 +20,8 @@ pub(super) struct Params {
     a_coff: u32,
     b_ctotal: u32,
     b_coff: u32,
-    _pad0: u32,
-    _pad1: u32,
+    m_ctotal: u32,
+    m_coff: u32,
 }
 
 /// A dropout launch whose step (the mask's counter) changes every training
@@ -41,7 +41,15 @@ impl Dropout {
 
 /// `y = x * keep / (1 - p)` with the mask of (seed, step).
 pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Result<Dropout> {
-    let label = format!("dropout {} p {p}", x.shape());
+    apply_part(gpu, x, p, seed, step, y, (x.c, 0))
+}
+
+/// `apply` on one part of a larger tensor of `mask.0` channels, of which `x`
+/// is channels [mask.1, mask.1 + x.c): the part gets its elements' share of
+/// the whole tensor's mask.
+pub fn apply_part(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View, mask: (usize, usize)) -> Result<Dropout> {
+    let label = format!("dropout {} p {p} part {}", x.shape(), mask.1);
+    ensure(mask.1 + x.c <= mask.0, &label, || format!("channels {}.. of a {}-channel mask", mask.1, mask.0))?;
     ensure_same(&label, &x, &y)?;
     ensure((0.0..1.0).contains(&p), &label, || format!("probability {p} outside [0, 1)"))?;
     let s = x.shape();
@@ -56,8 +64,8 @@ pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Resul
         a_coff: u32_of(x.c_offset),
         b_ctotal: u32_of(y.tensor.shape.c),
         b_coff: u32_of(y.c_offset),
-        _pad0: 0,
-        _pad1: 0,
+        m_ctotal: u32_of(mask.0),
+        m_coff: u32_of(mask.1),
     };
     let bindings = [(1, x), (2, y)];
     let dispatch =
