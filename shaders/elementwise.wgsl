@@ -7,7 +7,10 @@
 // - act_backward: b *= act'(a), where a is the activation's OUTPUT (y > 0
 //   exactly where x > 0), in place on the gradient b
 // - add:          b += a (src -> dst): the residual x_i += x_{i-1} and its
-//   backward, whose operands are parts of the concatenation
+//   backward, between parts of the concatenation in separate buffers
+// - add_within:   b += a, both slices of ONE buffer (bound once, read-write):
+//   the same between parts that share a buffer, which cannot be bound
+//   twice in one dispatch
 
 struct Params {
     n: u32,
@@ -61,4 +64,14 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid:
         return;
     }
     dst[ix.y] += src[ix.x];
+}
+
+@compute @workgroup_size(WG)
+fn add_within(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ix = indices(element_index(wid, lid, nwg));
+    if (ix.z == 0u) {
+        return;
+    }
+    dst[ix.y] += dst[ix.x];
 }

@@ -362,6 +362,16 @@ fn residual_add_matches_cpu_on_channel_slices() {
     run(gpu, &[&ops::elementwise::add(gpu, ga.channels(1, 5), gb.channels(2, 5)).unwrap()]);
     assert_close("residual", &read_channels(gpu, &gb, 2, 5), &sum.data, 0.0, 1e-6);
     assert_close("residual source untouched", &read_channels(gpu, &ga, 1, 5), &a.data, 0.0, 0.0);
+
+    // Both slices in one buffer: bound once.
+    let cat = rng.tensor(Shape::new(3, 11, 37, 53), -1.0, 1.0);
+    let (a, b) = (cpu::layout::channels(&cat, 1, 5), cpu::layout::channels(&cat, 6, 5));
+    let sum = cpu::act::add(&a, &b);
+    let g = upload(gpu, &cat);
+    run(gpu, &[&ops::elementwise::add(gpu, g.channels(1, 5), g.channels(6, 5)).unwrap()]);
+    assert_close("residual within one buffer", &read_channels(gpu, &g, 6, 5), &sum.data, 0.0, 1e-6);
+    assert_close("its source untouched", &read_channels(gpu, &g, 1, 5), &a.data, 0.0, 0.0);
+    assert!(ops::elementwise::add(gpu, g.channels(1, 5), g.channels(4, 5)).is_err(), "overlap accepted");
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use dilaseg::cpu::{self, Tensor};
+use dilaseg::gpu::{Gpu, GpuOptions};
 use dilaseg::model::config::{ModelConfig, OutputKind};
 use dilaseg::model::graph::{Graph, Optimizer, TrainSetup};
 use dilaseg::model::params::ParamSet;
@@ -53,6 +54,10 @@ fn setup(seed: u32) -> TrainSetup {
 /// CPU reference.
 fn check_training_step(cfg: ModelConfig, shape: Shape, seed: u64) {
     let gpu = gpu_or_skip!();
+    check_training_step_on(gpu, cfg, shape, seed);
+}
+
+fn check_training_step_on(gpu: &Gpu, cfg: ModelConfig, shape: Shape, seed: u64) {
     let arch = Architecture::new(&cfg);
     let p = params(&arch, seed);
     let mut rng = Rng::new(seed);
@@ -111,6 +116,25 @@ fn lungnet_width_4_training_step_matches_cpu_for_batch_2_on_33x29() {
 #[test]
 fn lungnet_dropout_mask_matches_cpu_in_a_training_step() {
     check_training_step(narrow(ModelConfig::lungnet()), Shape::new(2, 1, 33, 29), 3);
+}
+
+#[test]
+fn a_concatenation_over_the_binding_limit_is_held_in_parts_and_still_matches_cpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // 128 KiB bindings: the 41-channel concatenation (314 KB) must be split,
+    // every other tensor fits.
+    let gpu = Gpu::new(&GpuOptions { max_storage_binding: Some(128 << 10), ..GpuOptions::from_env() }).unwrap();
+    let cfg = ModelConfig { head: vec![8, 4], ..narrow(ModelConfig::lungnet()) };
+    let shape = Shape::new(2, 1, 33, 29);
+    let arch = Architecture::new(&cfg);
+    let graph = Graph::new(&gpu, &arch, &params(&arch, 6), shape, None).unwrap();
+    assert!(
+        graph.forward_dispatches().iter().any(|d| d.label().contains(" part ")),
+        "the head did not convolve the concatenation part by part"
+    );
+    check_training_step_on(&gpu, cfg, shape, 6);
 }
 
 #[test]

@@ -260,6 +260,7 @@ impl fmt::Display for AdapterReport {
         writeln!(f, "  driver             {}", driver.join(" "))?;
         writeln!(f, "  storage binding    {}", mib(l.max_storage_buffer_binding_size))?;
         writeln!(f, "  uniform binding    {} KiB", l.max_uniform_buffer_binding_size / 1024)?;
+        writeln!(f, "  storage buffers    {} per shader stage", l.max_storage_buffers_per_shader_stage)?;
         writeln!(f, "  max buffer size    {}", mib(l.max_buffer_size))?;
         writeln!(f, "  workgroup memory   {} KiB", l.max_compute_workgroup_storage_size / 1024)?;
         writeln!(f, "  invocations/group  {}", l.max_compute_invocations_per_workgroup)?;

@@ -4,10 +4,11 @@
 //! replays forward, loss, backward and update in ONE submission, reading
 //! nothing back unless the loss is asked for.
 //!
-//! Buffers: the input (when it is normalised), the concatenation as one
-//! tensor per part (the normalised input, each dilated layer's output: no
-//! binding ever holds all its channels, so an image is limited by what one
-//! layer needs, not by the whole concatenation), each block's convolution
+//! Buffers: the input (when it is normalised), the concatenation's parts
+//! (the normalised input, each dilated layer's output: channel slices of
+//! one tensor, or, when that tensor would exceed the device's binding
+//! limit, tensors of their own, so an image is limited by what one layer
+//! needs, not by the whole concatenation), each block's convolution
 //! output `t` and norm-block output `u`, head outputs, the logits; in
 //! training, their gradients mirror them. CPU oracle: `model::reference`.
 
@@ -45,6 +46,63 @@ pub struct TrainSetup {
     pub dropout_seed: u32,
 }
 
+/// A channel slice held by value (a `View` borrows): a part of the
+/// concatenation or its gradient.
+#[derive(Clone)]
+struct Slice {
+    tensor: Tensor,
+    offset: usize,
+    c: usize,
+}
+
+impl Slice {
+    fn whole(t: &Tensor) -> Self {
+        Slice { tensor: t.clone(), offset: 0, c: t.shape.c }
+    }
+
+    fn view(&self) -> View<'_> {
+        self.tensor.channels(self.offset, self.c)
+    }
+}
+
+/// Parts of `channels` each (N x c x H x W): consecutive parts share a
+/// tensor as long as it fits one binding (all of them, unless the image is
+/// large), so a convolution over them takes few passes.
+fn concat_parts(gpu: &Gpu, n: usize, h: usize, w: usize, channels: &[usize]) -> Result<Vec<Slice>> {
+    let channel_bytes = (n * h * w * 4) as u64;
+    let limit = gpu.limits.max_storage_buffer_binding_size;
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &c in channels {
+        match groups.last_mut() {
+            Some(g) if (g.iter().sum::<usize>() + c) as u64 * channel_bytes <= limit => g.push(c),
+            _ => groups.push(vec![c]),
+        }
+    }
+    let mut parts = Vec::with_capacity(channels.len());
+    for g in groups {
+        let t = gpu.tensor(Shape::new(n, g.iter().sum(), h, w))?;
+        let mut offset = 0;
+        for c in g {
+            parts.push(Slice { tensor: t.clone(), offset, c });
+            offset += c;
+        }
+    }
+    Ok(parts)
+}
+
+/// Views of `parts`, consecutive slices of one tensor merged: what a
+/// convolution over the concatenation binds (one pass where it fits).
+fn views(parts: &[Slice]) -> Vec<View<'_>> {
+    let mut out: Vec<View> = Vec::new();
+    for p in parts {
+        match out.last_mut() {
+            Some(last) if last.tensor.same_buffer(&p.tensor) && last.c_offset + last.c == p.offset => last.c += p.c,
+            _ => out.push(p.view()),
+        }
+    }
+    out
+}
+
 /// A norm block's per-group statistics, kept from forward to backward.
 struct NormBufs {
     gamma: Tensor,
@@ -55,12 +113,12 @@ struct NormBufs {
 
 /// One block's buffers, for the backward pass.
 struct BlockBufs {
-    /// The convolution's input: one tensor, or the concatenation's parts.
-    input: Vec<Tensor>,
+    /// The convolution's input: one slice, or the concatenation's parts.
+    input: Vec<Slice>,
     t: Tensor,
     /// Norm-block output (the activation's input); `t` itself without a norm.
     u: Tensor,
-    out: Tensor,
+    out: Slice,
     norm: Option<(String, NormBufs)>,
 }
 
@@ -76,7 +134,7 @@ pub struct Graph {
     state: Vec<Vec<Tensor>>,
     /// Where `set_input` writes: the input buffer, or the concatenation's
     /// first part when there is no input norm.
-    input: Tensor,
+    input: Slice,
     logits: Tensor,
     target: Option<Tensor>,
     /// Input norm and dilated layers (up to the concatenation).
@@ -179,7 +237,7 @@ impl Builder<'_> {
         out: &mut Vec<Dispatch>,
         grads: &Grads,
         b: &Block,
-        input: &[Tensor],
+        input: &[Slice],
         dy: View,
         dx: Option<InputGrad>,
     ) -> Result<()> {
@@ -201,14 +259,10 @@ impl Builder<'_> {
 
 /// Where a block's input gradient goes.
 enum InputGrad {
-    /// Added into one tensor that other consumers also feed (the trunk).
-    Add(Tensor),
-    /// Written into the tensor, or the concatenation's parts, it mirrors.
-    Write(Vec<Tensor>),
-}
-
-fn views(tensors: &[Tensor]) -> Vec<View<'_>> {
-    tensors.iter().map(Tensor::view).collect()
+    /// Added into a slice that other consumers also feed (the trunk).
+    Add(Slice),
+    /// Written into the slice, or the concatenation's parts, it mirrors.
+    Write(Vec<Slice>),
 }
 
 /// Parameter gradients by name.
@@ -262,14 +316,13 @@ impl Graph {
         let mut trunk = Vec::new();
         let mut head = Vec::new();
         // The concatenation's parts: the (normalised) input, each dilated layer.
-        let mut parts = vec![gpu.tensor(shape)?];
-        for b in arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })) {
-            parts.push(gpu.tensor(Shape::new(n, b.cout, h, w))?);
-        }
-        let offsets: Vec<usize> = parts.iter().scan(0, |c, p| Some(std::mem::replace(c, *c + p.shape.c))).collect();
+        let widths: Vec<usize> = std::iter::once(cfg.in_channels)
+            .chain(arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })).map(|b| b.cout))
+            .collect();
+        let parts = concat_parts(gpu, n, h, w, &widths)?;
         let (input, input_norm) = match &arch.input_norm {
             Some(prefix) => {
-                let input = gpu.tensor(shape)?;
+                let input = Slice::whole(&gpu.tensor(shape)?);
                 let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), parts[0].view())?;
                 (input, Some((prefix.clone(), bufs)))
             }
@@ -279,20 +332,12 @@ impl Graph {
         let dropout_seed = train.map_or(0, |t| t.dropout_seed);
         let mut dropout_forward = Vec::new();
         let head_input = if dropout_p > 0.0 {
-            let mut dropped = Vec::new();
-            for (part, &offset) in parts.iter().zip(&offsets) {
-                let d = gpu.tensor(part.shape)?;
+            let dropped = concat_parts(gpu, n, h, w, &widths)?;
+            let mut offset = 0;
+            for (x, y) in views(&parts).into_iter().zip(views(&dropped)) {
                 let mask = (arch.cat_channels, offset);
-                dropout_forward.push(ops::dropout::apply_part(
-                    gpu,
-                    part.view(),
-                    dropout_p,
-                    dropout_seed,
-                    1,
-                    d.view(),
-                    mask,
-                )?);
-                dropped.push(d);
+                dropout_forward.push(ops::dropout::apply_part(gpu, x, dropout_p, dropout_seed, 1, y, mask)?);
+                offset += x.c;
             }
             dropped
         } else {
@@ -300,7 +345,7 @@ impl Graph {
         };
         let mut blocks: Vec<BlockBufs> = Vec::new();
         let mut layer = 0;
-        let mut head_prev: Option<Tensor> = None;
+        let mut head_prev: Option<Slice> = None;
         let mut out_input = None;
         let mut logits = None;
         for b in &arch.blocks {
@@ -327,7 +372,7 @@ impl Graph {
                 }
                 None => (t.clone(), None),
             };
-            let out = if dilated { parts[layer + 1].clone() } else { gpu.tensor(t.shape)? };
+            let out = if dilated { parts[layer + 1].clone() } else { Slice::whole(&gpu.tensor(t.shape)?) };
             list.push(ops::elementwise::act_forward(gpu, u.view(), act, out.view())?);
             if b.residual {
                 list.push(ops::elementwise::add(gpu, input[0].view(), out.view())?);
@@ -386,17 +431,14 @@ impl Graph {
         };
         let loss = ops::loss::build(gpu, &graph.logits, &target, &kind, &dlogits)?;
         let mut head_backward = loss.dispatches;
-        let dparts = parts.iter().map(|p| gpu.tensor(p.shape)).collect::<Result<Vec<_>>>()?;
-        let dhead_input = if graph.dropout_forward.is_empty() {
-            dparts.clone()
-        } else {
-            parts.iter().map(|p| gpu.tensor(p.shape)).collect::<Result<Vec<_>>>()?
-        };
+        let dparts = concat_parts(gpu, n, h, w, &widths)?;
+        let dhead_input =
+            if graph.dropout_forward.is_empty() { dparts.clone() } else { concat_parts(gpu, n, h, w, &widths)? };
         let dilated = arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })).count();
         // The gradient of each head block's output, then of the output conv's.
-        let mut douts: Vec<Tensor> = Vec::new();
+        let mut douts: Vec<Slice> = Vec::new();
         for bb in &blocks[dilated..] {
-            douts.push(gpu.tensor(bb.out.shape)?);
+            douts.push(Slice::whole(&gpu.tensor(bb.out.view().shape())?));
         }
         let out_block = arch.blocks.last().expect("output block");
         let d_out_input = douts.last().map_or_else(|| dhead_input.clone(), |d| vec![d.clone()]);
@@ -422,10 +464,11 @@ impl Graph {
             )?;
         }
         if !graph.dropout_forward.is_empty() {
-            for ((d, dpart), &offset) in dhead_input.iter().zip(&dparts).zip(&offsets) {
+            let mut offset = 0;
+            for (d, dpart) in views(&dhead_input).into_iter().zip(views(&dparts)) {
                 let mask = (arch.cat_channels, offset);
-                let dropout = ops::dropout::apply_part(gpu, d.view(), dropout_p, dropout_seed, 1, dpart.view(), mask)?;
-                graph.dropout_backward.push(dropout);
+                graph.dropout_backward.push(ops::dropout::apply_part(gpu, d, dropout_p, dropout_seed, 1, dpart, mask)?);
+                offset += d.c;
             }
         }
         let mut trunk_backward = Vec::new();
@@ -507,7 +550,7 @@ impl Graph {
 impl Graph {
     /// Uploads a batch of images (N x in_channels x H x W, NCHW).
     pub fn set_input(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
-        self.write_whole(gpu, &self.input, data, "input")
+        self.write_samples(gpu, &self.input, data, "input")
     }
 
     /// Uploads the per-pixel targets (N x 1 x H x W) of a training graph.
@@ -516,19 +559,24 @@ impl Graph {
             kernel: "graph".into(),
             message: "targets given to an inference graph".into(),
         })?;
-        self.write_whole(gpu, target, data, "target")
+        self.write_samples(gpu, &Slice::whole(target), data, "target")
     }
 
-    /// Writes a whole tensor's values.
-    fn write_whole(&self, gpu: &Gpu, dst: &Tensor, data: &[f32], what: &str) -> Result<()> {
-        let s = dst.shape;
-        if data.len() != s.numel() {
+    /// Writes per-sample planes into a slice: one write per sample, since a
+    /// slice of a wider buffer is contiguous only within a sample.
+    fn write_samples(&self, gpu: &Gpu, dst: &Slice, data: &[f32], what: &str) -> Result<()> {
+        let s = dst.tensor.shape;
+        let per_sample = dst.c * s.plane();
+        if data.len() != s.n * per_sample {
             return Err(GpuError::Shape {
                 kernel: "graph".into(),
-                message: format!("{} {what} values for {} samples of {}x{}x{}", data.len(), s.n, s.c, s.h, s.w),
+                message: format!("{} {what} values for {} samples of {}x{}x{}", data.len(), s.n, dst.c, s.h, s.w),
             });
         }
-        gpu.queue.write_buffer(dst.buffer(), 0, bytemuck::cast_slice(data));
+        for (n, sample) in data.chunks(per_sample).enumerate() {
+            let offset = (s.index(n, dst.offset, 0, 0) * 4) as u64;
+            gpu.queue.write_buffer(dst.tensor.buffer(), offset, bytemuck::cast_slice(sample));
+        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure_same, u32_of};
+use super::{ensure, ensure_same, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, View};
 use crate::nn::Activation;
@@ -53,20 +53,19 @@ pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dis
     gpu.dispatch(label, &kernel, &params(&y, &dy, act.slope), &bindings, Grid::Elements(y.shape().numel()))
 }
 
-/// `dst += src` (the residual and its backward between parts of the
-/// concatenation).
+/// `dst += src` (the residual and its backward, between parts of the
+/// concatenation): slices of one buffer are bound once, read-write.
 pub fn add(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
     let label = format!("residual.add {}", src.shape());
     ensure_same(&label, &src, &dst)?;
-    let bindings = [(1, src), (2, dst)];
+    let within = src.tensor.same_buffer(dst.tensor);
+    if within {
+        ensure(src.c_offset.abs_diff(dst.c_offset) >= src.c, &label, || "overlapping slices".to_string())?;
+    }
+    let (entry, bindings) = if within { ("add_within", vec![(2, dst)]) } else { ("add", vec![(1, src), (2, dst)]) };
     // Reads both operands and writes one.
     let bytes = 3.0 * dst.shape().numel() as f64 * 4.0;
-    gpu.dispatch(
-        label,
-        &Kernel::new(Family::Elementwise, "add"),
-        &params(&src, &dst, 0.0),
-        &bindings,
-        Grid::Elements(src.shape().numel()),
-    )
-    .map(|d| d.with_bytes(bytes))
+    let grid = Grid::Elements(src.shape().numel());
+    gpu.dispatch(label, &Kernel::new(Family::Elementwise, entry), &params(&src, &dst, 0.0), &bindings, grid)
+        .map(|d| d.with_bytes(bytes))
 }
