@@ -1,6 +1,8 @@
 //! Inference on whole images: each image is scaled to the size the model
 //! was trained at (or kept at its own size), run through the network, and
-//! the output is mapped back to the image's size and thresholded. Over many
+//! the output is mapped back to the image's size and thresholded. An input
+//! too large for the device runs in tiles, each with a halo of the
+//! receptive-field radius, so the stitched output equals the whole one. Over many
 //! images, decoding (ahead) and encoding (behind) run on tokio's blocking
 //! pool while the GPU works.
 
@@ -16,6 +18,7 @@ use crate::export;
 use crate::gpu::{Gpu, GpuError};
 use crate::metrics;
 use crate::model::checkpoint::Checkpoint;
+use crate::model::config::NormKind;
 use crate::model::graph::Graph;
 use crate::model::output::{activate, scores, DEFAULT_THRESHOLD};
 use crate::model::params::ParamSet;
@@ -38,8 +41,14 @@ pub struct Predictor<'g> {
     params: ParamSet,
     pub threshold: f32,
     pub train_size: Option<(usize, usize)>,
+    /// Tiles of this many pixels a side (plus the halo), when forced.
+    pub tile: Option<usize>,
     graphs: HashMap<(usize, usize), Graph>,
 }
+
+/// Tile sides tried in turn when an input is too large for the device and
+/// no `--tile` is given.
+const AUTO_TILES: [usize; 3] = [256, 128, 64];
 
 impl<'g> Predictor<'g> {
     /// `threshold` overrides the checkpoint's (else MODEL.md's 0.5).
@@ -50,6 +59,7 @@ impl<'g> Predictor<'g> {
             train_size: ckpt.meta.train_size,
             arch: ckpt.arch,
             params: ckpt.params,
+            tile: None,
             graphs: HashMap::new(),
         }
     }
@@ -57,25 +67,87 @@ impl<'g> Predictor<'g> {
     /// Runs the network on `image` at the training size (or, with `native`
     /// or no recorded size, at the image's own) and maps the result back.
     pub fn predict(&mut self, image: &Planes, native: bool) -> Result<Prediction, GpuError> {
-        let cfg = &self.arch.config;
         let (h, w) = match (native, self.train_size) {
             (false, Some(size)) => size,
             _ => (image.h, image.w),
         };
         let input = image.resize_bilinear(h, w);
-        if !self.graphs.contains_key(&(h, w)) {
-            let graph = Graph::new(self.gpu, &self.arch, &self.params, Shape::new(1, cfg.in_channels, h, w), None)?;
-            self.graphs.insert((h, w), graph);
-        }
-        let graph = &self.graphs[&(h, w)];
-        graph.set_input(self.gpu, &input.data)?;
-        graph.forward(self.gpu)?;
-        let logits = graph.read_logits(self.gpu)?;
+        let logits = match self.tile {
+            Some(t) if t < h.max(w) => self.tiled(&input, t)?,
+            _ => self.auto(&input)?,
+        };
+        let cfg = &self.arch.config;
         let output =
             Planes { c: cfg.out_channels, h, w, data: activate(cfg, &logits, h * w) }.resize_bilinear(image.h, image.w);
         let scores = scores(cfg, &output.data, image.h * image.w);
         let mask = scores.iter().map(|&s| s >= self.threshold).collect();
         Ok(Prediction { output, scores, mask })
+    }
+
+    /// The logits of `input` in one pass, or in ever smaller tiles while
+    /// the device refuses the size.
+    fn auto(&mut self, input: &Planes) -> Result<Vec<f32>, GpuError> {
+        let mut result = self.whole(input);
+        for tile in AUTO_TILES {
+            match result {
+                Err(GpuError::TooLarge { .. }) if tile < input.h.max(input.w) => result = self.tiled(input, tile),
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// The logits of `input` (C x H x W planes) in one pass.
+    fn whole(&mut self, input: &Planes) -> Result<Vec<f32>, GpuError> {
+        let (h, w) = (input.h, input.w);
+        if !self.graphs.contains_key(&(h, w)) {
+            let shape = Shape::new(1, self.arch.config.in_channels, h, w);
+            let graph = Graph::new(self.gpu, &self.arch, &self.params, shape, None)?;
+            self.graphs.insert((h, w), graph);
+        }
+        let graph = &self.graphs[&(h, w)];
+        graph.set_input(self.gpu, &input.data)?;
+        graph.forward(self.gpu)?;
+        graph.read_logits(self.gpu)
+    }
+
+    /// The logits of `input` from tiles of `tile` pixels a side, each run
+    /// with a halo of the receptive-field radius around it (clipped at the
+    /// image's edges, where the whole image is zero-padded too), so every
+    /// kept output pixel sees exactly what it sees in one pass. Refused for
+    /// instance norm, whose statistics span the whole image.
+    fn tiled(&mut self, input: &Planes, tile: usize) -> Result<Vec<f32>, GpuError> {
+        if self.arch.config.norm == NormKind::Instance {
+            return Err(GpuError::Shape {
+                kernel: "tiled inference".into(),
+                message: format!(
+                    "this model normalises each image as a whole (instance norm), so tiles would change its \
+                     output; a {}x{} input is too large for this device in one piece: run it at a smaller size",
+                    input.h, input.w
+                ),
+            });
+        }
+        let halo = self.arch.receptive_radius();
+        let (h, w, c_out) = (input.h, input.w, self.arch.config.out_channels);
+        let mut logits = vec![0.0f32; c_out * h * w];
+        for y0 in (0..h).step_by(tile) {
+            for x0 in (0..w).step_by(tile) {
+                let (y1, x1) = ((y0 + tile).min(h), (x0 + tile).min(w));
+                let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
+                let (wy1, wx1) = ((y1 + halo).min(h), (x1 + halo).min(w));
+                let window = input.crop(wy0, wx0, wy1 - wy0, wx1 - wx0);
+                let out = self.whole(&window)?;
+                let (wh, ww) = (window.h, window.w);
+                for c in 0..c_out {
+                    for y in y0..y1 {
+                        let src = (c * wh + y - wy0) * ww + (x0 - wx0);
+                        let dst = (c * h + y) * w + x0;
+                        logits[dst..dst + (x1 - x0)].copy_from_slice(&out[src..src + (x1 - x0)]);
+                    }
+                }
+            }
+        }
+        Ok(logits)
     }
 }
 

@@ -161,3 +161,37 @@ fn the_shipped_model_segments_chest_xrays_it_was_not_trained_on() {
     // Seen on 2026-11-27: 0.865 on X-rays 41-59.
     assert!(dice > 0.8, "mean Dice {dice} on unseen X-rays");
 }
+
+#[test]
+fn tiles_give_the_one_pass_result_and_too_large_images_tile_themselves() {
+    if common::gpu().is_none() {
+        return;
+    }
+    use dilaseg::gpu::{Gpu, GpuOptions};
+    use dilaseg::infer::Predictor;
+    // The shipped model: batch norm, which inference applies per pixel.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/seo2018-lung-cxr.safetensors");
+    let image = dilaseg::data::image::load_image(&cxr("CHNCXR_0001_0.jpg"), 1).unwrap().resize_bilinear(300, 600);
+    let gpu = common::gpu().unwrap();
+    let whole = Predictor::new(gpu, checkpoint::load(&shipped).unwrap(), None).predict(&image, true).unwrap();
+
+    let mut tiled = Predictor::new(gpu, checkpoint::load(&shipped).unwrap(), None);
+    tiled.tile = Some(200);
+    let t = tiled.predict(&image, true).unwrap();
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5);
+    assert!(close(&t.scores, &whole.scores), "200-pixel tiles changed the output");
+
+    // 2 MiB bindings: one 3-channel layer of a 300x600 image needs 2.16 MB,
+    // so the image is tiled by itself, with the same result.
+    let small = Gpu::new(&GpuOptions { max_storage_binding: Some(2 << 20), ..GpuOptions::from_env() }).unwrap();
+    let auto = Predictor::new(&small, checkpoint::load(&shipped).unwrap(), None).predict(&image, true).unwrap();
+    assert!(close(&auto.scores, &whole.scores), "automatic tiles changed the output");
+    assert_eq!(auto.mask, whole.mask);
+
+    // Instance norm (lungnet) sees the whole image: tiles are refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lungnet = Predictor::new(gpu, checkpoint::load(&model(dir.path())).unwrap(), None);
+    lungnet.tile = Some(32);
+    let err = lungnet.predict(&image.resize_bilinear(100, 100), true).err().expect("tiles accepted");
+    assert!(err.to_string().contains("instance norm"), "{err}");
+}

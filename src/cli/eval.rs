@@ -58,6 +58,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
             let ckpt = checkpoint::load(model)?;
             let gpu = Gpu::new(&args.gpu.options())?;
             let mut predictor = Predictor::new(&gpu, ckpt, args.run.threshold);
+            predictor.tile = args.run.tile.map(|t| t as usize);
             eprintln!("evaluating {} images on {}, threshold {}", samples.len(), gpu.describe(), predictor.threshold);
             eval::eval_model(&mut predictor, &samples, args.run.native)
         }

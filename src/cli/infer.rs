@@ -111,6 +111,7 @@ pub fn run(args: &InferArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let gpu = Gpu::new(&args.gpu.options())?;
     let mut predictor = Predictor::new(&gpu, ckpt, args.run.threshold);
+    predictor.tile = args.run.tile.map(|t| t as usize);
     let scale = match (args.run.native, predictor.train_size) {
         (false, Some((h, w))) => format!("at the training size {h}x{w}"),
         _ => "at each image's own size".into(),

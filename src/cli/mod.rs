@@ -78,6 +78,12 @@ pub struct PredictArgs {
     /// Decision threshold (default: the checkpoint's, else 0.5).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Run in tiles of N x N pixels (each with a halo of the receptive field,
+    /// so the result is unchanged); by default only images too large for the
+    /// device are tiled. Not for instance-norm models (lungnet), whose
+    /// statistics span the whole image.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tile: Option<u32>,
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, GpuError> {

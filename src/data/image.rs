@@ -124,6 +124,19 @@ impl Planes {
     }
 
     /// Nearest-neighbour resize (PyTorch's "nearest": floor(o * from / to)).
+    /// Rows [y0, y0 + h) and columns [x0, x0 + w) of every plane.
+    pub fn crop(&self, y0: usize, x0: usize, h: usize, w: usize) -> Planes {
+        assert!(y0 + h <= self.h && x0 + w <= self.w, "crop outside a {}x{} image", self.h, self.w);
+        let mut data = Vec::with_capacity(self.c * h * w);
+        for c in 0..self.c {
+            for y in y0..y0 + h {
+                let row = (c * self.h + y) * self.w;
+                data.extend_from_slice(&self.data[row + x0..row + x0 + w]);
+            }
+        }
+        Planes { c: self.c, h, w, data }
+    }
+
     pub fn resize_nearest(&self, h: usize, w: usize) -> Planes {
         if (h, w) == (self.h, self.w) {
             return self.clone();
