@@ -43,7 +43,7 @@ pub fn overlay(grey: &[f32], pred: &[bool], truth: Option<&[bool]>, w: usize, h:
     let truth_edge = truth.map(|t| outline(t, w, h));
     let mut img = RgbImage::new(w as u32, h as u32);
     for (i, px) in img.pixels_mut().enumerate() {
-        let g = (grey[i].clamp(0.0, 1.0) * 255.0) as f32;
+        let g = grey[i].clamp(0.0, 1.0) * 255.0;
         let mut c = [g; 3];
         if pred[i] {
             for k in 0..3 {

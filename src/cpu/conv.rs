@@ -2,6 +2,9 @@
 //! zero padding that keeps H and W ("same": a k x k kernel with dilation d
 //! pads by d * (k / 2)), with bias. Weights are OIHW.
 
+// Index loops written as the formulas read: this is the oracle, clarity first.
+#![allow(clippy::needless_range_loop)]
+
 use super::Tensor;
 use crate::shape::Shape;
 

@@ -66,9 +66,9 @@ pub fn load_image(path: &Path, channels: usize) -> Result<Planes, DataError> {
 pub fn load_mask(path: &Path) -> Result<Planes, DataError> {
     let img = open(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    // > 127 of 255, > 32767 of 65535: halfway between the two integer codes.
-    let threshold = if is_16_bit(&img) { 32767.5 / 65535.0 } else { 127.5 / 255.0 };
-    let data = grey(&img).into_iter().map(|v| if v > threshold { 1.0 } else { 0.0 }).collect();
+    // MODEL.md's > 127 of 255 and > 32767 of 65535 are both > 0.5 of full
+    // scale (127.5 / 255 = 32767.5 / 65535 = 0.5, between the integer codes).
+    let data = grey(&img).into_iter().map(|v| if v > 0.5 { 1.0 } else { 0.0 }).collect();
     Ok(Planes { c: 1, h, w, data })
 }
 

@@ -208,6 +208,7 @@ impl Builder<'_> {
 
     /// Backward of the norm block on `x` given `dy`; writes dx (when
     /// wanted) and the gamma and beta gradients.
+    #[allow(clippy::too_many_arguments)]
     fn norm_backward(
         &self,
         out: &mut Vec<Dispatch>,

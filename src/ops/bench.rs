@@ -24,8 +24,10 @@ pub const CHAINS: usize = 32;
 pub fn fma_chains(gpu: &Gpu, seeds: &Tensor, out: &Tensor, iters: u32) -> Result<Dispatch> {
     let label = format!("bench.fma_chains {} x{iters}", seeds.shape);
     let n = seeds.shape.numel();
-    ensure(iters % 4 == 0, &label, || format!("{iters} steps: the kernel takes four per trip"))?;
-    ensure(n % 4 == 0 && out.shape.numel() == n, &label, || format!("seeds {} and out {}", seeds.shape, out.shape))?;
+    ensure(iters.is_multiple_of(4), &label, || format!("{iters} steps: the kernel takes four per trip"))?;
+    ensure(n.is_multiple_of(4) && out.shape.numel() == n, &label, || {
+        format!("seeds {} and out {}", seeds.shape, out.shape)
+    })?;
     let p = Params { len: u32_of(n / 4), iters, _pad0: 0, _pad1: 0 };
     let bindings = [(1, seeds.view()), (2, out.view())];
     let flops = 2.0 * CHAINS as f64 * f64::from(iters) * (n / 4) as f64;
@@ -37,7 +39,9 @@ pub fn fma_chains(gpu: &Gpu, seeds: &Tensor, out: &Tensor, iters: u32) -> Result
 pub fn copy(gpu: &Gpu, src: &Tensor, dst: &Tensor) -> Result<Dispatch> {
     let label = format!("bench.copy {}", src.shape);
     let n = src.shape.numel();
-    ensure(n % 4 == 0 && dst.shape.numel() == n, &label, || format!("src {} and dst {}", src.shape, dst.shape))?;
+    ensure(n.is_multiple_of(4) && dst.shape.numel() == n, &label, || {
+        format!("src {} and dst {}", src.shape, dst.shape)
+    })?;
     let p = Params { len: u32_of(n / 4), iters: 0, _pad0: 0, _pad1: 0 };
     let bindings = [(1, src.view()), (2, dst.view())];
     gpu.dispatch(label, &Kernel::new(Family::Bench, "copy"), &p, &bindings, Grid::Elements(n / 4))
