@@ -117,7 +117,21 @@ impl Variant {
         }
     }
 
-    /// The blocked variant `gpu` runs best (the weight gradient's, any shape).
+    /// The weight gradient's variant. The blocked one walks the pixels
+    /// chunk by chunk, one dispatch of cin * k * k / 64 workgroups each:
+    /// on a software adapter's few threads it was 22x faster than the
+    /// baseline, but on a hardware GPU those few workgroups leave it idle
+    /// (H200: 29 ms, where the baseline's workgroup per weight took 1.9 ms;
+    /// docs/PERFORMANCE.md).
+    pub fn for_weight_grad(gpu: &Gpu) -> Variant {
+        if gpu.info.device_type == wgpu::DeviceType::Cpu {
+            Variant::blocked(gpu)
+        } else {
+            Variant::Baseline
+        }
+    }
+
+    /// The blocked variant `gpu` runs best.
     pub fn blocked(gpu: &Gpu) -> Variant {
         if gpu.has_subgroups(8) {
             Variant::BlockedSubgroup
@@ -335,10 +349,10 @@ fn blocked(
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
 pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Vec<Dispatch>> {
-    backward_weight_with(gpu, Variant::blocked(gpu), x, dy, dilation, dw)
+    backward_weight_with(gpu, Variant::for_weight_grad(gpu), x, dy, dilation, dw)
 }
 
-/// `backward_weight` by a given variant (the blocked one handles any shape).
+/// `backward_weight` by a given variant (both handle any shape).
 pub fn backward_weight_with(
     gpu: &Gpu,
     variant: Variant,
