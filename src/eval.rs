@@ -52,6 +52,26 @@ impl EvalReport {
         v
     }
 
+    /// The files `write` writes into `dir`.
+    pub fn files(dir: &Path) -> [PathBuf; 2] {
+        [dir.join("per_image.csv"), dir.join("summary.json")]
+    }
+
+    /// Writes `per_image.csv` and `summary.json` into `dir` (created) and
+    /// returns their paths.
+    pub fn write(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+        let with_path = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(with_path(dir))?;
+        let [csv, json] = Self::files(dir);
+        std::fs::write(&csv, self.csv()).map_err(with_path(&csv))?;
+        let summary = serde_json::to_string_pretty(&self.to_json()).expect("JSON of numbers");
+        std::fs::write(&json, summary).map_err(with_path(&json))?;
+        Ok((csv, json))
+    }
+
     /// Per-image rows: `image,dice,iou,precision,recall`.
     pub fn csv(&self) -> String {
         let mut out = String::from("image,dice,iou,precision,recall\n");

@@ -18,11 +18,11 @@ use crate::export;
 use crate::gpu::{Gpu, GpuError};
 use crate::metrics;
 use crate::model::checkpoint::Checkpoint;
-use crate::model::config::NormKind;
+use crate::model::config::{ModelConfig, NormKind};
 use crate::model::graph::Graph;
 use crate::model::output::{activate, scores, DEFAULT_THRESHOLD};
 use crate::model::params::ParamSet;
-use crate::model::Architecture;
+use crate::model::{Architecture, ParamKind};
 use crate::shape::Shape;
 
 /// One image's result at the image's own size.
@@ -34,16 +34,15 @@ pub struct Prediction {
     pub mask: Vec<bool>,
 }
 
-/// A model ready to run, with one graph per input size it has seen.
+/// A model ready to run on whole images.
 pub struct Predictor<'g> {
     gpu: &'g Gpu,
     pub arch: Architecture,
-    params: ParamSet,
+    model: Model,
     pub threshold: f32,
     pub train_size: Option<(usize, usize)>,
     /// Tiles of this many pixels a side (plus the halo), when forced.
     pub tile: Option<usize>,
-    graphs: HashMap<(usize, usize), Graph>,
 }
 
 /// Tile sides tried in turn when an input is too large for the device and
@@ -57,10 +56,9 @@ impl<'g> Predictor<'g> {
             gpu,
             threshold: threshold.or(ckpt.meta.threshold).unwrap_or(DEFAULT_THRESHOLD),
             train_size: ckpt.meta.train_size,
+            model: Model::new(ckpt.arch.clone(), ckpt.params),
             arch: ckpt.arch,
-            params: ckpt.params,
             tile: None,
-            graphs: HashMap::new(),
         }
     }
 
@@ -87,7 +85,7 @@ impl<'g> Predictor<'g> {
     /// The logits of `input` in one pass, or in ever smaller tiles while
     /// the device refuses the size.
     fn auto(&mut self, input: &Planes) -> Result<Vec<f32>, GpuError> {
-        let mut result = self.whole(input);
+        let mut result = self.model.logits(self.gpu, input);
         for tile in AUTO_TILES {
             match result {
                 Err(GpuError::TooLarge { .. }) if tile < input.h.max(input.w) => result = self.tiled(input, tile),
@@ -97,57 +95,188 @@ impl<'g> Predictor<'g> {
         result
     }
 
-    /// The logits of `input` (C x H x W planes) in one pass.
-    fn whole(&mut self, input: &Planes) -> Result<Vec<f32>, GpuError> {
-        let (h, w) = (input.h, input.w);
-        if !self.graphs.contains_key(&(h, w)) {
-            let shape = Shape::new(1, self.arch.config.in_channels, h, w);
-            let graph = Graph::new(self.gpu, &self.arch, &self.params, shape, None)?;
-            self.graphs.insert((h, w), graph);
-        }
-        let graph = &self.graphs[&(h, w)];
-        graph.set_input(self.gpu, &input.data)?;
-        graph.forward(self.gpu)?;
-        graph.read_logits(self.gpu)
-    }
-
     /// The logits of `input` from tiles of `tile` pixels a side, each run
     /// with a halo of the receptive-field radius around it (clipped at the
     /// image's edges, where the whole image is zero-padded too), so every
-    /// kept output pixel sees exactly what it sees in one pass. Refused for
-    /// instance norm, whose statistics span the whole image.
+    /// kept output pixel sees exactly what it sees in one pass. Instance
+    /// norm's statistics span the whole image: for such a model they are
+    /// first gathered over the tiles, norm by norm, and then given to it.
     fn tiled(&mut self, input: &Planes, tile: usize) -> Result<Vec<f32>, GpuError> {
-        if self.arch.config.norm == NormKind::Instance {
-            return Err(GpuError::Shape {
-                kernel: "tiled inference".into(),
-                message: format!(
-                    "this model normalises each image as a whole (instance norm), so tiles would change its \
-                     output; a {}x{} input is too large for this device in one piece: run it at a smaller size",
-                    input.h, input.w
-                ),
-            });
-        }
-        let halo = self.arch.receptive_radius();
+        let windows = Window::cover(input.h, input.w, tile, self.arch.receptive_radius());
+        let mut given =
+            if self.arch.config.norm == NormKind::Instance { Some(self.given_stats(input, &windows)?) } else { None };
         let (h, w, c_out) = (input.h, input.w, self.arch.config.out_channels);
         let mut logits = vec![0.0f32; c_out * h * w];
-        for y0 in (0..h).step_by(tile) {
-            for x0 in (0..w).step_by(tile) {
-                let (y1, x1) = ((y0 + tile).min(h), (x0 + tile).min(w));
-                let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
-                let (wy1, wx1) = ((y1 + halo).min(h), (x1 + halo).min(w));
-                let window = input.crop(wy0, wx0, wy1 - wy0, wx1 - wx0);
-                let out = self.whole(&window)?;
-                let (wh, ww) = (window.h, window.w);
-                for c in 0..c_out {
-                    for y in y0..y1 {
-                        let src = (c * wh + y - wy0) * ww + (x0 - wx0);
-                        let dst = (c * h + y) * w + x0;
-                        logits[dst..dst + (x1 - x0)].copy_from_slice(&out[src..src + (x1 - x0)]);
-                    }
-                }
+        for win in &windows {
+            let window = win.input(input);
+            let out = given.as_mut().unwrap_or(&mut self.model).logits(self.gpu, &window)?;
+            let kept = win.kept(Planes { c: c_out, h: window.h, w: window.w, data: out });
+            let tw = win.x1 - win.x0;
+            for (c, y) in (0..c_out).flat_map(|c| (win.y0..win.y1).map(move |y| (c, y))) {
+                let src = (c * kept.h + y - win.y0) * tw;
+                let dst = (c * h + y) * w + win.x0;
+                logits[dst..dst + tw].copy_from_slice(&kept.data[src..src + tw]);
             }
         }
         Ok(logits)
+    }
+
+    /// The model with the whole image's statistics given to every instance
+    /// norm, gathered over the tiles in forward order: pass k runs each tile as far as norm k's
+    /// input, with norms 0..k already given their statistics, and adds up
+    /// the kept pixels (exact, since the halo covers all the pixels that
+    /// reach them). About 13 partial passes over the tiles, then the last
+    /// pass: several times the work of one pass, the price of exactness.
+    fn given_stats(&self, input: &Planes, windows: &[Window]) -> Result<Model, GpuError> {
+        let mut given = Model::given_stats(&self.arch, &self.model.params);
+        let first = windows[0].input(input);
+        let sites = given.graph(self.gpu, first.h, first.w)?.norm_sites().len();
+        for k in 0..sites {
+            let mut stats: Vec<Running> = Vec::new();
+            let mut prefix = String::new();
+            for win in windows {
+                let window = win.input(input);
+                let graph = given.graph(self.gpu, window.h, window.w)?;
+                let site = &graph.norm_sites()[k];
+                graph.set_input(self.gpu, &window.data)?;
+                graph.forward_to(self.gpu, site)?;
+                let c = site.input.shape.c;
+                let kept = win.kept(Planes { c, h: window.h, w: window.w, data: self.gpu.read(&site.input)? });
+                stats.resize(c, Running::default());
+                for (s, plane) in stats.iter_mut().zip(kept.data.chunks(kept.h * kept.w)) {
+                    s.add(plane);
+                }
+                prefix.clone_from(&site.prefix);
+            }
+            given.give(self.gpu, &prefix, &stats)?;
+        }
+        Ok(given)
+    }
+}
+
+/// A tile of the output (rows y0..y1, columns x0..x1) and the window of
+/// the input that is run for it: the tile grown by the halo, clipped at the
+/// image's edges.
+struct Window {
+    y0: usize,
+    y1: usize,
+    x0: usize,
+    x1: usize,
+    wy0: usize,
+    wy1: usize,
+    wx0: usize,
+    wx1: usize,
+}
+
+impl Window {
+    /// Tiles of `tile` pixels a side covering h x w, with their windows.
+    fn cover(h: usize, w: usize, tile: usize, halo: usize) -> Vec<Window> {
+        let mut windows = Vec::new();
+        for y0 in (0..h).step_by(tile) {
+            for x0 in (0..w).step_by(tile) {
+                let (y1, x1) = ((y0 + tile).min(h), (x0 + tile).min(w));
+                windows.push(Window {
+                    y0,
+                    y1,
+                    x0,
+                    x1,
+                    wy0: y0.saturating_sub(halo),
+                    wx0: x0.saturating_sub(halo),
+                    wy1: (y1 + halo).min(h),
+                    wx1: (x1 + halo).min(w),
+                });
+            }
+        }
+        windows
+    }
+
+    fn input(&self, image: &Planes) -> Planes {
+        image.crop(self.wy0, self.wx0, self.wy1 - self.wy0, self.wx1 - self.wx0)
+    }
+
+    /// The tile's part of something computed over the window.
+    fn kept(&self, window: Planes) -> Planes {
+        window.crop(self.y0 - self.wy0, self.x0 - self.wx0, self.y1 - self.y0, self.x1 - self.x0)
+    }
+}
+
+/// Count, mean and centred sum of squares, merged part by part (Chan et
+/// al.'s pairwise update) in f64, so the whole image's statistics come out
+/// as a two-pass computation over it would give them.
+#[derive(Clone, Copy, Default)]
+struct Running {
+    n: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Running {
+    fn add(&mut self, values: &[f32]) {
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let m2 = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
+        let total = self.n + n;
+        let delta = mean - self.mean;
+        self.mean += delta * n / total;
+        self.m2 += m2 + delta * delta * self.n * n / total;
+        self.n = total;
+    }
+}
+
+/// A model with its weights and one inference graph per input size seen.
+struct Model {
+    arch: Architecture,
+    params: ParamSet,
+    graphs: HashMap<(usize, usize), Graph>,
+}
+
+impl Model {
+    fn new(arch: Architecture, params: ParamSet) -> Self {
+        Model { arch, params, graphs: HashMap::new() }
+    }
+
+    /// An instance-norm model whose statistics are given (`give`) rather
+    /// than computed over the input. That is batch norm in inference with
+    /// the given statistics as its running ones: the same formula with the
+    /// same eps, so the graph is the batch-norm model's, with these weights.
+    fn given_stats(arch: &Architecture, params: &ParamSet) -> Self {
+        let arch = Architecture::new(&ModelConfig { norm: NormKind::Batch, ..arch.config.clone() });
+        let specs = arch.params();
+        let values = specs
+            .iter()
+            .map(|s| match params.index(&s.name) {
+                Some(i) => params.values[i].clone(),
+                // Statistics not gathered yet: placeholders, whose effect
+                // on later layers is never read.
+                None => vec![if s.kind == ParamKind::RunningVar { 1.0 } else { 0.0 }; s.shape.numel()],
+            })
+            .collect();
+        Model::new(arch, ParamSet { specs, values })
+    }
+
+    fn graph(&mut self, gpu: &Gpu, h: usize, w: usize) -> Result<&Graph, GpuError> {
+        if !self.graphs.contains_key(&(h, w)) {
+            let shape = Shape::new(1, self.arch.config.in_channels, h, w);
+            self.graphs.insert((h, w), Graph::new(gpu, &self.arch, &self.params, shape, None)?);
+        }
+        Ok(&self.graphs[&(h, w)])
+    }
+
+    /// Gives norm `prefix` its statistics (the mean and biased variance).
+    fn give(&mut self, gpu: &Gpu, prefix: &str, stats: &[Running]) -> Result<(), GpuError> {
+        let mean = self.params.index(&format!("{prefix}.running_mean")).expect("a batch-norm model");
+        let var = self.params.index(&format!("{prefix}.running_var")).expect("a batch-norm model");
+        self.params.values[mean] = stats.iter().map(|s| s.mean as f32).collect();
+        self.params.values[var] = stats.iter().map(|s| (s.m2 / s.n) as f32).collect();
+        self.graphs.values().try_for_each(|g| g.write_params(gpu, &self.params))
+    }
+
+    /// The logits of `input` (C x H x W planes) in one pass.
+    fn logits(&mut self, gpu: &Gpu, input: &Planes) -> Result<Vec<f32>, GpuError> {
+        let graph = self.graph(gpu, input.h, input.w)?;
+        graph.set_input(gpu, &input.data)?;
+        graph.forward(gpu)?;
+        graph.read_logits(gpu)
     }
 }
 
@@ -169,6 +298,8 @@ pub struct InferOptions {
     pub npy: bool,
     /// Also write the blog's animated GIF.
     pub gif: bool,
+    /// Replace outputs that exist already (else the item fails, untouched).
+    pub overwrite: bool,
 }
 
 /// What happened to one item.
@@ -230,6 +361,11 @@ fn write_outputs(
     let (w, h) = (image.w, image.h);
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("writing {what}: {e}");
     let path = |suffix: &str| opts.out.join(format!("{stem}{suffix}"));
+    let suffixes = ["_mask.png", "_prob.png", "_overlay.png"].into_iter();
+    let optional = [(opts.gif, ".gif"), (opts.npy, ".npy")].into_iter().filter_map(|(on, s)| on.then_some(s));
+    if let Some(existing) = suffixes.chain(optional).map(path).find(|p| p.exists() && !opts.overwrite) {
+        return Err(format!("{} exists already (--overwrite replaces it)", existing.display()));
+    }
     export::mask_image(&pred.mask, w, h).save(path("_mask.png")).map_err(|e| fail("the mask", &e))?;
     export::score_image(&pred.scores, w, h).save(path("_prob.png")).map_err(|e| fail("the score map", &e))?;
     let grey = grey(image);

@@ -72,6 +72,18 @@ fn infer_writes_mask_score_map_overlay_and_npy_at_the_image_size() {
     let probs: Vec<f32> = npy[128..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     let plane = 512 * 512;
     assert!((0..plane).step_by(997).all(|p| (probs[p] + probs[plane + p] - 1.0).abs() < 1e-4), "softmax sums to 1");
+
+    // Running again into the same folder: the image fails, its results are
+    // kept as they were; --overwrite replaces them.
+    std::fs::write(out.join("CHNCXR_0042_0_mask.png"), b"kept").unwrap();
+    let again = ["infer", "--model", m.to_str().unwrap(), image.to_str().unwrap(), "--out", o];
+    let (code, _, stderr) = dilaseg(&again);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("CHNCXR_0042_0_mask.png exists already"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("CHNCXR_0042_0_mask.png")).unwrap(), b"kept");
+    let (code, _, stderr) = dilaseg(&[&again[..], &["--overwrite"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(image::open(out.join("CHNCXR_0042_0_mask.png")).is_ok());
 }
 
 #[test]
@@ -99,7 +111,7 @@ fn bad_inputs_are_reported_per_file_and_the_rest_go_on() {
         out.to_str().unwrap(),
     ];
     let (code, stdout, stderr) = dilaseg(&args);
-    assert_eq!(code, 2, "partial failure has its own exit code: {stderr}");
+    assert_eq!(code, 3, "partial failure has its own exit code: {stderr}");
     for name in ["broken.png", "notes.jpg", "/no/such.png"] {
         assert!(stderr.contains(name), "the error names {name}: {stderr}");
     }
@@ -123,11 +135,29 @@ fn a_checkpoint_that_does_not_match_its_config_is_refused() {
         "--out",
         dir.path().join("o").to_str().unwrap(),
     ]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 4, "bad input: {stderr}");
     assert!(
         stderr.contains("mismatch.safetensors") && stderr.contains("dilated.1.conv.weight: shape [8, 8, 3, 3]"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_missing_adapter_has_its_own_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/seo2018-lung-cxr.safetensors");
+    let (code, _, stderr) = dilaseg(&[
+        "infer",
+        "--adapter",
+        "no adapter is called this",
+        "--model",
+        shipped.to_str().unwrap(),
+        cxr("CHNCXR_0041_0.jpg").to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 5, "device status: {stderr}");
+    assert!(stderr.contains("no adapter is called this"), "{stderr}");
 }
 
 #[test]
@@ -188,10 +218,17 @@ fn tiles_give_the_one_pass_result_and_too_large_images_tile_themselves() {
     assert!(close(&auto.scores, &whole.scores), "automatic tiles changed the output");
     assert_eq!(auto.mask, whole.mask);
 
-    // Instance norm (lungnet) sees the whole image: tiles are refused.
+    // Instance norm (lungnet) normalises over the whole image: its tiles
+    // run with statistics gathered over all of them first. Tiles of 100
+    // pixels on 150x450 have windows of at most 150x386, each leaving out
+    // part of the image, so their own statistics would not do.
     let dir = tempfile::tempdir().unwrap();
-    let mut lungnet = Predictor::new(gpu, checkpoint::load(&model(dir.path())).unwrap(), None);
-    lungnet.tile = Some(32);
-    let err = lungnet.predict(&image.resize_bilinear(100, 100), true).err().expect("tiles accepted");
-    assert!(err.to_string().contains("instance norm"), "{err}");
+    let lungnet = || checkpoint::load(&model(dir.path())).unwrap();
+    let image = image.resize_bilinear(150, 450);
+    let whole = Predictor::new(gpu, lungnet(), None).predict(&image, true).unwrap();
+    let mut tiled = Predictor::new(gpu, lungnet(), None);
+    tiled.tile = Some(100);
+    let tiled_lungnet = tiled.predict(&image, true).unwrap();
+    let worst = tiled_lungnet.scores.iter().zip(&whole.scores).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(worst <= 1e-4, "instance-norm tiles differ from one pass by {worst}");
 }

@@ -144,7 +144,7 @@ fn a_bad_config_file_is_refused_naming_the_field() {
         "--out",
         dir.path().join("run").to_str().unwrap(),
     ]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 4, "bad input: {stderr}");
     assert!(stderr.contains("bad.json") && stderr.contains("`dropout`") && !stderr.contains("panicked"), "{stderr}");
 }
 

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use dilaseg::data::Dataset;
 use dilaseg::eval::{self, EvalReport};
@@ -27,13 +26,16 @@ pub struct EvalArgs {
     /// Folder for per_image.csv and summary.json.
     #[arg(long)]
     out: PathBuf,
+    /// Replace a report already in --out.
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     run: PredictArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
 
-fn print_table(report: &EvalReport) {
+pub fn print_table(report: &EvalReport) {
     if let Some(m) = report.means() {
         println!("{:<10} {:>8}", "metric", "mean");
         for (name, v) in [("Dice", m.dice), ("IoU", m.iou), ("precision", m.precision), ("recall", m.recall)] {
@@ -51,6 +53,9 @@ fn print_table(report: &EvalReport) {
 
 /// Returns whether every image was scored.
 pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
+    if let Some(existing) = EvalReport::files(&args.out).into_iter().find(|p| p.exists() && !args.overwrite) {
+        anyhow::bail!("{} exists already (--overwrite replaces it)", existing.display());
+    }
     let dataset = Dataset::scan(&args.data)?;
     let samples = dataset.labelled()?;
     let report = match (&args.model, &args.pred) {
@@ -68,11 +73,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     for (path, why) in &report.failures {
         eprintln!("error: {}: {why}", path.display());
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let (csv, json) = (args.out.join("per_image.csv"), args.out.join("summary.json"));
-    std::fs::write(&csv, report.csv()).with_context(|| format!("writing {}", csv.display()))?;
-    std::fs::write(&json, serde_json::to_string_pretty(&report.to_json())?)
-        .with_context(|| format!("writing {}", json.display()))?;
+    let (csv, json) = report.write(&args.out)?;
     print_table(&report);
     println!(
         "\n{} images scored, {} failed; {} and {}",

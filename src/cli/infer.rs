@@ -39,6 +39,9 @@ pub struct InferArgs {
     /// the prediction and their overlays (as in the 2018 blog post).
     #[arg(long)]
     gif: bool,
+    /// Replace results already in --out (else an image whose results exist fails, and they are kept).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -119,7 +122,13 @@ pub fn run(args: &InferArgs) -> anyhow::Result<bool> {
     eprintln!("segmenting {} images on {} {scale}, threshold {}", items.len(), gpu.describe(), predictor.threshold);
     let bar = ProgressBar::new(items.len() as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} images, ETA {eta}").expect("valid template"));
-    let opts = InferOptions { out: args.out.clone(), native: args.run.native, npy: args.npy, gif: args.gif };
+    let opts = InferOptions {
+        out: args.out.clone(),
+        native: args.run.native,
+        npy: args.npy,
+        gif: args.gif,
+        overwrite: args.overwrite,
+    };
     let summary = infer::run(&mut predictor, items, &opts, &mut |r| {
         bar.inc(1);
         if let Err(e) = &r.result {

@@ -122,6 +122,15 @@ struct BlockBufs {
     norm: Option<(String, NormBufs)>,
 }
 
+/// Where a norm block reads its input in the forward pass: what gathers
+/// its statistics outside the graph (exact tiles of an instance-norm model,
+/// `infer.rs`) reads `input` after running the first `after` dispatches.
+pub struct NormSite {
+    pub prefix: String,
+    pub input: Tensor,
+    pub after: usize,
+}
+
 pub struct Graph {
     pub arch: Architecture,
     /// The input shape (N x in_channels x H x W).
@@ -148,6 +157,8 @@ pub struct Graph {
     dropout_backward: Vec<Dropout>,
     /// Backward through the dilated layers and the input norm.
     trunk_backward: Vec<Dispatch>,
+    /// Every norm block's input, in forward order.
+    norm_sites: Vec<NormSite>,
     updates: Vec<Update>,
     loss_sums: Option<Tensor>,
     optimizer: Option<Optimizer>,
@@ -316,6 +327,7 @@ impl Graph {
         // ---- forward
         let mut trunk = Vec::new();
         let mut head = Vec::new();
+        let mut norm_sites = Vec::new();
         // The concatenation's parts: the (normalised) input, each dilated layer.
         let widths: Vec<usize> = std::iter::once(cfg.in_channels)
             .chain(arch.blocks.iter().filter(|b| matches!(b.place, Place::Concat { .. })).map(|b| b.cout))
@@ -324,6 +336,7 @@ impl Graph {
         let (input, input_norm) = match &arch.input_norm {
             Some(prefix) => {
                 let input = Slice::whole(&gpu.tensor(shape)?);
+                norm_sites.push(NormSite { prefix: prefix.clone(), input: input.tensor.clone(), after: 0 });
                 let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), parts[0].view())?;
                 (input, Some((prefix.clone(), bufs)))
             }
@@ -351,6 +364,8 @@ impl Graph {
         let mut logits = None;
         for b in &arch.blocks {
             let dilated = matches!(b.place, Place::Concat { .. });
+            // Where `list` starts in the forward order (the head follows the trunk and dropout).
+            let base = if dilated { 0 } else { trunk.len() + dropout_forward.len() };
             let list = if dilated { &mut trunk } else { &mut head };
             let input = match (dilated, &head_prev) {
                 (true, _) => vec![parts[layer].clone()],
@@ -367,6 +382,7 @@ impl Graph {
             }
             let (u, norm) = match &b.norm {
                 Some(prefix) => {
+                    norm_sites.push(NormSite { prefix: prefix.clone(), input: t.clone(), after: base + list.len() });
                     let u = gpu.tensor(t.shape)?;
                     let bufs = bld.norm_forward(list, prefix, t.view(), u.view())?;
                     (u, Some((prefix.clone(), bufs)))
@@ -405,6 +421,7 @@ impl Graph {
             head_backward: Vec::new(),
             dropout_backward: Vec::new(),
             trunk_backward: Vec::new(),
+            norm_sites,
             updates: Vec::new(),
             loss_sums: None,
             optimizer: train.map(|t| t.optimizer),
@@ -592,6 +609,16 @@ impl Graph {
     /// Runs the forward pass (the logits are then in `read_logits`).
     pub fn forward(&self, gpu: &Gpu) -> Result<()> {
         gpu.run(&self.forward_dispatches())
+    }
+
+    /// Every norm block's input, in forward order.
+    pub fn norm_sites(&self) -> &[NormSite] {
+        &self.norm_sites
+    }
+
+    /// Runs the forward pass as far as `site`'s input (then read it).
+    pub fn forward_to(&self, gpu: &Gpu, site: &NormSite) -> Result<()> {
+        gpu.run(&self.forward_dispatches()[..site.after])
     }
 
     /// Prepares training step `step` (from 1: the dropout mask's counter and
