@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod cpu;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod gpu;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod plot;
 pub mod profile;
 pub mod rng;
 pub mod shape;

@@ -17,14 +17,15 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(args),
         Command::Profile(args) => cli::profile::run(args).map(|()| true),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Demo(args) => cli::demo::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         // Some inputs failed (each reported); the rest were done.
-        Ok(false) => ExitCode::from(2),
+        Ok(false) => ExitCode::from(cli::status::PARTIAL),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::error_status(&e))
         }
     }
 }

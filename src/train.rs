@@ -461,7 +461,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
                 loss,
                 images_per_s: batch.n as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             });
-            let at_limit = opts.max_steps.is_some_and(|m| step >= m);
+            // A limit reached on an epoch's last step stops after its
+            // validation (below), so the epoch's results are not lost.
+            let at_limit = opts.max_steps.is_some_and(|m| step >= m) && position.epoch_step < plans.len();
             if at_limit || stop.load(Ordering::Relaxed) {
                 save_last(gpu, &graph, run, &meta, step, &position)?;
                 return Ok(Outcome::Stopped { steps: step });
@@ -506,6 +508,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
         }
         save_last(gpu, &graph, run, &meta, step, &position)?;
         obs.epoch(&report);
+        if opts.max_steps.is_some_and(|m| step >= m) && position.epoch < opts.epochs {
+            return Ok(Outcome::Stopped { steps: step });
+        }
     }
     Ok(Outcome::Finished { steps: step, best_dice: position.best_dice })
 }

@@ -2,6 +2,7 @@
 //! the library.
 
 pub mod bench;
+pub mod demo;
 pub mod eval;
 pub mod infer;
 pub mod profile;
@@ -42,6 +43,9 @@ pub enum Command {
     Profile(Box<profile::ProfileArgs>),
     /// Time the workloads of BENCH.md against the adapter's measured peaks (one JSON object per line).
     Bench(Box<bench::BenchArgs>),
+    /// The first run: train on the bundled chest X-rays, segment and score the ones kept aside,
+    /// and write checkpoints, curves, metrics, overlays and GIFs into a fresh run folder.
+    Demo(Box<demo::DemoArgs>),
 }
 
 /// How to choose the GPU adapter; shared by every command that uses one.
@@ -79,9 +83,9 @@ pub struct PredictArgs {
     #[arg(long)]
     pub threshold: Option<f32>,
     /// Run in tiles of N x N pixels (each with a halo of the receptive field,
-    /// so the result is unchanged); by default only images too large for the
-    /// device are tiled. Not for instance-norm models (lungnet), whose
-    /// statistics span the whole image.
+    /// and for instance-norm models the whole image's statistics gathered
+    /// first, so the result is unchanged); by default only images too large
+    /// for the device are tiled.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub tile: Option<u32>,
 }
@@ -97,4 +101,62 @@ pub fn devices(args: &GpuArgs) -> anyhow::Result<()> {
     let gpu = Gpu::new(&args.options())?;
     println!("dilaseg would use: {}", gpu.describe());
     Ok(())
+}
+
+/// Exit statuses (README, "Exit codes").
+pub mod status {
+    pub const OTHER: u8 = 1;
+    pub const USAGE: u8 = 2; // clap's own, for bad arguments
+    pub const PARTIAL: u8 = 3;
+    pub const BAD_INPUT: u8 = 4;
+    pub const DEVICE: u8 = 5;
+}
+
+/// The exit status for an error that stopped a command: bad input (data,
+/// checkpoint, config), the device (none, lost, too small), or other.
+pub fn error_status(e: &anyhow::Error) -> u8 {
+    e.chain().find_map(classify).unwrap_or(status::OTHER)
+}
+
+fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    use dilaseg::data::DataError;
+    use dilaseg::demo::DemoError;
+    use dilaseg::model::checkpoint::CheckpointError;
+    use dilaseg::model::config::ConfigError;
+    use dilaseg::train::TrainError;
+    let gpu = |g: &GpuError| match g {
+        // Shapes come from the inputs; the backend name from the command line.
+        GpuError::Shape { .. } => status::BAD_INPUT,
+        GpuError::UnknownBackend(_) => status::USAGE,
+        _ => status::DEVICE,
+    };
+    if let Some(g) = e.downcast_ref::<GpuError>() {
+        return Some(gpu(g));
+    }
+    // A checkpoint that cannot be written (a full disk) is not bad input.
+    let checkpoint = |c: &CheckpointError| match c {
+        CheckpointError::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound => None,
+        _ => Some(status::BAD_INPUT),
+    };
+    if let Some(c) = e.downcast_ref::<CheckpointError>() {
+        return checkpoint(c);
+    }
+    if let Some(t) = e.downcast_ref::<TrainError>() {
+        return match t {
+            TrainError::Gpu(g) => Some(gpu(g)),
+            TrainError::Checkpoint(c) => checkpoint(c),
+            TrainError::Data(_) | TrainError::Config(_) => Some(status::BAD_INPUT),
+            _ => None,
+        };
+    }
+    if let Some(d) = e.downcast_ref::<DemoError>() {
+        return match d {
+            DemoError::Train(t) => classify(t),
+            DemoError::Gpu(g) => Some(gpu(g)),
+            DemoError::Checkpoint(c) => checkpoint(c),
+            DemoError::Data(_) => Some(status::BAD_INPUT),
+            _ => None,
+        };
+    }
+    (e.is::<DataError>() || e.is::<ConfigError>()).then_some(status::BAD_INPUT)
 }

@@ -102,7 +102,7 @@ pub struct TrainArgs {
     gpu: GpuArgs,
 }
 
-fn parse_size_arg(s: &str) -> Result<(usize, usize), String> {
+pub(super) fn parse_size_arg(s: &str) -> Result<(usize, usize), String> {
     parse_size(s).ok_or_else(|| format!("{s:?}: expected HxW, e.g. 128x128"))
 }
 
@@ -166,14 +166,22 @@ impl TrainArgs {
 }
 
 /// Draws the progress bar: loss, images/s and ETA; epoch summaries above it.
-struct Bar {
-    bar: ProgressBar,
+pub(super) struct Bar {
+    pub(super) bar: ProgressBar,
     /// Launch time, to report how long start-up took until the first step.
     launched: std::time::Instant,
     first_step_seen: bool,
 }
 
 impl Bar {
+    /// A training progress bar; `launched` is when the program started.
+    pub(super) fn new(launched: std::time::Instant) -> Self {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {msg}, ETA {eta}").expect("valid template"),
+        );
+        Bar { bar, launched, first_step_seen: false }
+    }
+
     /// A line above the bar, or on stderr when there is no bar (output is
     /// not a terminal): logs must keep warnings and epoch summaries.
     fn line(&self, text: String) {
@@ -224,7 +232,7 @@ impl Observer for Bar {
 }
 
 /// Sets `flag` on the first Ctrl-C (the run then stops after its step).
-fn stop_on_ctrl_c(flag: Arc<AtomicBool>) {
+pub(super) fn stop_on_ctrl_c(flag: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
@@ -269,10 +277,7 @@ pub fn run(args: &TrainArgs, argv: &[String]) -> anyhow::Result<()> {
     let gpu = Gpu::new(&gpu_args.options())?;
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_ctrl_c(stop.clone());
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {msg}, ETA {eta}").expect("valid template"),
-    );
-    let mut observer = Bar { bar, launched, first_step_seen: false };
+    let mut observer = Bar::new(launched);
     let outcome = train::train(&gpu, &opts, &stop, &mut observer);
     observer.bar.finish_and_clear();
     match outcome? {
