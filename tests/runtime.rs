@@ -78,7 +78,7 @@ fn devices_command_fails_cleanly_without_a_matching_adapter() {
         .output()
         .expect("dilaseg runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(5), "the device status: {stderr}");
     assert!(stderr.contains("no GPU adapter found") && !stderr.contains("panicked"), "{stderr}");
 }
 
