@@ -86,6 +86,33 @@ fn truncated_and_garbage_files_are_errors_not_panics() {
 }
 
 #[test]
+fn headers_declaring_huge_shapes_or_models_are_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tensor declared 2^32 x 2^32 over 4 bytes of data.
+    let header = br#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0; 4]);
+    let err = checkpoint::parse(&file, std::path::Path::new("huge.safetensors")).expect_err("accepted");
+    assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err:?}");
+
+    // A config asking for a model of 10^12 parameters, in a checkpoint's metadata.
+    let (path, _) = saved(&ModelConfig::seo2018(), dir.path());
+    let st_bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&st_bytes).unwrap();
+    let mut config = ModelConfig::seo2018().to_json();
+    config["width"] = 1_000_000.into();
+    let mut metadata = meta.metadata().clone().unwrap();
+    metadata.insert("config".into(), config.to_string());
+    let st = SafeTensors::deserialize(&st_bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let huge = dir.path().join("huge-config.safetensors");
+    safetensors::serialize_to_file(tensors, Some(metadata), &huge).unwrap();
+    let err = checkpoint::load(&huge).expect_err("accepted");
+    assert!(err.to_string().contains("parameters") && err.to_string().contains("huge-config"), "{err}");
+}
+
+#[test]
 fn mismatched_tensors_are_all_reported_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let arch = Architecture::new(&ModelConfig::lungnet());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dilaseg::data::image::{load_image, load_mask, Planes};
 use dilaseg::data::loader::{load_batch, DecodeOptions};
@@ -145,4 +145,15 @@ fn a_folder_without_images_is_a_clear_error() {
     assert!(err.contains("no images") && err.contains(&dir.path().display().to_string()), "{err}");
     let err = Dataset::scan(&PathBuf::from("/no/such/folder")).unwrap_err().to_string();
     assert!(err.contains("/no/such/folder"), "{err}");
+}
+
+#[test]
+fn an_image_header_declaring_a_huge_size_is_refused_before_decoding() {
+    // Found by fuzzing (fuzz/regressions/image): 359 bytes of JPEG whose
+    // header declares 2056 x 32774 pixels; decoding it took over 2 GB.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/image/oom-jpeg-2056x32774");
+    let bytes = std::fs::read(&path).unwrap();
+    let err = dilaseg::data::image::decode_image(&bytes, &path, 1).expect_err("decoded");
+    let message = err.to_string();
+    assert!(message.contains("2056x32774") && message.contains("oom-jpeg"), "{message}");
 }

@@ -116,12 +116,18 @@ struct SafetensorsFile {
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
-fn read_file(path: &Path) -> Result<SafetensorsFile> {
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
+}
+
+/// `bytes` as a safetensors file of f32 tensors; `path` names it in errors.
+/// Memory stays within a small multiple of `bytes.len()` whatever the
+/// header declares: shapes are checked against the data before use.
+fn parse_file(bytes: &[u8], path: &Path) -> Result<SafetensorsFile> {
     let corrupt = |message: String| CheckpointError::Corrupt { path: path.to_path_buf(), message };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
@@ -177,7 +183,12 @@ pub fn save(path: &Path, arch: &Architecture, params: &ParamSet, meta: &Checkpoi
 }
 
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let mut file = read_file(path)?;
+    parse(&read(path)?, path)
+}
+
+/// A checkpoint from the bytes of the file at `path` (named in errors).
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+    let mut file = parse_file(bytes, path)?;
     let format = file.metadata.get("format");
     if format.map(String::as_str) != Some(FORMAT) {
         return Err(CheckpointError::Format { path: path.to_path_buf(), found: format.cloned() });
@@ -253,7 +264,12 @@ pub fn save_optim(path: &Path, state: &OptimState) -> Result<()> {
 /// Loads the optimiser state for a model of `specs` trained with Adam
 /// (`adam`) or SGD, checking every tensor.
 pub fn load_optim(path: &Path, specs: &[ParamSpec], adam: bool) -> Result<OptimState> {
-    let mut file = read_file(path)?;
+    parse_optim(&read(path)?, path, specs, adam)
+}
+
+/// `load_optim` from the bytes of the file at `path` (named in errors).
+pub fn parse_optim(bytes: &[u8], path: &Path, specs: &[ParamSpec], adam: bool) -> Result<OptimState> {
+    let mut file = parse_file(bytes, path)?;
     let step_text = file.metadata.remove("step").unwrap_or_default();
     let step = step_text.parse().map_err(|_| CheckpointError::Metadata {
         path: path.to_path_buf(),

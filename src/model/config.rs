@@ -68,6 +68,14 @@ fn field_error(field: &'static str, message: impl Into<String>) -> ConfigError {
 
 const PAPER_DILATIONS: [usize; 10] = [1, 1, 2, 3, 5, 8, 13, 21, 34, 55];
 
+/// Limits on a config (lungnet: 10 dilated layers up to 55, 2 classes,
+/// 0.1 M parameters): generous for any real variant, small enough that a
+/// model within them can always be allocated (64 M parameters: 256 MB).
+const MAX_LAYERS: usize = 256;
+const MAX_DILATION: usize = 1 << 16;
+const MAX_CLASSES: usize = 1024;
+const MAX_PARAMS: u64 = 1 << 26;
+
 impl ModelConfig {
     /// The paper's network (MODEL.md, preset `lungnet`).
     pub fn lungnet() -> Self {
@@ -157,7 +165,37 @@ impl ModelConfig {
                 return Err(field_error("init", format!("normal_std must be a finite number > 0, got {s}")));
             }
         }
-        Ok(())
+        self.validate_size()
+    }
+
+    /// Bounds that keep a config from asking for more than a machine has:
+    /// a config file or checkpoint header is outside input, and a model is
+    /// allocated (initialised, uploaded) from it.
+    fn validate_size(&self) -> Result<(), ConfigError> {
+        if self.dilations.len() > MAX_LAYERS || self.head.len() > MAX_LAYERS {
+            return Err(field_error("dilations", format!("at most {MAX_LAYERS} dilated and {MAX_LAYERS} head layers")));
+        }
+        if let Some(&d) = self.dilations.iter().find(|&&d| d > MAX_DILATION) {
+            return Err(field_error("dilations", format!("a dilation of {d} is over the {MAX_DILATION} allowed")));
+        }
+        if self.out_channels > MAX_CLASSES {
+            return Err(field_error("out_channels", format!("at most {MAX_CLASSES}, got {}", self.out_channels)));
+        }
+        // Every tensor's size, in checked arithmetic (huge widths overflow).
+        let total = super::Architecture::new(self).params().iter().try_fold(0u64, |sum, p| {
+            let s = p.shape;
+            [s.n, s.c, s.h, s.w].iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).and_then(|n| sum.checked_add(n))
+        });
+        match total {
+            Some(n) if n <= MAX_PARAMS => Ok(()),
+            _ => Err(field_error(
+                "width",
+                format!(
+                    "the model would have {} parameters; at most {MAX_PARAMS} are allowed",
+                    total.map_or("too many".into(), |n| n.to_string())
+                ),
+            )),
+        }
     }
 
     /// MODEL.md's JSON form (lower-case keys of the preset table).
