@@ -375,23 +375,20 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
         class_weights: opts.class_weights.clone(),
         dropout_seed: (opts.seed as u32) ^ 0x5eed_d20f,
     };
+    let val_shape = shape.with_c(cfg.in_channels).with_n(1);
+    let need = Graph::memory_need(gpu, &arch, &params, shape, Some(&setup))?
+        + Graph::memory_need(gpu, &arch, &params, val_shape, None)?;
+    gpu.check_memory(|| format!("training at {shape} (and validation at {val_shape})"), need)?;
     let mut graph = Graph::new(gpu, &arch, &params, shape, Some(&setup))?;
-    let val_graph = Graph::new(gpu, &arch, &params, shape.with_c(cfg.in_channels).with_n(1), None)?;
+    let val_graph = Graph::new(gpu, &arch, &params, val_shape, None)?;
 
     let steps_per_epoch = train_set.len() / opts.batch;
     let mut position = Position { epoch: 0, epoch_step: 0, best_dice: None };
     let mut step: u64 = 0;
     if resumed.is_some() {
-        let state = checkpoint::load_optim(&checkpoint::optim_path(&last_path(run)), &arch.params(), graph.is_adam())?;
         let saved = resumed.as_ref().and_then(|c| c.meta.step);
-        if saved != Some(state.step) {
-            return Err(TrainError::Options(format!(
-                "{} (step {saved:?}) and its optimiser state (step {}) disagree: the run stopped while saving; \
-                 start again, or continue from the weights alone with --init",
-                last_path(run).display(),
-                state.step
-            )));
-        }
+        let state = matching_optim(run, &arch, graph.is_adam(), saved)?;
+        remove_stale_temporaries(run);
         let values: Vec<Vec<f32>> = state.tensors.into_iter().map(|(_, _, v)| v).collect();
         graph.write_optimizer_state(gpu, &values)?;
         step = state.step;
@@ -413,7 +410,8 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
     });
 
     let loss_log = run.join("loss.csv");
-    truncate_log(&loss_log, step)?;
+    truncate_log(&loss_log, |s| s <= step)?;
+    truncate_log(&run.join("metrics.csv"), |e| e < position.epoch as u64)?;
     let mut loss_file =
         std::fs::OpenOptions::new().create(true).append(true).open(&loss_log).map_err(io_err(&loss_log))?;
     if step == 0 {
@@ -427,6 +425,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
     let square = h == w;
     let mut meta = meta;
     meta.train_size = Some((h, w));
+    // The step belongs to `last` alone (save_last sets it); a resumed run's
+    // best checkpoint must not inherit the step it resumed from.
+    meta.step = None;
     let mut threshold = meta.threshold.unwrap_or(DEFAULT_THRESHOLD);
 
     while position.epoch < opts.epochs {
@@ -533,7 +534,14 @@ fn save_last(gpu: &Gpu, graph: &Graph, run: &Path, meta: &CheckpointMeta, step: 
     // Both files carry the step: a crash between the two writes is
     // detected when resuming, never silently mixed.
     let last = last_path(run);
-    checkpoint::save_optim(&checkpoint::optim_path(&last), &state)?;
+    let optim = checkpoint::optim_path(&last);
+    // The previous optimiser state stays until `last` itself is replaced
+    // (see `matching_optim`).
+    if optim.exists() {
+        let prev = prev_optim_path(run);
+        std::fs::rename(&optim, &prev).map_err(io_err(&prev))?;
+    }
+    checkpoint::save_optim(&optim, &state)?;
     checkpoint::save(&last, &graph.arch, &params, &CheckpointMeta { step: Some(step), ..meta.clone() })?;
     Ok(())
 }
@@ -559,17 +567,64 @@ fn append_metrics(run: &Path, r: &EpochReport) -> Result<()> {
     .map_err(io_err(&path))
 }
 
-/// Drops loss-log rows past `step` (left by a run that crashed after its
-/// last checkpoint), so a resumed run's log has each step once.
-fn truncate_log(path: &Path, step: u64) -> Result<()> {
+/// Drops the rows of a CSV log whose first column fails `keep` (rows
+/// written after the last checkpoint by a run that was killed), so a
+/// resumed run's logs have each step and epoch once.
+fn truncate_log(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
         .lines()
-        .filter(|line| line.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s <= step))
+        .filter(|line| line.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_none_or(&keep))
         .collect();
     let mut body = kept.join("\n");
     if !body.is_empty() {
         body.push('\n');
     }
     std::fs::write(path, body).map_err(io_err(path))
+}
+
+/// The optimiser state saved before `last.safetensors`' current one.
+fn prev_optim_path(run: &Path) -> PathBuf {
+    run.join("last.optim.prev.safetensors")
+}
+
+/// The optimiser state that belongs to `last.safetensors` (saved at step
+/// `step`). A save writes the optimiser state, then the weights, each file
+/// atomically, after moving the previous state aside; a run killed between
+/// the two leaves the weights one save behind the newest state, and the
+/// previous state is then theirs. That one is moved back into place, so a
+/// second crash finds a consistent pair too.
+fn matching_optim(run: &Path, arch: &Architecture, adam: bool, step: Option<u64>) -> Result<OptimState> {
+    let (optim, prev) = (checkpoint::optim_path(&last_path(run)), prev_optim_path(run));
+    let mut found = Vec::new();
+    for path in [&optim, &prev] {
+        if !path.exists() {
+            continue;
+        }
+        let state = checkpoint::load_optim(path, &arch.params(), adam)?;
+        if Some(state.step) == step {
+            if path == &prev {
+                std::fs::rename(&prev, &optim).map_err(io_err(&optim))?;
+            }
+            return Ok(state);
+        }
+        found.push(format!("{} is at step {}", path.display(), state.step));
+    }
+    Err(TrainError::Options(format!(
+        "{} (step {step:?}) has no matching optimiser state ({}); start again, or continue from the weights \
+         alone with --init",
+        last_path(run).display(),
+        if found.is_empty() { "none found".to_string() } else { found.join(", ") }
+    )))
+}
+
+/// Removes the temporary files of checkpoint writes that a killed run left.
+fn remove_stale_temporaries(run: &Path) {
+    let Ok(entries) = std::fs::read_dir(run) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }

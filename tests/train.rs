@@ -271,3 +271,58 @@ fn a_stop_request_ends_the_step_and_leaves_a_resumable_checkpoint() {
     let outcome = train::train(gpu, &opts, &AtomicBool::new(false), &mut Quiet).unwrap();
     assert_eq!(outcome, Outcome::Finished { steps: 9, best_dice: None });
 }
+
+#[test]
+fn a_run_that_cannot_fit_the_device_is_refused_before_it_starts() {
+    if common::gpu().is_none() {
+        return;
+    }
+    use dilaseg::gpu::{GpuError, GpuOptions};
+    let small = Gpu::new(&GpuOptions { memory_budget: Some(4 << 20), ..GpuOptions::from_env() }).unwrap();
+    let data = cxr_folder(3);
+    let out = tempfile::tempdir().unwrap();
+    let opts = options(data.path(), out.path(), ModelConfig::lungnet());
+    let err = train::train(&small, &opts, &AtomicBool::new(false), &mut Quiet).expect_err("started");
+    assert!(
+        matches!(&err, train::TrainError::Gpu(GpuError::TooLarge { limit_name: "available memory", .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("training at 1x1x64x64"), "{err}");
+    assert!(!train::last_path(out.path()).exists(), "nothing is written for a run that cannot start");
+}
+
+/// Destroys the device at a given step, as a driver reset would lose it.
+struct LoseDevice<'g> {
+    gpu: &'g Gpu,
+    at: u64,
+}
+
+impl train::Observer for LoseDevice<'_> {
+    fn step(&mut self, r: &train::StepReport) {
+        if r.step == self.at {
+            self.gpu.device.destroy();
+        }
+    }
+}
+
+#[test]
+fn a_device_lost_mid_run_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // Its own device: this test destroys it.
+    let gpu = Gpu::new(&dilaseg::gpu::GpuOptions::from_env()).unwrap();
+    let data = cxr_folder(4);
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = options(data.path(), out.path(), small_lungnet(0.0));
+    opts.epochs = 3;
+    opts.val = ValSplit::Fraction(0.25);
+    // 3 training images: epoch 1 ends (and saves) at step 3; lost at step 4.
+    let err = train::train(&gpu, &opts, &AtomicBool::new(false), &mut LoseDevice { gpu: &gpu, at: 4 })
+        .expect_err("the run went on without its device");
+    eprintln!("the run stopped with: {err}");
+    assert!(matches!(err, train::TrainError::Gpu(_)), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("lost") || err.to_string().contains("invalid"), "{err}");
+    let last = checkpoint::load(&train::last_path(out.path())).expect("the last checkpoint is kept");
+    assert_eq!(last.meta.step, Some(3));
+}

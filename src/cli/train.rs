@@ -280,6 +280,11 @@ pub fn run(args: &TrainArgs, argv: &[String]) -> anyhow::Result<()> {
     let mut observer = Bar::new(launched);
     let outcome = train::train(&gpu, &opts, &stop, &mut observer);
     observer.bar.finish_and_clear();
+    let says_so = matches!(outcome, Err(train::TrainError::NonFinite { .. }));
+    if outcome.is_err() && !says_so && train::holds_run(&opts.out) {
+        // A lost device, a full disk: the run so far is safe.
+        eprintln!("the last checkpoint is kept in {}; continue with: dilaseg train --resume {0}", opts.out.display());
+    }
     match outcome? {
         Outcome::Finished { steps, best_dice } => {
             println!(
