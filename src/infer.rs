@@ -257,6 +257,8 @@ impl Model {
     fn graph(&mut self, gpu: &Gpu, h: usize, w: usize) -> Result<&Graph, GpuError> {
         if !self.graphs.contains_key(&(h, w)) {
             let shape = Shape::new(1, self.arch.config.in_channels, h, w);
+            let need = Graph::memory_need(gpu, &self.arch, &self.params, shape, None)?;
+            gpu.check_memory(|| format!("inference at {shape}"), need)?;
             self.graphs.insert((h, w), Graph::new(gpu, &self.arch, &self.params, shape, None)?);
         }
         Ok(&self.graphs[&(h, w)])

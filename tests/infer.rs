@@ -200,6 +200,14 @@ fn tiles_give_the_one_pass_result_and_too_large_images_tile_themselves() {
     assert!(close(&auto.scores, &whole.scores), "automatic tiles changed the output");
     assert_eq!(auto.mask, whole.mask);
 
+    // Likewise when the image needs more memory than the device has to give.
+    let ckpt = checkpoint::load(&shipped).unwrap();
+    let shape = dilaseg::Shape::new(1, 1, 300, 600);
+    let need = dilaseg::model::graph::Graph::memory_need(gpu, &ckpt.arch, &ckpt.params, shape, None).unwrap();
+    let tight = Gpu::new(&GpuOptions { memory_budget: Some(need - 1), ..GpuOptions::from_env() }).unwrap();
+    let auto = Predictor::new(&tight, ckpt, None).predict(&image, true).unwrap();
+    assert!(close(&auto.scores, &whole.scores), "tiles for memory changed the output");
+
     // Instance norm (lungnet) normalises over the whole image: its tiles
     // run with statistics gathered over all of them first. Tiles of 100
     // pixels on 150x450 have windows of at most 150x386, each leaving out

@@ -259,3 +259,29 @@ fn reference_fd(arch: &Architecture, p: &ParamSet, x: &Tensor, mode: Mode, targe
     let actual = ((p.values[i][j] + h) - (p.values[i][j] - h)) as f64;
     (plus - minus) / actual
 }
+
+#[test]
+fn a_graphs_memory_is_known_before_it_is_built_and_refused_over_the_budget() {
+    let gpu = gpu_or_skip!();
+    let arch = Architecture::new(&narrow(ModelConfig::lungnet()));
+    let values = params(&arch, 5);
+    for (shape, train) in [(Shape::new(2, 1, 45, 61), Some(setup(1))), (Shape::new(1, 1, 97, 130), None)] {
+        let need = Graph::memory_need(gpu, &arch, &values, shape, train.as_ref()).unwrap();
+        let before = gpu.pool_stats().on_loan;
+        let graph = Graph::new(gpu, &arch, &values, shape, train.as_ref()).unwrap();
+        let held = gpu.pool_stats().on_loan - before;
+        drop(graph);
+        let error = (need as f64 - held as f64).abs() / held as f64;
+        assert!(error < 0.01, "{shape}: estimated {need} bytes, the graph holds {held}");
+    }
+
+    // A device with less to give refuses the plan with the figures.
+    let budget = 1 << 20;
+    let small = Gpu::new(&GpuOptions { memory_budget: Some(budget), ..GpuOptions::from_env() }).unwrap();
+    let shape = Shape::new(1, 1, 64, 64);
+    let need = Graph::memory_need(&small, &arch, &values, shape, None).unwrap();
+    assert!(need > budget, "the test needs a plan over the budget: {need}");
+    let err = small.check_memory(|| format!("inference at {shape}"), need).expect_err("accepted");
+    let message = err.to_string();
+    assert!(message.contains(&need.to_string()) && message.contains(&budget.to_string()), "{message}");
+}

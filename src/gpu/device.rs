@@ -61,6 +61,9 @@ pub struct GpuOptions {
     /// Open the device with at most this storage-binding size (tests use it
     /// to exercise the too-large path cheaply).
     pub max_storage_binding: Option<u64>,
+    /// Memory the plans may take, instead of what the machine has available
+    /// (tests use it to exercise the too-large path cheaply).
+    pub memory_budget: Option<u64>,
 }
 
 impl GpuOptions {
@@ -111,6 +114,7 @@ pub struct Gpu {
     /// wgpu reports validation errors and device loss through callbacks;
     /// they are collected here and returned by `check` instead of panicking.
     errors: Arc<Mutex<Vec<String>>>,
+    budget: Option<u64>,
 }
 
 impl Gpu {
@@ -172,7 +176,8 @@ impl Gpu {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {message}"));
         });
         let pool = BufferPool::new(device.clone());
-        Ok(Gpu { device, queue, info, limits, features, pipelines: PipelineCache::default(), pool, errors })
+        let budget = opts.memory_budget;
+        Ok(Gpu { device, queue, info, limits, features, pipelines: PipelineCache::default(), pool, errors, budget })
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes (wgpu's are
@@ -212,6 +217,30 @@ impl Gpu {
     /// least `lanes` invocations.
     pub fn has_subgroups(&self, lanes: u32) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP) && self.info.subgroup_min_size >= lanes
+    }
+
+    /// Memory this device can still give plans, where known: a software
+    /// adapter allocates from the machine's memory (MemAvailable, read now;
+    /// Linux only); wgpu does not tell a hardware GPU's.
+    pub fn memory_budget(&self) -> Option<u64> {
+        if self.budget.is_some() || self.info.device_type != wgpu::DeviceType::Cpu {
+            return self.budget;
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Refuses, with the figures, a plan (`what`) that needs more memory
+    /// than the device has to give, before anything of it is allocated.
+    pub fn check_memory(&self, what: impl FnOnce() -> String, bytes: u64) -> Result<()> {
+        match self.memory_budget() {
+            Some(limit) if bytes > limit => {
+                Err(GpuError::TooLarge { what: what(), bytes, limit_name: "available memory", limit })
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn has_timestamps(&self) -> bool {

@@ -20,6 +20,8 @@ pub struct PoolStats {
     pub created: u64,
     /// Requests served from freed buffers.
     pub reused: u64,
+    /// Bytes of the buffers on loan now (what live tensors hold).
+    pub on_loan: u64,
 }
 
 pub(crate) struct BufferPool {
@@ -44,6 +46,7 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
             let mut free = pool.lock().unwrap_or_else(|p| p.into_inner());
+            free.stats.on_loan -= self.buffer.size();
             free.buffers.entry((self.buffer.size(), self.usage)).or_default().push(self.buffer.clone());
         }
     }
@@ -74,6 +77,7 @@ impl BufferPool {
                 })
             }
         };
+        free.stats.on_loan += size;
         Arc::new(PooledBuffer { buffer, usage, pool: Arc::downgrade(&self.free) })
     }
 

@@ -536,6 +536,32 @@ impl Graph {
         Ok(graph)
     }
 
+    /// The device memory a graph of `shape` holds, found by building two tiny
+    /// ones: what a graph allocates is an affine function of its pixel count
+    /// (weights, optimiser state and tables; activations and gradients per
+    /// pixel), so a plan can be checked against the device
+    /// (`Gpu::check_memory`) before anything large is allocated.
+    pub fn memory_need(
+        gpu: &Gpu,
+        arch: &Architecture,
+        values: &ParamSet,
+        shape: Shape,
+        train: Option<&TrainSetup>,
+    ) -> Result<u64> {
+        let held = |h: usize, w: usize| -> Result<u64> {
+            let before = gpu.pool_stats().on_loan;
+            let graph = Graph::new(gpu, arch, values, Shape { h, w, ..shape }, train)?;
+            let held = gpu.pool_stats().on_loan.saturating_sub(before);
+            drop(graph);
+            Ok(held)
+        };
+        let (small, large) = (held(8, 8)?, held(8, 16)?);
+        let probe_pixels = (shape.n * 64) as f64;
+        let per_pixel = large.saturating_sub(small) as f64 / probe_pixels;
+        let more_pixels = (shape.n * shape.h * shape.w) as f64 - probe_pixels;
+        Ok(small + (per_pixel * more_pixels.max(0.0)) as u64)
+    }
+
     /// Backward through act(norm_block(conv(input))) from the gradient of
     /// its activation output `dout` (modified in place).
     #[allow(clippy::too_many_arguments)]
