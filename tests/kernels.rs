@@ -581,3 +581,30 @@ fn fma_chains_match_the_cpu_and_copy_is_exact() {
     run(gpu, &[&ops::bench::copy(gpu, &src, &copied).unwrap()]);
     assert_eq!(gpu.read(&copied).unwrap(), seeds);
 }
+
+// ---------------------------------------------------------------- properties
+
+// The same checks on shapes drawn at random (fresh ones every run; a
+// failure prints the shrunk case): every convolution variant, forward and
+// both gradients, and the norm block, within sizes a software adapter runs
+// in a few seconds.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, failure_persistence: None, ..Default::default() })]
+
+    #[test]
+    fn conv_matches_cpu_on_random_shapes(
+        n in 1usize..=2, cin in 1usize..=12, cout in 1usize..=12, h in 1usize..=24, w in 1usize..=24,
+        k in proptest::sample::select(vec![1usize, 3]), dilation in 1usize..=40, seed: u64,
+    ) {
+        check_conv(n, cin, cout, h, w, k, dilation, seed);
+    }
+
+    #[test]
+    fn norm_block_matches_cpu_on_random_shapes(
+        n in 1usize..=3, c in 1usize..=9, h in 1usize..=20, w in 1usize..=20,
+        per_sample: bool, offset in -10.0f64..10.0, seed: u64,
+    ) {
+        let stats = if per_sample { NormStats::PerSample } else { NormStats::PerChannel };
+        check_norm(n, c, h, w, stats, offset, seed);
+    }
+}
