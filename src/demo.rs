@@ -107,14 +107,14 @@ pub fn run(gpu: &Gpu, opts: &DemoOptions, stop: &AtomicBool, obs: &mut dyn Obser
     train_opts.seed = opts.seed;
     train_opts.val = ValSplit::Fraction(opts.holdout);
     train_opts.threshold = ThresholdChoice::Auto;
-    let outcome = train::train(gpu, &train_opts, stop, obs)?;
-
-    // The held-out images: the same split training made (same data, rule and seed).
+    // The held-out images: the split training makes (same data, rule and
+    // seed), checked before anything is trained.
     let dataset = Dataset::scan(&opts.data)?;
     let (train_set, holdout) = split(&dataset.labelled()?, dataset.layout, &train_opts.val, opts.seed)?;
     if holdout.is_empty() {
         return Err(DemoError::Options(format!("--holdout {} keeps no image aside", opts.holdout)));
     }
+    let outcome = train::train(gpu, &train_opts, stop, obs)?;
     // The best checkpoint by held-out Dice; a run stopped before its first
     // epoch ended has only its last.
     let best = train::best_path(&opts.out);

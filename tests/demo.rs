@@ -61,4 +61,11 @@ fn demo_trains_scores_and_writes_every_file_it_promises() {
     assert_ne!(code, 0);
     assert!(stderr.contains("already holds a training run"), "{stderr}");
     assert_eq!(std::fs::read(run.join("best.safetensors")).unwrap(), before);
+
+    // A hold-out fraction that keeps no image is refused before training.
+    let none = dir.path().join("none");
+    let (code, _, stderr) = dilaseg(&["demo", "--out", none.to_str().unwrap(), "--holdout", "0.01"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--holdout 0.01 keeps no image aside"), "{stderr}");
+    assert!(!none.exists(), "a run folder was made for a demo that could not run");
 }
