@@ -203,8 +203,10 @@ fn tiles_give_the_one_pass_result_and_too_large_images_tile_themselves() {
     // Likewise when the image needs more memory than the device has to give.
     let ckpt = checkpoint::load(&shipped).unwrap();
     let shape = dilaseg::Shape::new(1, 1, 300, 600);
-    let need = dilaseg::model::graph::Graph::memory_need(gpu, &ckpt.arch, &ckpt.params, shape, None).unwrap();
-    let tight = Gpu::new(&GpuOptions { memory_budget: Some(need - 1), ..GpuOptions::from_env() }).unwrap();
+    // Measured on a device of its own: tests beside it share `gpu`'s pool.
+    let tight = |budget| Gpu::new(&GpuOptions { memory_budget: budget, ..GpuOptions::from_env() }).unwrap();
+    let need = dilaseg::model::graph::Graph::memory_need(&tight(None), &ckpt.arch, &ckpt.params, shape, None).unwrap();
+    let tight = tight(Some(need - 1));
     let auto = Predictor::new(&tight, ckpt, None).predict(&image, true).unwrap();
     assert!(close(&auto.scores, &whole.scores), "tiles for memory changed the output");
 
