@@ -3,9 +3,11 @@
 //! bundled in assets/fonts, so a machine with no fonts installed (a CI
 //! runner, a container) draws the same picture.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const FONT: &str = "sans-serif";
@@ -32,7 +34,12 @@ impl Curves {
     /// From a run folder's `loss.csv` (step,epoch,loss) and `metrics.csv`
     /// (epoch,train_loss,val_dice,...), as `dilaseg train` writes them.
     pub fn read(run: &Path) -> Result<Curves, PlotError> {
-        let loss_rows = read_csv(&run.join("loss.csv"))?;
+        let loss_csv = run.join("loss.csv");
+        let loss_rows = read_csv(&loss_csv)?;
+        if let Some(i) = loss_rows.iter().position(|r| r.len() < 3) {
+            let message = format!("row {} has fewer than 3 columns (step,epoch,loss)", i + 2);
+            return Err(PlotError::Read { path: loss_csv, message });
+        }
         let mut curves = Curves::default();
         // The last step of each epoch places that epoch's Dice on the step axis.
         let mut epoch_end = std::collections::BTreeMap::new();
@@ -66,20 +73,8 @@ impl Curves {
             let steps = 0f64..last as f64;
 
             let top_loss = self.loss.iter().map(|p| p.1).filter(|l| l.is_finite()).fold(0.0, f64::max);
-            let mut chart = ChartBuilder::on(&top)
-                .caption("training loss", (FONT, 20))
-                .margin(10)
-                .x_label_area_size(30)
-                .y_label_area_size(60)
-                .build_cartesian_2d(steps.clone(), 0f64..(top_loss * 1.05).max(1e-6))
-                .map_err(|e| fail(e.to_string()))?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .x_label_formatter(&whole)
-                .label_style((FONT, 13))
-                .draw()
-                .map_err(|e| fail(e.to_string()))?;
+            let mut chart =
+                panel(&top, "training loss", steps.clone(), 0f64..(top_loss * 1.05).max(1e-6)).map_err(fail)?;
             let raw = self.loss.iter().map(|&(s, l)| (s as f64, l));
             chart
                 .draw_series(LineSeries::new(raw, RGBColor(170, 190, 230)))
@@ -99,20 +94,7 @@ impl Curves {
                 .draw()
                 .map_err(|e| fail(e.to_string()))?;
 
-            let mut chart = ChartBuilder::on(&bottom)
-                .caption("validation Dice", (FONT, 20))
-                .margin(10)
-                .x_label_area_size(30)
-                .y_label_area_size(60)
-                .build_cartesian_2d(steps, 0f64..1f64)
-                .map_err(|e| fail(e.to_string()))?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .x_label_formatter(&whole)
-                .label_style((FONT, 13))
-                .draw()
-                .map_err(|e| fail(e.to_string()))?;
+            let mut chart = panel(&bottom, "validation Dice", steps, 0f64..1f64).map_err(fail)?;
             let dice = self.dice.iter().map(|&(s, d)| (s as f64, d));
             chart.draw_series(LineSeries::new(dice.clone(), RED.stroke_width(2))).map_err(|e| fail(e.to_string()))?;
             chart.draw_series(dice.map(|p| Circle::new(p, 4, RED.filled()))).map_err(|e| fail(e.to_string()))?;
@@ -121,6 +103,28 @@ impl Curves {
         let image = image::RgbImage::from_raw(WIDTH, HEIGHT, pixels).expect("buffer of the image's size");
         image.save(path).map_err(|e| fail(e.to_string()))
     }
+}
+
+type Area<'b> = DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel on the step axis: its caption, axes and grid.
+fn panel<'a, 'b>(area: &'a Area<'b>, caption: &str, steps: Range<f64>, y: Range<f64>) -> Result<Chart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(steps, y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&whole)
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }
 
 /// Steps are whole numbers.
