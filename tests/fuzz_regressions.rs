@@ -1,5 +1,5 @@
 //! Replays every fuzz seed and every input that once broke a fuzz target
-//! (fuzz/seeds/TARGET, fuzz/regressions/TARGET) through the code the
+//! (assets/fuzz-seeds/TARGET, fuzz/regressions/TARGET) through the code the
 //! targets run (fuzz/harness), on stable Rust, so a fixed bug stays fixed
 //! without nightly or libFuzzer (docs/ROBUSTNESS.md).
 
@@ -11,8 +11,8 @@ use std::path::Path;
 /// Runs `f` on every stored input of `target`; returns how many there were.
 fn replay(target: &str, f: fn(&[u8])) -> usize {
     let mut count = 0;
-    for kind in ["seeds", "regressions"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(kind).join(target);
+    for kind in ["assets/fuzz-seeds", "fuzz/regressions"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(kind).join(target);
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries {
             let path = entry.unwrap().path();
