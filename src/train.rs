@@ -531,8 +531,8 @@ fn save_last(gpu: &Gpu, graph: &Graph, run: &Path, meta: &CheckpointMeta, step: 
     }
     let state =
         OptimState { tensors: names.into_iter().zip(values).map(|((n, s), v)| (n, s, v)).collect(), step, position };
-    // Both files carry the step: a crash between the two writes is
-    // detected when resuming, never silently mixed.
+    // Both files carry the step: resuming pairs the weights with the
+    // optimiser state of the same step (`matching_optim`), never a mix.
     let last = last_path(run);
     let optim = checkpoint::optim_path(&last);
     // The previous optimiser state stays until `last` itself is replaced
