@@ -36,6 +36,7 @@ struct Params {
     in_coff: u32,
     out_ctotal: u32,
     out_coff: u32,
+    // backward_data: add into dx (the blocked kernels take ACCUMULATE).
     accumulate: u32,
     // pack_weights: 1 to pack the transposed, tap-flipped kernel (the
     // input gradient's convolution).
@@ -68,6 +69,14 @@ struct Params {
 
 // Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
 override COB: u32 = 8u;
+// The blocked kernels' stores, fixed per pipeline rather than read from P:
+// on llvmpipe a branch on a uniform still runs both sides under masks, and
+// the two tests at each of 32 stores made the whole 3x3 forward kernel 1.7x
+// slower (2026-11-28, docs/KERNELS.md). VALID: the channels of this
+// group that exist (4 * COB but in the last group); ACCUMULATE: add into
+// the destination instead of overwriting it.
+override VALID: u32 = 32u;
+override ACCUMULATE: bool = false;
 // vec4s in one uniform table (64 KiB).
 const PACK_LEN: u32 = 4096u;
 // Pixels of dy in one table for blocked_weight.
@@ -247,76 +256,110 @@ fn blocked_pixel(g: u32, lid: u32) -> vec3<u32> {
     return vec3<u32>(qc / (P.h * P.w), qc % (P.h * P.w), select(0u, 1u, q < pixels));
 }
 
+// The 4 * COB output channels of one invocation in registers. Named
+// fields, not an array: llvmpipe keeps an array indexed in a loop in memory
+// (through a helper taking a pointer to an array, blocked_weight ran 1.7x
+// slower on lavapipe, measured 2026-11-27).
+struct Acc {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
+}
+
+// One multiply-add step of the register-blocked kernels: `c` plus the one
+// per-invocation value `v` times the COB vec4s of the table at `wb` (4 * COB
+// output channels), which every invocation reads at the same address. With
+// subgroups each of 8 lanes reads one vec4 and broadcasts it to the others.
+fn acc_step(c: Acc, v: f32, wb: u32, lane: u32) -> Acc {
+    let s = vec4<f32>(v);
+    var r = c;
+    let mine = wpack[wb + min(lane % 8u, COB - 1u)]; // @subgroup
+    r.a0 = fma(s, subgroupBroadcast(mine, 0u), r.a0); // @subgroup
+    r.a0 = fma(s, wpack[wb], r.a0); // @plain
+    if (COB > 1u) { r.a1 = fma(s, subgroupBroadcast(mine, 1u), r.a1); } // @subgroup
+    if (COB > 1u) { r.a1 = fma(s, wpack[wb + 1u], r.a1); } // @plain
+    if (COB > 2u) { r.a2 = fma(s, subgroupBroadcast(mine, 2u), r.a2); } // @subgroup
+    if (COB > 2u) { r.a2 = fma(s, wpack[wb + 2u], r.a2); } // @plain
+    if (COB > 3u) { r.a3 = fma(s, subgroupBroadcast(mine, 3u), r.a3); } // @subgroup
+    if (COB > 3u) { r.a3 = fma(s, wpack[wb + 3u], r.a3); } // @plain
+    if (COB > 4u) { r.a4 = fma(s, subgroupBroadcast(mine, 4u), r.a4); } // @subgroup
+    if (COB > 4u) { r.a4 = fma(s, wpack[wb + 4u], r.a4); } // @plain
+    if (COB > 5u) { r.a5 = fma(s, subgroupBroadcast(mine, 5u), r.a5); } // @subgroup
+    if (COB > 5u) { r.a5 = fma(s, wpack[wb + 5u], r.a5); } // @plain
+    if (COB > 6u) { r.a6 = fma(s, subgroupBroadcast(mine, 6u), r.a6); } // @subgroup
+    if (COB > 6u) { r.a6 = fma(s, wpack[wb + 6u], r.a6); } // @plain
+    if (COB > 7u) { r.a7 = fma(s, subgroupBroadcast(mine, 7u), r.a7); } // @subgroup
+    if (COB > 7u) { r.a7 = fma(s, wpack[wb + 7u], r.a7); } // @plain
+    return r;
+}
+
 // The register-blocked convolution: one invocation per pixel computes 4 * COB
-// output channels in vec4 accumulators. The weights come from the uniform
-// table at addresses shared by every invocation (they depend only on the
-// loop counters); the one per-invocation load is the input pixel, reused by
-// 4 * COB multiply-adds. No early return before the loops: a CPU adapter
-// runs the workgroup as SIMD lanes and inactive lanes would only add masks.
-fn blocked_sums(n: u32, p: u32, lane: u32) -> array<vec4<f32>, 8> {
+// output channels. The weights come from the uniform table at addresses
+// shared by every invocation; the one per-invocation load is the input
+// pixel, reused by 4 * COB multiply-adds. The taps' rows, columns and
+// padding are worked out once, outside the channel loop, and the 3x3 taps
+// are spelled out: llvmpipe runs a loop as masked SIMD code, and the index
+// arithmetic and nested tap loops inside the channel loop made this kernel
+// 1.8x slower (2026-11-28, docs/KERNELS.md). No early return before the
+// loop: a CPU adapter runs the workgroup as SIMD lanes and inactive lanes
+// would only add masks.
+fn blocked_sums(n: u32, p: u32, lane: u32) -> Acc {
     let hw = P.h * P.w;
     let oy = i32(p / P.w);
     let ox = i32(p % P.w);
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0);
-    var a5 = vec4<f32>(0.0);
-    var a6 = vec4<f32>(0.0);
-    var a7 = vec4<f32>(0.0);
-    let kk = K * K;
-    let half = i32(K / 2u);
     let d = i32(P.dilation);
+    let last = vec3<i32>(i32(P.h) - 1, i32(P.w) - 1, 0);
+    // Input rows and columns of taps 0, 1, 2 (K = 3: offsets -d, 0, +d).
+    let iy = vec3<i32>(oy - d, oy, oy + d);
+    let ix = vec3<i32>(ox - d, ox, ox + d);
+    let ry = iy >= vec3<i32>(0) & iy <= vec3<i32>(last.x);
+    let rx = ix >= vec3<i32>(0) & ix <= vec3<i32>(last.y);
+    let row = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(last.x))) * P.w;
+    let col = vec3<u32>(clamp(ix, vec3<i32>(0), vec3<i32>(last.y)));
+    let base = (n * P.in_ctotal + P.in_coff) * hw;
+    var c: Acc;
     for (var ci = 0u; ci < P.cin; ci++) {
-        let plane = (n * P.in_ctotal + P.in_coff + ci) * hw;
-        for (var ky = 0u; ky < K; ky++) {
-            let iy = oy + (i32(ky) - half) * d;
-            let row_ok = iy >= 0 && iy < i32(P.h);
-            let row = plane + u32(clamp(iy, 0, i32(P.h) - 1)) * P.w;
-            for (var kx = 0u; kx < K; kx++) {
-                let ix = ox + (i32(kx) - half) * d;
-                let ok = row_ok && ix >= 0 && ix < i32(P.w);
-                let v = vec4<f32>(select(0.0, x[row + u32(clamp(ix, 0, i32(P.w) - 1))], ok));
-                // Named accumulators, spelled out here and in blocked_weight:
-                // through a helper taking a pointer to an array, blocked_weight
-                // ran 1.7x slower on lavapipe (measured 2026-11-27).
-                let wb = (ci * kk + ky * K + kx) * COB;
-                let mine = wpack[wb + min(lane % 8u, COB - 1u)]; // @subgroup
-                a0 = fma(v, subgroupBroadcast(mine, 0u), a0); // @subgroup
-                a0 = fma(v, wpack[wb], a0); // @plain
-                if (COB > 1u) { a1 = fma(v, subgroupBroadcast(mine, 1u), a1); } // @subgroup
-                if (COB > 1u) { a1 = fma(v, wpack[wb + 1u], a1); } // @plain
-                if (COB > 2u) { a2 = fma(v, subgroupBroadcast(mine, 2u), a2); } // @subgroup
-                if (COB > 2u) { a2 = fma(v, wpack[wb + 2u], a2); } // @plain
-                if (COB > 3u) { a3 = fma(v, subgroupBroadcast(mine, 3u), a3); } // @subgroup
-                if (COB > 3u) { a3 = fma(v, wpack[wb + 3u], a3); } // @plain
-                if (COB > 4u) { a4 = fma(v, subgroupBroadcast(mine, 4u), a4); } // @subgroup
-                if (COB > 4u) { a4 = fma(v, wpack[wb + 4u], a4); } // @plain
-                if (COB > 5u) { a5 = fma(v, subgroupBroadcast(mine, 5u), a5); } // @subgroup
-                if (COB > 5u) { a5 = fma(v, wpack[wb + 5u], a5); } // @plain
-                if (COB > 6u) { a6 = fma(v, subgroupBroadcast(mine, 6u), a6); } // @subgroup
-                if (COB > 6u) { a6 = fma(v, wpack[wb + 6u], a6); } // @plain
-                if (COB > 7u) { a7 = fma(v, subgroupBroadcast(mine, 7u), a7); } // @subgroup
-                if (COB > 7u) { a7 = fma(v, wpack[wb + 7u], a7); } // @plain
-            }
+        let plane = base + ci * hw;
+        let wb = ci * K * K * COB;
+        if (K == 1u) {
+            c = acc_step(c, x[plane + p], wb, lane);
+        } else {
+            c = acc_step(c, select(0.0, x[plane + row.x + col.x], ry.x && rx.x), wb, lane);
+            c = acc_step(c, select(0.0, x[plane + row.x + col.y], ry.x && rx.y), wb + COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.x + col.z], ry.x && rx.z), wb + 2u * COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.y + col.x], ry.y && rx.x), wb + 3u * COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.y + col.y], ry.y && rx.y), wb + 4u * COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.y + col.z], ry.y && rx.z), wb + 5u * COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.z + col.x], ry.z && rx.x), wb + 6u * COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.z + col.y], ry.z && rx.y), wb + 7u * COB, lane);
+            c = acc_step(c, select(0.0, x[plane + row.z + col.z], ry.z && rx.z), wb + 8u * COB, lane);
         }
     }
-    return array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
+    return c;
 }
 
-// Writes (or, with `accumulate`, adds) the 4 * COB output channels of
-// pixel px.
+// The accumulators as an array, for the loops that store them.
+fn acc_array(c: Acc) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(c.a0, c.a1, c.a2, c.a3, c.a4, c.a5, c.a6, c.a7);
+}
+
+// Writes (or, with ACCUMULATE, adds) the VALID output channels of pixel px.
 fn blocked_store(px: vec3<u32>, acc: array<vec4<f32>, 8>) {
+    let hw = P.h * P.w;
+    let base = slice_index(px.x, P.group * COB * 4u, px.y, hw, P.out_ctotal, P.out_coff);
     for (var b = 0u; b < COB; b++) {
         for (var j = 0u; j < 4u; j++) {
-            let co = (P.group * COB + b) * 4u + j;
-            if (co < P.cout) {
-                let i = slice_index(px.x, co, px.y, P.h * P.w, P.out_ctotal, P.out_coff);
-                if (P.accumulate != 0u) {
-                    y[i] += acc[b][j];
+            let k = b * 4u + j;
+            if (k < VALID) {
+                if (ACCUMULATE) {
+                    y[base + k * hw] += acc[b][j];
                 } else {
-                    y[i] = acc[b][j];
+                    y[base + k * hw] = acc[b][j];
                 }
             }
         }
@@ -324,7 +367,7 @@ fn blocked_store(px: vec3<u32>, acc: array<vec4<f32>, 8>) {
 }
 
 // blocked_forward: y = conv(x) + bias for one output-channel group, or with
-// `accumulate`, y += conv(x) (the later parts of a concatenation).
+// ACCUMULATE, y += conv(x) (the later parts of a concatenation).
 @compute @workgroup_size(WG)
 fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>,
@@ -332,11 +375,11 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                    ) {
     let lane = 0u; // @plain
     let px = blocked_pixel(group_index(wid, nwg), lid.x);
-    var acc = blocked_sums(px.x, px.y, lane);
+    var acc = acc_array(blocked_sums(px.x, px.y, lane));
     if (px.z == 0u) {
         return;
     }
-    if (P.accumulate == 0u) {
+    if (!ACCUMULATE) {
         for (var b = 0u; b < COB; b++) {
             for (var j = 0u; j < 4u; j++) {
                 let co = min((P.group * COB + b) * 4u + j, P.cout - 1u);
@@ -356,7 +399,7 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                 ) {
     let lane = 0u; // @plain
     let px = blocked_pixel(group_index(wid, nwg), lid.x);
-    let acc = blocked_sums(px.x, px.y, lane);
+    let acc = acc_array(blocked_sums(px.x, px.y, lane));
     if (px.z == 0u) {
         return;
     }
@@ -391,7 +434,7 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 // blocked_weight: one invocation per (ci, tap) adds, for the 4 * COB output
 // channels of its group, the products over one chunk of pixels: dy from the
 // uniform table (shared addresses), x the one per-invocation load. Chunk 0
-// overwrites dw, later chunks add: the chunks' dispatches run in order, so
+// overwrites dw, later chunks add (ACCUMULATE): the chunks' dispatches run in order, so
 // the sum is deterministic without atomics or a reduction pass.
 @compute @workgroup_size(WG_WEIGHT)
 fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -411,55 +454,40 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let pixels = P.n * hw;
     let q0 = P.chunk * CHUNK;
     let count = min(CHUNK, pixels - q0);
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0);
-    var a5 = vec4<f32>(0.0);
-    var a6 = vec4<f32>(0.0);
-    var a7 = vec4<f32>(0.0);
+    // The chunk's pixels are walked in order with (n, y, x) stepped by
+    // selects: a division per pixel is eight scalar divisions on a CPU
+    // adapter's SIMD lanes.
+    var n = q0 / hw;
+    var py = (q0 % hw) / P.w;
+    var px = q0 % P.w;
+    var c: Acc;
     for (var k = 0u; k < count; k++) {
-        let q = q0 + k;
-        let n = q / hw;
-        let p = q % hw;
-        let iy = i32(p / P.w) + dy_off;
-        let ix = i32(p % P.w) + dx_off;
+        let iy = i32(py) + dy_off;
+        let ix = i32(px) + dx_off;
         let ok = iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w);
         let pc = u32(clamp(iy, 0, i32(P.h) - 1)) * P.w + u32(clamp(ix, 0, i32(P.w) - 1));
-        let v = vec4<f32>(select(0.0, x[slice_index(n, ci, pc, hw, P.in_ctotal, P.in_coff)], ok));
-        let wb = k * COB;
-        let mine = wpack[wb + min(lane % 8u, COB - 1u)]; // @subgroup
-        a0 = fma(v, subgroupBroadcast(mine, 0u), a0); // @subgroup
-        a0 = fma(v, wpack[wb], a0); // @plain
-        if (COB > 1u) { a1 = fma(v, subgroupBroadcast(mine, 1u), a1); } // @subgroup
-        if (COB > 1u) { a1 = fma(v, wpack[wb + 1u], a1); } // @plain
-        if (COB > 2u) { a2 = fma(v, subgroupBroadcast(mine, 2u), a2); } // @subgroup
-        if (COB > 2u) { a2 = fma(v, wpack[wb + 2u], a2); } // @plain
-        if (COB > 3u) { a3 = fma(v, subgroupBroadcast(mine, 3u), a3); } // @subgroup
-        if (COB > 3u) { a3 = fma(v, wpack[wb + 3u], a3); } // @plain
-        if (COB > 4u) { a4 = fma(v, subgroupBroadcast(mine, 4u), a4); } // @subgroup
-        if (COB > 4u) { a4 = fma(v, wpack[wb + 4u], a4); } // @plain
-        if (COB > 5u) { a5 = fma(v, subgroupBroadcast(mine, 5u), a5); } // @subgroup
-        if (COB > 5u) { a5 = fma(v, wpack[wb + 5u], a5); } // @plain
-        if (COB > 6u) { a6 = fma(v, subgroupBroadcast(mine, 6u), a6); } // @subgroup
-        if (COB > 6u) { a6 = fma(v, wpack[wb + 6u], a6); } // @plain
-        if (COB > 7u) { a7 = fma(v, subgroupBroadcast(mine, 7u), a7); } // @subgroup
-        if (COB > 7u) { a7 = fma(v, wpack[wb + 7u], a7); } // @plain
+        let v = select(0.0, x[slice_index(n, ci, pc, hw, P.in_ctotal, P.in_coff)], ok);
+        c = acc_step(c, v, k * COB, lane);
+        let row_end = px + 1u == P.w;
+        let plane_end = row_end && py + 1u == P.h;
+        px = select(px + 1u, 0u, row_end);
+        py = select(select(py, py + 1u, row_end), 0u, plane_end);
+        n = select(n, n + 1u, plane_end);
     }
     if (r >= P.cin * kk) {
         return;
     }
-    let acc = array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
+    let acc = acc_array(c);
+    let base = (P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r;
+    let stride = P.w_ctotal * kk;
     for (var b = 0u; b < COB; b++) {
         for (var j = 0u; j < 4u; j++) {
-            let co = (P.group * COB + b) * 4u + j;
-            if (co < P.cout) {
-                let i = (co * P.w_ctotal + P.w_coff) * kk + r;
-                if (P.chunk == 0u) {
-                    dw[i] = acc[b][j];
+            let k = b * 4u + j;
+            if (k < VALID) {
+                if (ACCUMULATE) {
+                    dw[base + k * stride] += acc[b][j];
                 } else {
-                    dw[i] += acc[b][j];
+                    dw[base + k * stride] = acc[b][j];
                 }
             }
         }

@@ -101,6 +101,10 @@ const PACK_LEN: usize = 4096;
 /// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in conv.wgsl).
 const WEIGHT_WORKGROUP: usize = 64;
 
+/// Kernel sizes the blocked forward and data kernels handle: their 3x3 taps
+/// are spelled out (`blocked_sums` in conv.wgsl).
+const BLOCKED_K: [usize; 2] = [1, 3];
+
 /// Output channels per invocation of the blocked kernels, in vec4 blocks.
 fn blocks(cout: usize) -> usize {
     cout.div_ceil(4).min(8)
@@ -110,7 +114,7 @@ impl Variant {
     /// The fastest variant that handles a convolution computing `cout`
     /// channels from `cin` with a `k` x `k` kernel on `gpu`.
     pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
-        if cin * k * k * blocks(cout) > PACK_LEN {
+        if !BLOCKED_K.contains(&k) || cin * k * k * blocks(cout) > PACK_LEN {
             Variant::Baseline
         } else {
             Variant::blocked(gpu)
@@ -315,6 +319,7 @@ fn blocked(
 ) -> Result<Vec<Dispatch>> {
     let (cin, cout) = (p.cin as usize, p.cout as usize);
     let cob = blocks(cout);
+    ensure(BLOCKED_K.contains(&k), &label, || format!("the blocked kernels take 1x1 and 3x3 kernels, not {k}x{k}"))?;
     ensure(cin * k * k * cob <= PACK_LEN, &label, || {
         format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the baseline")
     })?;
@@ -334,10 +339,11 @@ fn blocked(
         )?);
         let mut bindings = vec![(1, input), (9, table.view()), (4, output)];
         bindings.extend(bias.map(|b| (3, b.view())));
-        let group_flops = 2.0 * (cin * k * k * (4 * cob).min(cout - 4 * cob * group) * pixels) as f64;
+        let valid = (4 * cob).min(cout - 4 * cob * group);
+        let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
         let d = gpu.dispatch(
             format!("{label} group {group}"),
-            &kernel(entry),
+            &kernel(entry).with("VALID", valid as f64).with("ACCUMULATE", f64::from(p.accumulate)),
             &gp,
             &bindings,
             Grid::Groups(pixels.div_ceil(WORKGROUP)),
@@ -409,7 +415,8 @@ fn blocked_weight(
             list.push(pack.with_bytes((count * group_cout * 4) as f64 + table_bytes));
             let grid = Grid::Groups((cin * k * k).div_ceil(WEIGHT_WORKGROUP));
             let bindings = [(1, x), (9, table.view()), (7, dw.view())];
-            let d = gpu.dispatch(format!("{label} group {group}"), &kernel("blocked_weight"), &gp, &bindings, grid)?;
+            let weight = kernel("blocked_weight").with("VALID", group_cout as f64).with("ACCUMULATE", f64::from(c > 0));
+            let d = gpu.dispatch(format!("{label} group {group}"), &weight, &gp, &bindings, grid)?;
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
             list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
         }
