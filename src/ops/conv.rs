@@ -414,7 +414,7 @@ fn blocked_weight(
             )?;
             list.push(pack.with_bytes((count * group_cout * 4) as f64 + table_bytes));
             let grid = Grid::Groups((cin * k * k).div_ceil(WEIGHT_WORKGROUP));
-            let bindings = [(1, x), (9, table.view()), (7, dw.view())];
+            let bindings = [(1, x), (9, table.view()), (4, dw.view())];
             let weight = kernel("blocked_weight").with("VALID", group_cout as f64).with("ACCUMULATE", f64::from(c > 0));
             let d = gpu.dispatch(format!("{label} group {group}"), &weight, &gp, &bindings, grid)?;
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
