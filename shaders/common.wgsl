@@ -31,6 +31,23 @@ fn unflatten(i: u32, c: u32, hw: u32) -> vec3<u32> {
     return vec3<u32>(i / (hw * c), (i / hw) % c, i % hw);
 }
 
+// Pixels per invocation of the kernels that walk planes in runs: the
+// per-plane values (statistics, offsets) and the integer divisions that
+// find the plane are paid once per run, not per element; llvmpipe runs each
+// division as eight scalar ones.
+const RUN: u32 = 8u;
+
+// Runs covering `planes` planes of `hw` pixels (the grid of a run kernel).
+fn plane_runs(planes: u32, hw: u32) -> u32 {
+    return planes * ((hw + RUN - 1u) / RUN);
+}
+
+// Run i as (plane, first pixel); a run never crosses planes.
+fn plane_run(i: u32, hw: u32) -> vec2<u32> {
+    let per_plane = (hw + RUN - 1u) / RUN;
+    return vec2<u32>(i / per_plane, (i % per_plane) * RUN);
+}
+
 var<workgroup> reduce_scratch: array<f32, WG>;
 
 // Sum of `v` over the workgroup, in a fixed tree order: deterministic and

@@ -1,18 +1,19 @@
 // Norm family: the norm block y = x + gamma * (x - mean) / sqrt(var + eps) + beta
-// (MODEL.md), for instance norm (stats = 0: a group per (n, c) over H x W)
-// and batch norm (stats = 1: a group per channel over N x H x W).
+// (MODEL.md), for instance norm (a group per (n, c) over H x W)
+// and batch norm (PER_CHANNEL: a group per channel over N x H x W).
 //
 // Mapping:
 // - moments: one workgroup per group; two passes over the group (mean,
 //   then the centred sum of squares), each reduced in a fixed tree. Sound
 //   on post-ReLU activations with large means, no float atomics;
-// - apply: one invocation per element, statistics read per group. With
+// - apply: one invocation per run of RUN pixels of a plane (common.wgsl),
+//   statistics read once per run. With
 //   running statistics (inference) the host passes them as the moments
-//   with stats = 1;
+//   with PER_CHANNEL;
 // - update_running: one invocation per channel, PyTorch's momentum update
 //   with the unbiased variance;
 // - backward_sums: one workgroup per group: sum(dy) and sum(dy * xhat);
-// - backward_data: one invocation per element;
+// - backward_data: one invocation per run of RUN pixels, likewise;
 // - param_grads: one invocation per channel, summing its groups in order.
 // x and y may be channel slices of larger buffers; dy has y's layout and
 // dx has x's layout.
@@ -21,7 +22,7 @@ struct Params {
     n: u32,
     c: u32,
     hw: u32,
-    stats: u32,
+    _pad2: u32,
     x_ctotal: u32,
     x_coff: u32,
     y_ctotal: u32,
@@ -50,33 +51,35 @@ struct Params {
 @group(0) @binding(15) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(16) var<storage, read_write> running_var: array<f32>;
 
-fn group_count() -> u32 {
-    return select(P.n * P.c, P.c, P.stats == 1u);
-}
+// Batch norm (a group per channel) or instance norm (a group per (n, c)),
+// fixed per pipeline: on llvmpipe a branch on a uniform runs both sides, and
+// each side here has integer divisions.
+override PER_CHANNEL: bool = false;
 
-fn group_of(n: u32, c: u32) -> u32 {
-    return select(n * P.c + c, c, P.stats == 1u);
+fn group_count() -> u32 {
+    return select(P.n * P.c, P.c, PER_CHANNEL);
 }
 
 // Elements per group.
 fn group_size() -> u32 {
-    return select(P.hw, P.n * P.hw, P.stats == 1u);
+    return select(P.hw, P.n * P.hw, PER_CHANNEL);
 }
 
-// The j-th element of group g as (n, c, p).
-fn group_element(g: u32, j: u32) -> vec3<u32> {
-    if (P.stats == 1u) {
-        return vec3<u32>(j / P.hw, g, j % P.hw);
+// Group g's planes: (first sample, samples, channel).
+fn group_planes(g: u32) -> vec3<u32> {
+    if (PER_CHANNEL) {
+        return vec3<u32>(0u, P.n, g);
     }
-    return vec3<u32>(g / P.c, g % P.c, j);
+    return vec3<u32>(g / P.c, 1u, g % P.c);
 }
 
-fn x_at(e: vec3<u32>) -> f32 {
-    return x[slice_index(e.x, e.y, e.z, P.hw, P.x_ctotal, P.x_coff)];
-}
-
-fn dy_at(e: vec3<u32>) -> f32 {
-    return dy[slice_index(e.x, e.y, e.z, P.hw, P.y_ctotal, P.y_coff)];
+// The run of RUN pixels of invocation i (common.wgsl): (n, c, first pixel)
+// and the group it belongs to.
+fn run_at(i: u32) -> vec4<u32> {
+    let r = plane_run(i, P.hw);
+    let n = r.x / P.c;
+    let c = r.x % P.c;
+    return vec4<u32>(n, c, r.y, select(r.x, c, PER_CHANNEL));
 }
 
 @compute @workgroup_size(WG)
@@ -86,36 +89,54 @@ fn moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     if (g >= group_count()) {
         return;
     }
-    let count = group_size();
+    let gp = group_planes(g);
     var s = 0.0;
-    for (var j = lid.x; j < count; j += WG) {
-        s += x_at(group_element(g, j));
+    for (var n = gp.x; n < gp.x + gp.y; n++) {
+        let base = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
+        for (var j = lid.x; j < P.hw; j += WG) {
+            s += x[base + j];
+        }
     }
-    let mean = workgroup_sum(lid.x, s) / f32(count);
+    let mean = workgroup_sum(lid.x, s) / f32(group_size());
     var ss = 0.0;
-    for (var j = lid.x; j < count; j += WG) {
-        let d = x_at(group_element(g, j)) - mean;
-        ss += d * d;
+    for (var n = gp.x; n < gp.x + gp.y; n++) {
+        let base = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
+        for (var j = lid.x; j < P.hw; j += WG) {
+            let d = x[base + j] - mean;
+            ss += d * d;
+        }
     }
-    let variance = workgroup_sum(lid.x, ss) / f32(count);
+    let variance = workgroup_sum(lid.x, ss) / f32(group_size());
     if (lid.x == 0u) {
         mean_out[g] = mean;
         var_out[g] = variance;
     }
 }
 
+// apply: y = x + k * (x - mean) + beta, k = gamma * inv worked out once per
+// run of RUN pixels. (Not x * (1 + k) + shift: with a small variance k is
+// large and that form loses x - mean to rounding.)
 @compute @workgroup_size(WG)
 fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
-    if (i >= P.n * P.c * P.hw) {
+    if (i >= plane_runs(P.n * P.c, P.hw)) {
         return;
     }
-    let e = unflatten(i, P.c, P.hw);
-    let g = group_of(e.x, e.y);
-    let v = x_at(e);
-    let xhat = (v - mean_in[g]) * inverseSqrt(var_in[g] + P.eps);
-    y[slice_index(e.x, e.y, e.z, P.hw, P.y_ctotal, P.y_coff)] = v + gamma[e.y] * xhat + beta[e.y];
+    let r = run_at(i);
+    let g = r.w;
+    let k = gamma[r.y] * inverseSqrt(var_in[g] + P.eps);
+    let mean = mean_in[g];
+    let shift = beta[r.y];
+    let xb = slice_index(r.x, r.y, r.z, P.hw, P.x_ctotal, P.x_coff);
+    let yb = slice_index(r.x, r.y, r.z, P.hw, P.y_ctotal, P.y_coff);
+    let end = min(RUN, P.hw - r.z);
+    for (var t = 0u; t < RUN; t++) {
+        if (t < end) {
+            let v = x[xb + t];
+            y[yb + t] = v + fma(v - mean, k, shift);
+        }
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -139,13 +160,18 @@ fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         return;
     }
     let inv = inverseSqrt(var_in[g] + P.eps);
+    let mean = mean_in[g];
+    let gp = group_planes(g);
     var s_dy = 0.0;
     var s_dy_xhat = 0.0;
-    for (var j = lid.x; j < group_size(); j += WG) {
-        let e = group_element(g, j);
-        let d = dy_at(e);
-        s_dy += d;
-        s_dy_xhat += d * (x_at(e) - mean_in[g]) * inv;
+    for (var n = gp.x; n < gp.x + gp.y; n++) {
+        let xb = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
+        let yb = slice_index(n, gp.z, 0u, P.hw, P.y_ctotal, P.y_coff);
+        for (var j = lid.x; j < P.hw; j += WG) {
+            let d = dy[yb + j];
+            s_dy += d;
+            s_dy_xhat += d * (x[xb + j] - mean) * inv;
+        }
     }
     let t_dy = workgroup_sum(lid.x, s_dy);
     let t_dy_xhat = workgroup_sum(lid.x, s_dy_xhat);
@@ -155,22 +181,35 @@ fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
 }
 
+// backward_data: dx = dy + k * (dy - mean(dy) - xhat * mean(dy * xhat)),
+// k = gamma * inv, as dx = (1 + k) * dy + b * xhat + c with the group's
+// values worked out once per run of RUN pixels.
 @compute @workgroup_size(WG)
 fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
-    if (i >= P.n * P.c * P.hw) {
+    if (i >= plane_runs(P.n * P.c, P.hw)) {
         return;
     }
-    let e = unflatten(i, P.c, P.hw);
-    let g = group_of(e.x, e.y);
+    let r = run_at(i);
+    let g = r.w;
     let inv = inverseSqrt(var_in[g] + P.eps);
-    let xhat = (x_at(e) - mean_in[g]) * inv;
     let count = f32(group_size());
-    let d = dy_at(e);
     let mean_dy = sums_in[2u * g] / count;
     let mean_dy_xhat = sums_in[2u * g + 1u] / count;
-    dx[slice_index(e.x, e.y, e.z, P.hw, P.x_ctotal, P.x_coff)] = d + gamma[e.y] * inv * (d - mean_dy - xhat * mean_dy_xhat);
+    let k = gamma[r.y] * inv;
+    let a = 1.0 + k;
+    let b = -k * mean_dy_xhat;
+    let c = -k * mean_dy;
+    let mean = mean_in[g];
+    let xb = slice_index(r.x, r.y, r.z, P.hw, P.x_ctotal, P.x_coff);
+    let yb = slice_index(r.x, r.y, r.z, P.hw, P.y_ctotal, P.y_coff);
+    let end = min(RUN, P.hw - r.z);
+    for (var t = 0u; t < RUN; t++) {
+        if (t < end) {
+            dx[xb + t] = fma(a, dy[yb + t], fma(b, (x[xb + t] - mean) * inv, c));
+        }
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -182,9 +221,9 @@ fn param_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     var s_dy = 0.0;
     var s_dy_xhat = 0.0;
-    let samples = select(P.n, 1u, P.stats == 1u);
+    let samples = select(P.n, 1u, PER_CHANNEL);
     for (var n = 0u; n < samples; n++) {
-        let g = group_of(n, c);
+        let g = select(n * P.c + c, c, PER_CHANNEL);
         s_dy += sums_in[2u * g];
         s_dy_xhat += sums_in[2u * g + 1u];
     }

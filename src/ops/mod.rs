@@ -27,13 +27,27 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
     ensure(a.shape() == b.shape(), kernel, || format!("shapes {} and {} differ", a.shape(), b.shape()))
 }
 
+/// Pixels per invocation of the kernels that walk planes in runs (`RUN` in
+/// shaders/common.wgsl).
+const RUN: usize = 8;
+
+/// Invocations of a run kernel over `planes` planes of `hw` pixels.
+fn plane_runs(planes: usize, hw: usize) -> usize {
+    planes * hw.div_ceil(RUN)
+}
+
 fn u32_of(v: usize) -> u32 {
     u32::try_from(v).expect("tensor dimensions are bounded by the binding-size check")
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::gpu::shaders::{struct_size, Family};
+    use crate::gpu::shaders::{constant_u32, struct_size, Family};
+
+    #[test]
+    fn the_run_length_matches_the_shaders() {
+        assert_eq!(constant_u32(Family::Norm, "RUN"), Some(super::RUN as u32));
+    }
 
     #[test]
     fn every_params_struct_mirrors_its_wgsl_struct() {

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_same, u32_of};
+use super::{ensure, ensure_same, plane_runs, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 use crate::nn::{NormStats, BN_MOMENTUM, NORM_EPS};
@@ -15,7 +15,7 @@ pub(super) struct Params {
     n: u32,
     c: u32,
     hw: u32,
-    stats: u32,
+    _pad2: u32,
     x_ctotal: u32,
     x_coff: u32,
     y_ctotal: u32,
@@ -27,13 +27,13 @@ pub(super) struct Params {
 }
 
 /// Parameters for input `x` and output (or output-gradient) view `y`.
-fn params(x: &View, y: &View, stats: NormStats) -> Params {
+fn params(x: &View, y: &View) -> Params {
     let s = x.shape();
     Params {
         n: u32_of(s.n),
         c: u32_of(s.c),
         hw: u32_of(s.plane()),
-        stats: u32::from(stats == NormStats::PerChannel),
+        _pad2: 0,
         x_ctotal: u32_of(x.tensor.shape.c),
         x_coff: u32_of(x.c_offset),
         y_ctotal: u32_of(y.tensor.shape.c),
@@ -45,8 +45,8 @@ fn params(x: &View, y: &View, stats: NormStats) -> Params {
     }
 }
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel::new(Family::Norm, entry)
+fn kernel(entry: &'static str, stats: NormStats) -> Kernel {
+    Kernel::new(Family::Norm, entry).with("PER_CHANNEL", f64::from(u8::from(stats == NormStats::PerChannel)))
 }
 
 /// A norm layer's per-channel parameters and the per-group statistics it
@@ -80,7 +80,7 @@ pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
     let bindings = [(1, x), (6, mean.view()), (7, var.view())];
-    gpu.dispatch(label, &kernel("moments"), &params(&x, &x, stats), &bindings, Grid::Groups(groups))
+    gpu.dispatch(label, &kernel("moments", stats), &params(&x, &x), &bindings, Grid::Groups(groups))
 }
 
 /// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`.
@@ -90,7 +90,8 @@ pub fn apply(gpu: &Gpu, x: View, stats: NormStats, t: &NormTensors, y: View) -> 
     ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
     ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
     let bindings = [(1, x), (2, t.gamma.view()), (3, t.beta.view()), (4, t.mean.view()), (5, t.var.view()), (8, y)];
-    gpu.dispatch(label, &kernel("apply"), &params(&x, &y, stats), &bindings, Grid::Elements(x.shape().numel()))
+    let runs = plane_runs(x.shape().n * x.c, x.shape().plane());
+    gpu.dispatch(label, &kernel("apply", stats), &params(&x, &y), &bindings, Grid::Elements(runs))
 }
 
 /// PyTorch's running-statistics update from the batch moments of an
@@ -106,8 +107,8 @@ pub fn update_running(
     let label = format!("norm.update_running {}", x.shape());
     ensure_channels(&label, x.c, &[mean, var, running_mean, running_var])?;
     let bindings = [(4, mean.view()), (5, var.view()), (15, running_mean.view()), (16, running_var.view())];
-    let p = params(&x, &x, NormStats::PerChannel);
-    gpu.dispatch(label, &kernel("update_running"), &p, &bindings, Grid::Elements(x.c))
+    let p = params(&x, &x);
+    gpu.dispatch(label, &kernel("update_running", NormStats::PerChannel), &p, &bindings, Grid::Elements(x.c))
 }
 
 /// Per group: sum(dy) and sum(dy * xhat) into `sums` (2 values a group).
@@ -126,7 +127,7 @@ pub fn backward_sums(
     let groups = stats.groups(x.shape().n, x.c);
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
     let bindings = [(1, x), (9, dy), (4, mean.view()), (5, var.view()), (11, sums.view())];
-    gpu.dispatch(label, &kernel("backward_sums"), &params(&x, &dy, stats), &bindings, Grid::Groups(groups))
+    gpu.dispatch(label, &kernel("backward_sums", stats), &params(&x, &dy), &bindings, Grid::Groups(groups))
 }
 
 /// The input gradient of the norm block into the view `dx` (x's layout).
@@ -148,10 +149,11 @@ pub fn backward_data(
     ensure((dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset), &label, || {
         "the input gradient must have the input's channel layout".to_string()
     })?;
-    let p = params(&x, &dy, stats);
+    let p = params(&x, &dy);
     let bindings =
         [(1, x), (9, dy), (2, t.gamma.view()), (4, t.mean.view()), (5, t.var.view()), (12, sums.view()), (10, dx)];
-    gpu.dispatch(label, &kernel("backward_data"), &p, &bindings, Grid::Elements(x.shape().numel()))
+    let runs = plane_runs(x.shape().n * x.c, x.shape().plane());
+    gpu.dispatch(label, &kernel("backward_data", stats), &p, &bindings, Grid::Elements(runs))
 }
 
 /// dgamma and dbeta (overwritten) from the per-group sums.
@@ -166,5 +168,5 @@ pub fn param_grads(
     let label = format!("norm.param_grads {} {stats:?}", x.shape());
     ensure_channels(&label, x.c, &[dgamma, dbeta])?;
     let bindings = [(12, sums.view()), (13, dgamma.view()), (14, dbeta.view())];
-    gpu.dispatch(label, &kernel("param_grads"), &params(&x, &x, stats), &bindings, Grid::Elements(x.c))
+    gpu.dispatch(label, &kernel("param_grads", stats), &params(&x, &x), &bindings, Grid::Elements(x.c))
 }
