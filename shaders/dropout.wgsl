@@ -2,7 +2,8 @@
 // decision hashed from (seed, step, element index), so the
 // backward pass (the same kernel on the gradient: dropout is linear) and the
 // CPU reference (src/nn.rs, `dropout_uniform`) reproduce the mask exactly
-// without a mask buffer. One invocation per element; a and b are channel
+// without a mask buffer. One invocation per run of RUN pixels of a plane
+// (common.wgsl); a and b are channel
 // slices of their buffers. The hashed index is the element's index in the
 // whole tensor the mask covers (m_ctotal channels, this view at m_coff): the
 // concatenation is dropped out part by part with the mask of the whole.
@@ -37,9 +38,10 @@ fn lowbias32(v: u32) -> u32 {
     return h;
 }
 
-// Uniform in [0, 1): the top 24 bits of the keyed hash of the element index.
-fn dropout_uniform(seed: u32, step: u32, index: u32) -> f32 {
-    let key = lowbias32(seed ^ lowbias32(step + 0x9e3779b9u));
+// Uniform in [0, 1): the top 24 bits of the keyed hash of the element
+// index; key = lowbias32(seed ^ lowbias32(step + 0x9e3779b9)), worked out
+// once per run.
+fn dropout_uniform(key: u32, index: u32) -> f32 {
     return f32(lowbias32(index ^ key) >> 8u) * (1.0 / 16777216.0);
 }
 
@@ -47,11 +49,22 @@ fn dropout_uniform(seed: u32, step: u32, index: u32) -> f32 {
 fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
-    if (i >= P.n * P.c * P.hw) {
+    if (i >= plane_runs(P.n * P.c, P.hw)) {
         return;
     }
-    let e = unflatten(i, P.c, P.hw);
-    let keep = dropout_uniform(P.seed, P.step, slice_index(e.x, e.y, e.z, P.hw, P.m_ctotal, P.m_coff)) >= P.p;
-    let v = src[slice_index(e.x, e.y, e.z, P.hw, P.a_ctotal, P.a_coff)];
-    dst[slice_index(e.x, e.y, e.z, P.hw, P.b_ctotal, P.b_coff)] = select(0.0, v / (1.0 - P.p), keep);
+    let r = plane_run(i, P.hw);
+    let n = r.x / P.c;
+    let c = r.x % P.c;
+    let m = slice_index(n, c, r.y, P.hw, P.m_ctotal, P.m_coff);
+    let a = slice_index(n, c, r.y, P.hw, P.a_ctotal, P.a_coff);
+    let b = slice_index(n, c, r.y, P.hw, P.b_ctotal, P.b_coff);
+    let key = lowbias32(P.seed ^ lowbias32(P.step + 0x9e3779b9u));
+    let kept = 1.0 - P.p;
+    let end = min(RUN, P.hw - r.y);
+    for (var t = 0u; t < RUN; t++) {
+        if (t < end) {
+            let keep = dropout_uniform(key, m + t) >= P.p;
+            dst[b + t] = select(0.0, src[a + t] / kept, keep);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 // Elementwise family: the activation (ReLU when slope = 0, LeakyReLU
 // otherwise), its backward, and the per-layer residual add.
-// One invocation per element of an (n, c, hw) view; `a` and `b` are channel
-// slices (c_total, c_off) of their buffers.
+// One invocation per run of RUN pixels of an (n, c, hw) view; `a` and `b`
+// are channel slices (c_total, c_off) of their buffers.
 //
 // - act_forward:  b = act(a)            (src -> dst)
 // - act_backward: b *= act'(a), where a is the activation's OUTPUT (y > 0
@@ -27,51 +27,61 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-// (index in a, index in b, 1 if element i exists else 0).
-fn indices(i: u32) -> vec3<u32> {
-    let e = unflatten(i, P.c, P.hw);
-    return vec3<u32>(slice_index(e.x, e.y, e.z, P.hw, P.a_ctotal, P.a_coff),
-                     slice_index(e.x, e.y, e.z, P.hw, P.b_ctotal, P.b_coff),
-                     select(0u, 1u, i < P.n * P.c * P.hw));
+// Invocation i's run of RUN pixels (common.wgsl): (first index in a,
+// first index in b, pixels in the run; 0 past the last run).
+fn run_indices(i: u32) -> vec3<u32> {
+    if (i >= plane_runs(P.n * P.c, P.hw)) {
+        return vec3<u32>(0u);
+    }
+    let r = plane_run(i, P.hw);
+    let n = r.x / P.c;
+    let c = r.x % P.c;
+    return vec3<u32>(slice_index(n, c, r.y, P.hw, P.a_ctotal, P.a_coff),
+                     slice_index(n, c, r.y, P.hw, P.b_ctotal, P.b_coff), min(RUN, P.hw - r.y));
 }
 
 @compute @workgroup_size(WG)
 fn act_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ix = indices(element_index(wid, lid, nwg));
-    if (ix.z == 0u) {
-        return;
+    let r = run_indices(element_index(wid, lid, nwg));
+    for (var t = 0u; t < RUN; t++) {
+        if (t < r.z) {
+            let v = src[r.x + t];
+            dst[r.y + t] = select(P.slope * v, v, v > 0.0);
+        }
     }
-    let v = src[ix.x];
-    dst[ix.y] = select(P.slope * v, v, v > 0.0);
 }
 
 @compute @workgroup_size(WG)
 fn act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ix = indices(element_index(wid, lid, nwg));
-    if (ix.z == 0u) {
-        return;
+    let r = run_indices(element_index(wid, lid, nwg));
+    for (var t = 0u; t < RUN; t++) {
+        if (t < r.z) {
+            let g = dst[r.y + t];
+            dst[r.y + t] = select(P.slope * g, g, src[r.x + t] > 0.0);
+        }
     }
-    dst[ix.y] = select(P.slope * dst[ix.y], dst[ix.y], src[ix.x] > 0.0);
 }
 
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
        @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ix = indices(element_index(wid, lid, nwg));
-    if (ix.z == 0u) {
-        return;
+    let r = run_indices(element_index(wid, lid, nwg));
+    for (var t = 0u; t < RUN; t++) {
+        if (t < r.z) {
+            dst[r.y + t] += src[r.x + t];
+        }
     }
-    dst[ix.y] += src[ix.x];
 }
 
 @compute @workgroup_size(WG)
 fn add_within(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ix = indices(element_index(wid, lid, nwg));
-    if (ix.z == 0u) {
-        return;
+    let r = run_indices(element_index(wid, lid, nwg));
+    for (var t = 0u; t < RUN; t++) {
+        if (t < r.z) {
+            dst[r.y + t] += dst[r.x + t];
+        }
     }
-    dst[ix.y] += dst[ix.x];
 }

@@ -3,9 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_same, u32_of};
+use super::{ensure, ensure_same, run_grid, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, View};
+use crate::gpu::{Dispatch, Gpu, Kernel, Result, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -68,7 +68,6 @@ pub fn apply_part(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View, mas
         m_coff: u32_of(mask.1),
     };
     let bindings = [(1, x), (2, y)];
-    let dispatch =
-        gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, Grid::Elements(s.numel()))?;
+    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, run_grid(&x))?;
     Ok(Dropout { dispatch, params })
 }

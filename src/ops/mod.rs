@@ -11,7 +11,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 
-use crate::gpu::{GpuError, Result, View};
+use crate::gpu::{GpuError, Grid, Result, View};
 
 /// A kernel's precondition failed: the launch is refused, nothing dispatched.
 fn ensure(ok: bool, kernel: &str, message: impl FnOnce() -> String) -> Result<()> {
@@ -31,9 +31,11 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
 /// shaders/common.wgsl).
 const RUN: usize = 8;
 
-/// Invocations of a run kernel over `planes` planes of `hw` pixels.
-fn plane_runs(planes: usize, hw: usize) -> usize {
-    planes * hw.div_ceil(RUN)
+/// The grid of a run kernel over the planes of `v`: one invocation per run
+/// of RUN pixels.
+fn run_grid(v: &View) -> Grid {
+    let s = v.shape();
+    Grid::Elements(s.n * s.c * s.plane().div_ceil(RUN))
 }
 
 fn u32_of(v: usize) -> u32 {

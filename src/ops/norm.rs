@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_same, plane_runs, u32_of};
+use super::{ensure, ensure_same, run_grid, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 use crate::nn::{NormStats, BN_MOMENTUM, NORM_EPS};
@@ -90,8 +90,7 @@ pub fn apply(gpu: &Gpu, x: View, stats: NormStats, t: &NormTensors, y: View) -> 
     ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
     ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
     let bindings = [(1, x), (2, t.gamma.view()), (3, t.beta.view()), (4, t.mean.view()), (5, t.var.view()), (8, y)];
-    let runs = plane_runs(x.shape().n * x.c, x.shape().plane());
-    gpu.dispatch(label, &kernel("apply", stats), &params(&x, &y), &bindings, Grid::Elements(runs))
+    gpu.dispatch(label, &kernel("apply", stats), &params(&x, &y), &bindings, run_grid(&x))
 }
 
 /// PyTorch's running-statistics update from the batch moments of an
@@ -152,8 +151,7 @@ pub fn backward_data(
     let p = params(&x, &dy);
     let bindings =
         [(1, x), (9, dy), (2, t.gamma.view()), (4, t.mean.view()), (5, t.var.view()), (12, sums.view()), (10, dx)];
-    let runs = plane_runs(x.shape().n * x.c, x.shape().plane());
-    gpu.dispatch(label, &kernel("backward_data", stats), &p, &bindings, Grid::Elements(runs))
+    gpu.dispatch(label, &kernel("backward_data", stats), &p, &bindings, run_grid(&x))
 }
 
 /// dgamma and dbeta (overwritten) from the per-group sums.
