@@ -208,8 +208,12 @@ fn backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     let hw = P.h * P.w;
     var acc = 0.0;
-    for (var j = lid.x; j < P.n * hw; j += WG) {
-        acc += dy[slice_index(j / hw, co, j % hw, hw, P.out_ctotal, P.out_coff)];
+    // Plane by plane: no division per element.
+    for (var n = 0u; n < P.n; n++) {
+        let base = slice_index(n, co, 0u, hw, P.out_ctotal, P.out_coff);
+        for (var j = lid.x; j < hw; j += WG) {
+            acc += dy[base + j];
+        }
     }
     let total = workgroup_sum(lid.x, acc);
     if (lid.x == 0u) {
@@ -447,16 +451,14 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let b = i % COB;
     let q = P.chunk * CHUNK + i / COB;
     let hw = P.h * P.w;
-    var v = vec4<f32>(0.0);
-    if (q < P.n * hw) {
-        for (var j = 0u; j < 4u; j++) {
-            let co = (P.group * COB + b) * 4u + j;
-            if (co < P.cout) {
-                v[j] = dy[slice_index(q / hw, co, q % hw, hw, P.out_ctotal, P.out_coff)];
-            }
-        }
-    }
-    wpack_out[i] = v;
+    let qc = min(q, P.n * hw - 1u);
+    let base = slice_index(qc / hw, 0u, qc % hw, hw, P.out_ctotal, P.out_coff);
+    // The block's four channels, clamped into range and zeroed past the
+    // end (selects, not branches: llvmpipe runs both sides of a branch).
+    let co = vec4<u32>((P.group * COB + b) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let cc = min(co, vec4<u32>(P.cout - 1u)) * hw + vec4<u32>(base);
+    let v = vec4<f32>(dy[cc.x], dy[cc.y], dy[cc.z], dy[cc.w]);
+    wpack_out[i] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout) & vec4<bool>(q < P.n * hw));
 }
 
 // blocked_weight: one invocation per (ci, tap) adds, for the 4 * COB output
@@ -482,26 +484,27 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let hw = P.h * P.w;
     let pixels = P.n * hw;
     let q0 = P.chunk * CHUNK;
-    let count = min(CHUNK, pixels - q0);
-    // The chunk's pixels are walked in order with (n, y, x) stepped by
-    // selects: a division per pixel is eight scalar divisions on a CPU
-    // adapter's SIMD lanes.
-    var n = q0 / hw;
-    var py = (q0 % hw) / P.w;
-    var px = q0 % P.w;
+    let q1 = q0 + min(CHUNK, pixels - q0);
     var c: Acc;
-    for (var k = 0u; k < count; k++) {
+    // Row by row: the divisions that find a row, its validity and its base
+    // are paid once per row, not per pixel (llvmpipe runs a division as
+    // eight scalar ones).
+    var q = q0;
+    while (q < q1) {
+        let p = q % hw;
+        let py = p / P.w;
+        let px0 = p % P.w;
+        let len = min(P.w - px0, q1 - q);
         let iy = i32(py) + dy_off;
-        let ix = i32(px) + dx_off;
-        let ok = iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w);
-        let pc = u32(clamp(iy, 0, i32(P.h) - 1)) * P.w + u32(clamp(ix, 0, i32(P.w) - 1));
-        let v = select(0.0, x[slice_index(n, ci, pc, hw, P.in_ctotal, P.in_coff)], ok);
-        c = acc_step(c, v, k * COB, lane);
-        let row_end = px + 1u == P.w;
-        let plane_end = row_end && py + 1u == P.h;
-        px = select(px + 1u, 0u, row_end);
-        py = select(select(py, py + 1u, row_end), 0u, plane_end);
-        n = select(n, n + 1u, plane_end);
+        let row_ok = iy >= 0 && iy < i32(P.h);
+        let row = slice_index(q / hw, ci, u32(clamp(iy, 0, i32(P.h) - 1)) * P.w, hw, P.in_ctotal, P.in_coff);
+        let last = i32(P.w) - 1;
+        for (var t = 0u; t < len; t++) {
+            let ix = i32(px0 + t) + dx_off;
+            let v = select(0.0, x[row + u32(clamp(ix, 0, last))], row_ok && ix >= 0 && ix <= last);
+            c = acc_step(c, v, (q - q0 + t) * COB, lane);
+        }
+        q += len;
     }
     if (r >= P.cin * kk) {
         return;
