@@ -83,7 +83,7 @@ const PACK_LEN: u32 = 4096u;
 override CHUNK: u32 = PACK_LEN / COB;
 // Invocations per workgroup of blocked_weight: its grid is only Cin * K * K
 // invocations per group, so small workgroups spread it over more cores.
-const WG_WEIGHT: u32 = 64u;
+const WG_WEIGHT: u32 = 32u;
 
 // Input coordinate read by tap k of output coordinate o, or -1 in the padding.
 fn tap(o: u32, k: u32, size: u32) -> i32 {

@@ -99,7 +99,7 @@ pub enum Variant {
 const PACK_LEN: usize = 4096;
 
 /// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in conv.wgsl).
-const WEIGHT_WORKGROUP: usize = 64;
+const WEIGHT_WORKGROUP: usize = 32;
 
 /// Kernel sizes the blocked forward and data kernels handle: their 3x3 taps
 /// are spelled out (`blocked_sums` in conv.wgsl).
