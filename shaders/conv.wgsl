@@ -77,6 +77,8 @@ override COB: u32 = 8u;
 // the destination instead of overwriting it.
 override VALID: u32 = 32u;
 override ACCUMULATE: bool = false;
+// blocked_weight's invocations per (ci, tap) (see there).
+override SPLIT: u32 = 1u;
 // vec4s in one uniform table (64 KiB).
 const PACK_LEN: u32 = 4096u;
 // Pixels of dy in one table for blocked_weight.
@@ -466,7 +468,11 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 // uniform table (shared addresses), x the one per-invocation load. dw is
 // bound as `y` (so it shares blocked_store). Chunk 0 overwrites dw, later
 // chunks add (ACCUMULATE): the chunks' dispatches run in order, so the sum
-// is deterministic without atomics or a reduction pass.
+// is deterministic without atomics.
+// With SPLIT > 1 (few input channels: Cin * K * K invocations would leave
+// threads idle) SPLIT invocations share a (ci, tap), each summing an equal
+// part of the chunk into `y` bound to a partials buffer
+// [part][ci, tap][4 * COB]; reduce_partials then adds the parts in order.
 @compute @workgroup_size(WG_WEIGHT)
 fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
@@ -474,8 +480,14 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                   ) {
     let lane = 0u; // @plain
     let kk = K * K;
-    let r = group_index(wid, nwg) * WG_WEIGHT + lid.x;
-    let rc = min(r, P.cin * kk - 1u);
+    let ckk = P.cin * kk;
+    // Each part has whole workgroups: a subgroup's lanes must walk the same
+    // pixels, as they share table rows through subgroupBroadcast.
+    let groups_per_part = (ckk + WG_WEIGHT - 1u) / WG_WEIGHT;
+    let g = group_index(wid, nwg);
+    let part = min(g / groups_per_part, SPLIT - 1u);
+    let r = (g % groups_per_part) * WG_WEIGHT + lid.x;
+    let rc = min(r, ckk - 1u);
     let ci = rc / kk;
     let t = rc % kk;
     let half = i32(K / 2u);
@@ -484,12 +496,14 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let hw = P.h * P.w;
     let pixels = P.n * hw;
     let q0 = P.chunk * CHUNK;
-    let q1 = q0 + min(CHUNK, pixels - q0);
+    let count = min(CHUNK, pixels - q0);
+    let share = (count + SPLIT - 1u) / SPLIT;
+    let q1 = q0 + min((part + 1u) * share, count);
     var c: Acc;
     // Row by row: the divisions that find a row, its validity and its base
     // are paid once per row, not per pixel (llvmpipe runs a division as
     // eight scalar ones).
-    var q = q0;
+    var q = q0 + min(part * share, count);
     while (q < q1) {
         let p = q % hw;
         let py = p / P.w;
@@ -506,9 +520,38 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         q += len;
     }
-    if (r >= P.cin * kk) {
+    if (r >= ckk) {
         return;
     }
-    let base = (P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r;
-    blocked_store(base, P.w_ctotal * kk, c);
+    if (SPLIT > 1u) {
+        blocked_store((part * ckk + r) * 4u * COB, 1u, c);
+    } else {
+        blocked_store((P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r, P.w_ctotal * kk, c);
+    }
+}
+
+// reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum
+// of blocked_weight's SPLIT partial sums (bound as `x`) in order: the same
+// result whatever the scheduling.
+@compute @workgroup_size(WG)
+fn reduce_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let kk = K * K;
+    let ckk = P.cin * kk;
+    if (i >= VALID * ckk) {
+        return;
+    }
+    let k = i / ckk;
+    let rc = i % ckk;
+    var sum = 0.0;
+    for (var part = 0u; part < SPLIT; part++) {
+        sum += x[(part * ckk + rc) * 4u * COB + k];
+    }
+    let at = ((P.group * COB * 4u + k) * P.w_ctotal + P.w_coff) * kk + rc;
+    if (ACCUMULATE) {
+        y[at] += sum;
+    } else {
+        y[at] = sum;
+    }
 }

@@ -5,6 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{ensure, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View, WORKGROUP};
+use crate::shape::Shape;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -377,6 +378,13 @@ pub fn backward_weight_with(
     blocked_weight(gpu, variant, label, p, k, x, dy, dw)
 }
 
+/// blocked_weight's invocations per (ci, tap) for `taps` = Cin * K * K:
+/// enough to give lavapipe's threads about 256 invocations (seo2018's 3 -> 3
+/// layers have 27 taps, one workgroup for two threads), at most 16 parts.
+fn weight_split(taps: usize) -> usize {
+    (256 / taps).clamp(1, 16)
+}
+
 /// The blocked weight gradient: per output-channel group, chunk by chunk,
 /// dy's chunk packed into the group's uniform table, then every (ci, tap)
 /// adds its products into dw.
@@ -396,9 +404,11 @@ fn blocked_weight(
     let chunk = PACK_LEN / cob;
     let pixels = x.shape().n * x.shape().h * x.shape().w;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
+    let split = weight_split(cin * k * k);
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
         let table = gpu.uniform_table(PACK_LEN * 4)?;
+        let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, 4 * cob, 1))?) } else { None };
         let group_cout = (4 * cob).min(cout - 4 * cob * group);
         for c in 0..pixels.div_ceil(chunk) {
             let gp = Params { group: u32_of(group), chunk: u32_of(c), ..p };
@@ -413,12 +423,32 @@ fn blocked_weight(
                 Grid::Elements(chunk * cob),
             )?;
             list.push(pack.with_bytes((count * group_cout * 4) as f64 + table_bytes));
-            let grid = Grid::Groups((cin * k * k).div_ceil(WEIGHT_WORKGROUP));
-            let bindings = [(1, x), (9, table.view()), (4, dw.view())];
-            let weight = kernel("blocked_weight").with("VALID", group_cout as f64).with("ACCUMULATE", f64::from(c > 0));
+            let grid = Grid::Groups(split * (cin * k * k).div_ceil(WEIGHT_WORKGROUP));
+            let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
+            let accumulate = c > 0 && split == 1;
+            let weight = kernel("blocked_weight")
+                .with("VALID", group_cout as f64)
+                .with("ACCUMULATE", f64::from(u8::from(accumulate)))
+                .with("SPLIT", split as f64);
+            let bindings = [(1, x), (9, table.view()), (4, sums)];
             let d = gpu.dispatch(format!("{label} group {group}"), &weight, &gp, &bindings, grid)?;
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
             list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
+            if let Some(partials) = &partials {
+                let reduce = kernel("reduce_partials")
+                    .with("VALID", group_cout as f64)
+                    .with("ACCUMULATE", f64::from(u8::from(c > 0)))
+                    .with("SPLIT", split as f64);
+                let bindings = [(1, partials.view()), (4, dw.view())];
+                let grid = Grid::Elements(group_cout * cin * k * k);
+                list.push(gpu.dispatch(
+                    format!("conv.reduce_partials {} group {group}", dw.shape),
+                    &reduce,
+                    &gp,
+                    &bindings,
+                    grid,
+                )?);
+            }
         }
     }
     Ok(list)
