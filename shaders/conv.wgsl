@@ -482,7 +482,7 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let kk = K * K;
     let ckk = P.cin * kk;
     // Each part has whole workgroups: a subgroup's lanes must walk the same
-    // pixels, as they share table rows through subgroupBroadcast.
+    // pixels, as they share table rows through subgroup broadcasts.
     let groups_per_part = (ckk + WG_WEIGHT - 1u) / WG_WEIGHT;
     let g = group_index(wid, nwg);
     let part = min(g / groups_per_part, SPLIT - 1u);

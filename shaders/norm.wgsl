@@ -15,8 +15,9 @@
 // - backward_sums: one workgroup per group: sum(dy) and sum(dy * xhat);
 // - backward_data: one invocation per run of RUN pixels, likewise;
 // - param_grads: one invocation per channel, summing its groups in order.
-// x and y may be channel slices of larger buffers; dy has y's layout and
-// dx has x's layout.
+// With ACT the activation after the block is fused into apply and the
+// backward kernels (see ACT). x and y may be channel slices of larger
+// buffers; dy has y's layout and dx has x's layout.
 
 struct Params {
     n: u32,
@@ -29,7 +30,8 @@ struct Params {
     y_coff: u32,
     eps: f32,
     momentum: f32,
-    _pad0: u32,
+    // With ACT: the slope of the activation after the block (0 for ReLU).
+    slope: f32,
     _pad1: u32,
 }
 
@@ -55,6 +57,23 @@ struct Params {
 // fixed per pipeline: on llvmpipe a branch on a uniform runs both sides, and
 // each side here has integer divisions.
 override PER_CHANNEL: bool = false;
+// The activation that follows the block, fused: apply writes act(y) and the
+// backward kernels take the gradient of act(y), masking it by the sign of
+// y worked out again (block_value), so the block's output before the
+// activation is never stored and no pass over memory applies it.
+override ACT: bool = false;
+
+// The block's output for input v of a group with mean `mean`, k = gamma * inv
+// and beta: the one formula of apply and the backward masks, so both see the
+// same sign.
+fn block_value(v: f32, mean: f32, k: f32, beta_c: f32) -> f32 {
+    return v + fma(v - mean, k, beta_c);
+}
+
+// act'(u) as a factor, or 1 without ACT.
+fn act_factor(u: f32) -> f32 {
+    return select(1.0, select(P.slope, 1.0, u > 0.0), ACT);
+}
 
 fn group_count() -> u32 {
     return select(P.n * P.c, P.c, PER_CHANNEL);
@@ -133,8 +152,8 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let end = min(RUN, P.hw - r.z);
     for (var t = 0u; t < RUN; t++) {
         if (t < end) {
-            let v = x[xb + t];
-            y[yb + t] = v + fma(v - mean, k, shift);
+            let u = block_value(x[xb + t], mean, k, shift);
+            y[yb + t] = u * act_factor(u);
         }
     }
 }
@@ -162,15 +181,18 @@ fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let inv = inverseSqrt(var_in[g] + P.eps);
     let mean = mean_in[g];
     let gp = group_planes(g);
+    let k = gamma[gp.z] * inv;
+    let beta_c = beta[gp.z];
     var s_dy = 0.0;
     var s_dy_xhat = 0.0;
     for (var n = gp.x; n < gp.x + gp.y; n++) {
         let xb = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
         let yb = slice_index(n, gp.z, 0u, P.hw, P.y_ctotal, P.y_coff);
         for (var j = lid.x; j < P.hw; j += WG) {
-            let d = dy[yb + j];
+            let v = x[xb + j];
+            let d = dy[yb + j] * act_factor(block_value(v, mean, k, beta_c));
             s_dy += d;
-            s_dy_xhat += d * (x[xb + j] - mean) * inv;
+            s_dy_xhat += d * (v - mean) * inv;
         }
     }
     let t_dy = workgroup_sum(lid.x, s_dy);
@@ -202,12 +224,15 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let b = -k * mean_dy_xhat;
     let c = -k * mean_dy;
     let mean = mean_in[g];
+    let beta_c = beta[r.y];
     let xb = slice_index(r.x, r.y, r.z, P.hw, P.x_ctotal, P.x_coff);
     let yb = slice_index(r.x, r.y, r.z, P.hw, P.y_ctotal, P.y_coff);
     let end = min(RUN, P.hw - r.z);
     for (var t = 0u; t < RUN; t++) {
         if (t < end) {
-            dx[xb + t] = fma(a, dy[yb + t], fma(b, (x[xb + t] - mean) * inv, c));
+            let v = x[xb + t];
+            let d = dy[yb + t] * act_factor(block_value(v, mean, k, beta_c));
+            dx[xb + t] = fma(a, d, fma(b, (v - mean) * inv, c));
         }
     }
 }

@@ -228,7 +228,19 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
 
 // ----------------------------------------------------------------------- norm
 
-fn check_norm(n: usize, c: usize, h: usize, w: usize, stats: NormStats, offset: f64, seed: u64) {
+/// The norm block, with `act` fused after it where given, against the CPU
+/// oracle composed of the block and the activation.
+#[allow(clippy::too_many_arguments)]
+fn check_norm(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    stats: NormStats,
+    act: Option<Activation>,
+    offset: f64,
+    seed: u64,
+) {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(seed);
     // Post-ReLU-like activations: a large mean and a small spread defeat
@@ -236,8 +248,16 @@ fn check_norm(n: usize, c: usize, h: usize, w: usize, stats: NormStats, offset: 
     let x = rng.tensor(Shape::new(n, c, h, w), offset, offset + 1.0);
     let (gamma, beta) = (rng.vec(c, 0.5, 1.5), rng.vec(c, -0.5, 0.5));
     let dy = rng.tensor(x.shape, -1.0, 1.0);
-    let (y_ref, m_ref) = cpu::norm::forward(&x, stats, &gamma, &beta);
-    let g_ref = cpu::norm::backward(&x, stats, &gamma, &dy);
+    let (u_ref, m_ref) = cpu::norm::forward(&x, stats, &gamma, &beta);
+    let (y_ref, du) = match act {
+        Some(act) => {
+            let y = cpu::act::forward(&u_ref, act);
+            let du = cpu::act::backward(&y, &dy, act);
+            (y, du)
+        }
+        None => (u_ref, dy.clone()),
+    };
+    let g_ref = cpu::norm::backward(&x, stats, &gamma, &du);
 
     let groups = stats.groups(n, c);
     let gx = upload(gpu, &embed(&mut rng, &x, 2, 3));
@@ -253,9 +273,9 @@ fn check_norm(n: usize, c: usize, h: usize, w: usize, stats: NormStats, offset: 
     let (xv, yv, dyv) = (gx.channels(2, c), gy.channels(1, c), gdy.channels(1, c));
     let d = [
         ops::norm::moments(gpu, xv, stats, &mean, &var).unwrap(),
-        ops::norm::apply(gpu, xv, stats, &t, yv).unwrap(),
-        ops::norm::backward_sums(gpu, xv, dyv, stats, &mean, &var, &sums).unwrap(),
-        ops::norm::backward_data(gpu, xv, dyv, stats, &t, &sums, gdx.channels(2, c)).unwrap(),
+        ops::norm::apply(gpu, xv, stats, &t, act, yv).unwrap(),
+        ops::norm::backward_sums(gpu, xv, dyv, stats, &t, act, &sums).unwrap(),
+        ops::norm::backward_data(gpu, xv, dyv, stats, &t, act, &sums, gdx.channels(2, c)).unwrap(),
         ops::norm::param_grads(gpu, xv, stats, &sums, &dgamma, &dbeta).unwrap(),
     ];
     run(gpu, &d.iter().collect::<Vec<_>>());
@@ -273,22 +293,32 @@ fn check_norm(n: usize, c: usize, h: usize, w: usize, stats: NormStats, offset: 
 
 #[test]
 fn instance_norm_block_matches_cpu_for_batch_3_odd_sizes() {
-    check_norm(3, 5, 37, 53, NormStats::PerSample, -0.5, 11);
+    check_norm(3, 5, 37, 53, NormStats::PerSample, None, -0.5, 11);
 }
 
 #[test]
 fn instance_norm_is_sound_on_large_means() {
-    check_norm(1, 33, 40, 40, NormStats::PerSample, 1000.0, 12);
+    check_norm(1, 33, 40, 40, NormStats::PerSample, None, 1000.0, 12);
 }
 
 #[test]
 fn batch_norm_block_matches_cpu_for_batch_3_with_33_channels() {
-    check_norm(3, 33, 37, 53, NormStats::PerChannel, -0.5, 13);
+    check_norm(3, 33, 37, 53, NormStats::PerChannel, None, -0.5, 13);
 }
 
 #[test]
 fn batch_norm_is_sound_on_large_means() {
-    check_norm(2, 3, 37, 53, NormStats::PerChannel, 1000.0, 14);
+    check_norm(2, 3, 37, 53, NormStats::PerChannel, None, 1000.0, 14);
+}
+
+#[test]
+fn instance_norm_with_fused_relu_matches_cpu_for_batch_3_odd_sizes() {
+    check_norm(3, 5, 37, 53, NormStats::PerSample, Some(Activation::RELU), -0.5, 16);
+}
+
+#[test]
+fn batch_norm_with_fused_leaky_relu_matches_cpu_for_batch_2() {
+    check_norm(2, 7, 29, 31, NormStats::PerChannel, Some(Activation::LEAKY_RELU), -0.5, 17);
 }
 
 #[test]
@@ -315,7 +345,7 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
     let d = [
         ops::norm::moments(gpu, gx.view(), NormStats::PerChannel, &mean, &var).unwrap(),
         ops::norm::update_running(gpu, gx.view(), &mean, &var, &grm, &grv).unwrap(),
-        ops::norm::apply(gpu, gx.view(), NormStats::PerChannel, &inference, gy.view()).unwrap(),
+        ops::norm::apply(gpu, gx.view(), NormStats::PerChannel, &inference, None, gy.view()).unwrap(),
     ];
     run(gpu, &d.iter().collect::<Vec<_>>());
     assert_close("running mean", &gpu.read(&grm).unwrap(), &rm, 1e-6, 1e-5);
@@ -602,9 +632,10 @@ proptest::proptest! {
     #[test]
     fn norm_block_matches_cpu_on_random_shapes(
         n in 1usize..=3, c in 1usize..=9, h in 1usize..=20, w in 1usize..=20,
-        per_sample: bool, offset in -10.0f64..10.0, seed: u64,
+        per_sample: bool, act in proptest::sample::select(vec![None, Some(Activation::RELU), Some(Activation::LEAKY_RELU)]),
+        offset in -10.0f64..10.0, seed: u64,
     ) {
         let stats = if per_sample { NormStats::PerSample } else { NormStats::PerChannel };
-        check_norm(n, c, h, w, stats, offset, seed);
+        check_norm(n, c, h, w, stats, act, offset, seed);
     }
 }

@@ -16,7 +16,7 @@ use super::config::{NormKind, OutputKind};
 use super::params::ParamSet;
 use super::{Architecture, Block, ParamSpec, Place};
 use crate::gpu::{Dispatch, Gpu, GpuError, Result, Tensor, View};
-use crate::nn::{self, NormStats, SigmoidLoss};
+use crate::nn::{self, Activation, NormStats, SigmoidLoss};
 use crate::ops::{self, dropout::Dropout, loss::LossKind, norm::NormTensors, optim::Update};
 use crate::shape::Shape;
 
@@ -115,9 +115,10 @@ struct NormBufs {
 struct BlockBufs {
     /// The convolution's input: one slice, or the concatenation's parts.
     input: Vec<Slice>,
+    /// The convolution's output. With a norm block, the block's output is
+    /// never stored: the activation is fused into it (`ops::norm` with an
+    /// activation) and its backward works the block's output out again.
     t: Tensor,
-    /// Norm-block output (the activation's input); `t` itself without a norm.
-    u: Tensor,
     out: Slice,
     norm: Option<(String, NormBufs)>,
 }
@@ -188,10 +189,18 @@ impl Builder<'_> {
         self.params[i].clone()
     }
 
-    /// The norm block `y = x + Norm(x)`: batch statistics (and the
-    /// running-statistics update) in training, running statistics in
-    /// batch-norm inference, per-sample statistics for instance norm.
-    fn norm_forward(&self, out: &mut Vec<Dispatch>, prefix: &str, x: View, y: View) -> Result<NormBufs> {
+    /// The norm block `y = x + Norm(x)`, then `act(y)` when an activation
+    /// follows: batch statistics (and the running-statistics update) in
+    /// training, running statistics in batch-norm inference, per-sample
+    /// statistics for instance norm.
+    fn norm_forward(
+        &self,
+        out: &mut Vec<Dispatch>,
+        prefix: &str,
+        x: View,
+        act: Option<Activation>,
+        y: View,
+    ) -> Result<NormBufs> {
         let gpu = self.gpu;
         let groups = self.stats.groups(self.n, x.c);
         let bufs = NormBufs {
@@ -205,7 +214,7 @@ impl Builder<'_> {
             .then(|| (self.param(&format!("{prefix}.running_mean")), self.param(&format!("{prefix}.running_var"))));
         if let (Some((rm, rv)), false) = (&running, self.training) {
             let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: rm, var: rv };
-            out.push(ops::norm::apply(gpu, x, NormStats::PerChannel, &t, y)?);
+            out.push(ops::norm::apply(gpu, x, NormStats::PerChannel, &t, act, y)?);
             return Ok(bufs);
         }
         out.push(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?);
@@ -213,11 +222,12 @@ impl Builder<'_> {
             out.push(ops::norm::update_running(gpu, x, &bufs.mean, &bufs.var, rm, rv)?);
         }
         let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
-        out.push(ops::norm::apply(gpu, x, self.stats, &t, y)?);
+        out.push(ops::norm::apply(gpu, x, self.stats, &t, act, y)?);
         Ok(bufs)
     }
 
-    /// Backward of the norm block on `x` given `dy`; writes dx (when
+    /// Backward of the norm block (and `act` after it) on `x` given `dy`,
+    /// the gradient of the block's (activation's) output; writes dx (when
     /// wanted) and the gamma and beta gradients.
     #[allow(clippy::too_many_arguments)]
     fn norm_backward(
@@ -227,15 +237,16 @@ impl Builder<'_> {
         prefix: &str,
         bufs: &NormBufs,
         x: View,
+        act: Option<Activation>,
         dy: View,
         dx: Option<View>,
     ) -> Result<()> {
         let gpu = self.gpu;
         let sums = gpu.tensor(Shape::vector(2 * self.stats.groups(self.n, x.c)))?;
-        out.push(ops::norm::backward_sums(gpu, x, dy, self.stats, &bufs.mean, &bufs.var, &sums)?);
+        let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
+        out.push(ops::norm::backward_sums(gpu, x, dy, self.stats, &t, act, &sums)?);
         if let Some(dx) = dx {
-            let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
-            out.push(ops::norm::backward_data(gpu, x, dy, self.stats, &t, &sums, dx)?);
+            out.push(ops::norm::backward_data(gpu, x, dy, self.stats, &t, act, &sums, dx)?);
         }
         let (dgamma, dbeta) = (grads.of(&format!("{prefix}.weight")), grads.of(&format!("{prefix}.bias")));
         out.push(ops::norm::param_grads(gpu, x, self.stats, &sums, &dgamma, &dbeta)?);
@@ -337,7 +348,7 @@ impl Graph {
             Some(prefix) => {
                 let input = Slice::whole(&gpu.tensor(shape)?);
                 norm_sites.push(NormSite { prefix: prefix.clone(), input: input.tensor.clone(), after: 0 });
-                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), parts[0].view())?;
+                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), None, parts[0].view())?;
                 (input, Some((prefix.clone(), bufs)))
             }
             None => (parts[0].clone(), None),
@@ -380,17 +391,18 @@ impl Graph {
                 logits = Some(t);
                 break;
             }
-            let (u, norm) = match &b.norm {
+            let out = if dilated { parts[layer + 1].clone() } else { Slice::whole(&gpu.tensor(t.shape)?) };
+            let norm = match &b.norm {
                 Some(prefix) => {
                     norm_sites.push(NormSite { prefix: prefix.clone(), input: t.clone(), after: base + list.len() });
-                    let u = gpu.tensor(t.shape)?;
-                    let bufs = bld.norm_forward(list, prefix, t.view(), u.view())?;
-                    (u, Some((prefix.clone(), bufs)))
+                    let bufs = bld.norm_forward(list, prefix, t.view(), Some(act), out.view())?;
+                    Some((prefix.clone(), bufs))
                 }
-                None => (t.clone(), None),
+                None => {
+                    list.push(ops::elementwise::act_forward(gpu, t.view(), act, out.view())?);
+                    None
+                }
             };
-            let out = if dilated { parts[layer + 1].clone() } else { Slice::whole(&gpu.tensor(t.shape)?) };
-            list.push(ops::elementwise::act_forward(gpu, u.view(), act, out.view())?);
             if b.residual {
                 list.push(ops::elementwise::add(gpu, input[0].view(), out.view())?);
             }
@@ -399,7 +411,7 @@ impl Graph {
             } else {
                 head_prev = Some(out.clone());
             }
-            blocks.push(BlockBufs { input, t, u, out, norm });
+            blocks.push(BlockBufs { input, t, out, norm });
         }
         let (Some(logits), Some(out_input)) = (logits, out_input) else {
             unreachable!("an architecture ends with its output convolution")
@@ -508,7 +520,7 @@ impl Graph {
             )?;
         }
         if let Some((prefix, bufs)) = &input_norm {
-            bld.norm_backward(&mut trunk_backward, &g, prefix, bufs, graph.input.view(), dparts[0].view(), None)?;
+            bld.norm_backward(&mut trunk_backward, &g, prefix, bufs, graph.input.view(), None, dparts[0].view(), None)?;
         }
 
         // ---- optimiser
@@ -576,16 +588,19 @@ impl Graph {
         dinput: Option<InputGrad>,
     ) -> Result<()> {
         let act = self.arch.config.activation();
-        // The activation's derivative depends only on the sign of its input.
-        out.push(ops::elementwise::act_backward(bld.gpu, bb.u.view(), act, dout)?);
         let dt_tensor;
         let dt = match &bb.norm {
             Some((prefix, bufs)) => {
                 dt_tensor = bld.gpu.tensor(bb.t.shape)?;
-                bld.norm_backward(out, g, prefix, bufs, bb.t.view(), dout, Some(dt_tensor.view()))?;
+                bld.norm_backward(out, g, prefix, bufs, bb.t.view(), Some(act), dout, Some(dt_tensor.view()))?;
                 dt_tensor.view()
             }
-            None => dout,
+            None => {
+                // The activation's derivative depends only on the sign of
+                // its input, the convolution's output here; in place.
+                out.push(ops::elementwise::act_backward(bld.gpu, bb.t.view(), act, dout)?);
+                dout
+            }
         };
         bld.conv_backward(out, g, b, &bb.input, dt, dinput)
     }

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{ensure, ensure_same, run_grid, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
-use crate::nn::{NormStats, BN_MOMENTUM, NORM_EPS};
+use crate::nn::{Activation, NormStats, BN_MOMENTUM, NORM_EPS};
 use crate::shape::Shape;
 
 #[repr(C)]
@@ -22,7 +22,7 @@ pub(super) struct Params {
     y_coff: u32,
     eps: f32,
     momentum: f32,
-    _pad0: u32,
+    slope: f32,
     _pad1: u32,
 }
 
@@ -40,13 +40,20 @@ fn params(x: &View, y: &View) -> Params {
         y_coff: u32_of(y.c_offset),
         eps: NORM_EPS,
         momentum: BN_MOMENTUM,
-        _pad0: 0,
+        slope: 0.0,
         _pad1: 0,
     }
 }
 
 fn kernel(entry: &'static str, stats: NormStats) -> Kernel {
     Kernel::new(Family::Norm, entry).with("PER_CHANNEL", f64::from(u8::from(stats == NormStats::PerChannel)))
+}
+
+/// A kernel with the activation after the block fused (`ACT` in norm.wgsl),
+/// or none, and its parameters.
+fn with_act(kernel: Kernel, mut p: Params, act: Option<Activation>) -> (Kernel, Params) {
+    p.slope = act.map_or(0.0, |a| a.slope);
+    (kernel.with("ACT", f64::from(u8::from(act.is_some()))), p)
 }
 
 /// A norm layer's per-channel parameters and the per-group statistics it
@@ -83,14 +90,23 @@ pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor
     gpu.dispatch(label, &kernel("moments", stats), &params(&x, &x), &bindings, Grid::Groups(groups))
 }
 
-/// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`.
-pub fn apply(gpu: &Gpu, x: View, stats: NormStats, t: &NormTensors, y: View) -> Result<Dispatch> {
+/// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`, then `act(y)`
+/// when an activation is given.
+pub fn apply(
+    gpu: &Gpu,
+    x: View,
+    stats: NormStats,
+    t: &NormTensors,
+    act: Option<Activation>,
+    y: View,
+) -> Result<Dispatch> {
     let label = format!("norm.apply {} {stats:?}", x.shape());
     ensure_same(&label, &x, &y)?;
     ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
     ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
     let bindings = [(1, x), (2, t.gamma.view()), (3, t.beta.view()), (4, t.mean.view()), (5, t.var.view()), (8, y)];
-    gpu.dispatch(label, &kernel("apply", stats), &params(&x, &y), &bindings, run_grid(&x))
+    let (kernel, p) = with_act(kernel("apply", stats), params(&x, &y), act);
+    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(&x))
 }
 
 /// PyTorch's running-statistics update from the batch moments of an
@@ -110,32 +126,47 @@ pub fn update_running(
     gpu.dispatch(label, &kernel("update_running", NormStats::PerChannel), &p, &bindings, Grid::Elements(x.c))
 }
 
-/// Per group: sum(dy) and sum(dy * xhat) into `sums` (2 values a group).
+/// Per group: sum(dy) and sum(dy * xhat) into `sums` (2 values a group),
+/// where with an activation `dy` is the gradient of its output (masked by
+/// the block's output sign, worked out again).
 pub fn backward_sums(
     gpu: &Gpu,
     x: View,
     dy: View,
     stats: NormStats,
-    mean: &Tensor,
-    var: &Tensor,
+    t: &NormTensors,
+    act: Option<Activation>,
     sums: &Tensor,
 ) -> Result<Dispatch> {
     let label = format!("norm.backward_sums {} {stats:?}", x.shape());
     ensure_same(&label, &x, &dy)?;
-    ensure_stats(&label, x.shape(), stats, &[mean, var])?;
+    ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
+    ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
     let groups = stats.groups(x.shape().n, x.c);
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
-    let bindings = [(1, x), (9, dy), (4, mean.view()), (5, var.view()), (11, sums.view())];
-    gpu.dispatch(label, &kernel("backward_sums", stats), &params(&x, &dy), &bindings, Grid::Groups(groups))
+    let bindings = [
+        (1, x),
+        (9, dy),
+        (2, t.gamma.view()),
+        (3, t.beta.view()),
+        (4, t.mean.view()),
+        (5, t.var.view()),
+        (11, sums.view()),
+    ];
+    let (kernel, p) = with_act(kernel("backward_sums", stats), params(&x, &dy), act);
+    gpu.dispatch(label, &kernel, &p, &bindings, Grid::Groups(groups))
 }
 
-/// The input gradient of the norm block into the view `dx` (x's layout).
+/// The input gradient of the norm block into the view `dx` (x's layout);
+/// `act` as in `backward_sums`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_data(
     gpu: &Gpu,
     x: View,
     dy: View,
     stats: NormStats,
     t: &NormTensors,
+    act: Option<Activation>,
     sums: &Tensor,
     dx: View,
 ) -> Result<Dispatch> {
@@ -148,10 +179,19 @@ pub fn backward_data(
     ensure((dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset), &label, || {
         "the input gradient must have the input's channel layout".to_string()
     })?;
-    let p = params(&x, &dy);
-    let bindings =
-        [(1, x), (9, dy), (2, t.gamma.view()), (4, t.mean.view()), (5, t.var.view()), (12, sums.view()), (10, dx)];
-    gpu.dispatch(label, &kernel("backward_data", stats), &p, &bindings, run_grid(&x))
+    ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
+    let bindings = [
+        (1, x),
+        (9, dy),
+        (2, t.gamma.view()),
+        (3, t.beta.view()),
+        (4, t.mean.view()),
+        (5, t.var.view()),
+        (12, sums.view()),
+        (10, dx),
+    ];
+    let (kernel, p) = with_act(kernel("backward_data", stats), params(&x, &dy), act);
+    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(&x))
 }
 
 /// dgamma and dbeta (overwritten) from the per-group sums.
