@@ -31,11 +31,14 @@ fn unflatten(i: u32, c: u32, hw: u32) -> vec3<u32> {
     return vec3<u32>(i / (hw * c), (i / hw) % c, i % hw);
 }
 
-// Pixels per invocation of the kernels that walk planes in runs: the
-// per-plane values (statistics, offsets) and the integer divisions that
-// find the plane are paid once per run, not per element; llvmpipe runs each
-// division as eight scalar ones.
-const RUN: u32 = 8u;
+// Pixels per invocation (or per trip of a strided loop) of the kernels that
+// walk planes in runs, set by the host for every pipeline (Gpu::run_length):
+// 8 on CPU adapters, where the per-plane values (statistics, offsets), the
+// integer divisions that find the plane (eight scalar ones each on
+// llvmpipe) and the loop's own bookkeeping are then paid once per run, not
+// per element; 1 on GPUs, whose neighbouring invocations then read
+// neighbouring elements (coalesced), as measured before runs existed.
+override RUN: u32 = 1u;
 
 // Runs covering `planes` planes of `hw` pixels (the grid of a run kernel).
 fn plane_runs(planes: u32, hw: u32) -> u32 {

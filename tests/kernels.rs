@@ -241,7 +241,21 @@ fn check_norm(
     offset: f64,
     seed: u64,
 ) {
-    let gpu = gpu_or_skip!();
+    check_norm_on(gpu_or_skip!(), n, c, h, w, stats, act, offset, seed);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_norm_on(
+    gpu: &Gpu,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    stats: NormStats,
+    act: Option<Activation>,
+    offset: f64,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
     // Post-ReLU-like activations: a large mean and a small spread defeat
     // E[x^2] - E[x]^2 in f32; the kernel must compute them soundly.
@@ -356,7 +370,10 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
 // ------------------------------------------------- activation, residual, dropout
 
 fn check_act(act: Activation, seed: u64) {
-    let gpu = gpu_or_skip!();
+    check_act_on(gpu_or_skip!(), act, seed);
+}
+
+fn check_act_on(gpu: &Gpu, act: Activation, seed: u64) {
     let mut rng = Rng::new(seed);
     let x = rng.tensor(Shape::new(3, 5, 37, 53), -1.0, 1.0);
     let dy = rng.tensor(x.shape, -1.0, 1.0);
@@ -424,7 +441,22 @@ fn dropout_by_parts_reproduces_the_whole_mask() {
 
 #[test]
 fn dropout_mask_is_reproduced_exactly_from_seed_and_step() {
-    let gpu = gpu_or_skip!();
+    check_dropout_on(gpu_or_skip!());
+}
+
+// The run kernels (norm apply and gradients, activations, dropout) as GPUs
+// run them, one pixel per invocation.
+#[test]
+fn run_kernels_match_cpu_one_pixel_per_invocation() {
+    let Some(gpu) = common::gpu_one_pixel_runs() else { return };
+    assert_eq!(gpu.run_length(), 1);
+    check_norm_on(gpu, 3, 5, 37, 53, NormStats::PerSample, Some(Activation::RELU), -0.5, 31);
+    check_norm_on(gpu, 2, 7, 29, 31, NormStats::PerChannel, None, 1000.0, 32);
+    check_act_on(gpu, Activation::LEAKY_RELU, 33);
+    check_dropout_on(gpu);
+}
+
+fn check_dropout_on(gpu: &Gpu) {
     let mut rng = Rng::new(24);
     let (p, seed, step) = (0.5, 1234, 7);
     let x = rng.tensor(Shape::new(3, 33, 37, 53), 0.5, 1.5);

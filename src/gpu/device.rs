@@ -64,6 +64,9 @@ pub struct GpuOptions {
     /// Memory the plans may take, instead of what the machine has available
     /// (tests use it to exercise the too-large path cheaply).
     pub memory_budget: Option<u64>,
+    /// Pixels per invocation of the run kernels instead of the adapter's
+    /// choice (tests run the GPU mapping, 1, on lavapipe).
+    pub run_length: Option<usize>,
 }
 
 impl GpuOptions {
@@ -115,6 +118,7 @@ pub struct Gpu {
     /// they are collected here and returned by `check` instead of panicking.
     errors: Arc<Mutex<Vec<String>>>,
     budget: Option<u64>,
+    run_length: usize,
 }
 
 impl Gpu {
@@ -177,7 +181,20 @@ impl Gpu {
         });
         let pool = BufferPool::new(device.clone());
         let budget = opts.memory_budget;
-        Ok(Gpu { device, queue, info, limits, features, pipelines: PipelineCache::default(), pool, errors, budget })
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let run_length = opts.run_length.unwrap_or(if cpu { 8 } else { 1 });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            pipelines: PipelineCache::default(),
+            pool,
+            errors,
+            budget,
+            run_length,
+        })
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes (wgpu's are
@@ -241,6 +258,14 @@ impl Gpu {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Pixels per invocation of the run kernels (`RUN` in common.wgsl, set
+    /// on every pipeline): 8 on CPU adapters (measured on lavapipe,
+    /// docs/KERNELS.md), 1 on GPUs, where neighbouring invocations should
+    /// read neighbouring elements.
+    pub fn run_length(&self) -> usize {
+        self.run_length
     }
 
     pub fn has_timestamps(&self) -> bool {

@@ -134,6 +134,7 @@ impl Gpu {
                 });
             }
         }
+        let kernel = &kernel.clone().with("RUN", self.run_length() as f64);
         let workgroups = self.fold(&label, grid)?;
         let bytes = bytemuck::bytes_of(params);
         debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");

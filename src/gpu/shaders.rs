@@ -90,14 +90,3 @@ pub fn struct_size(family: Family, name: &str) -> Option<u32> {
     let (handle, _) = module.types.iter().find(|(_, ty)| ty.name.as_deref() == Some(name))?;
     Some(layouter[handle].size)
 }
-
-/// The value of the u32 constant `name` in `family`'s compiled source: lets
-/// tests check a host mirror of a shader constant.
-pub fn constant_u32(family: Family, name: &str) -> Option<u32> {
-    let module = validate(family.file_name(), &family.source()).ok()?;
-    let (_, c) = module.constants.iter().find(|(_, c)| c.name.as_deref() == Some(name))?;
-    match module.global_expressions[c.init] {
-        naga::Expression::Literal(naga::Literal::U32(v)) => Some(v),
-        _ => None,
-    }
-}

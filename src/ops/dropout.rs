@@ -68,6 +68,7 @@ pub fn apply_part(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View, mas
         m_coff: u32_of(mask.1),
     };
     let bindings = [(1, x), (2, y)];
-    let dispatch = gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, run_grid(&x))?;
+    let dispatch =
+        gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, run_grid(gpu, &x))?;
     Ok(Dropout { dispatch, params })
 }

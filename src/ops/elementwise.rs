@@ -41,7 +41,7 @@ pub fn act_forward(gpu: &Gpu, x: View, act: Activation, y: View) -> Result<Dispa
     ensure_same(&label, &x, &y)?;
     let bindings = [(1, x), (2, y)];
     let kernel = Kernel::new(Family::Elementwise, "act_forward");
-    gpu.dispatch(label, &kernel, &params(&x, &y, act.slope), &bindings, run_grid(&x))
+    gpu.dispatch(label, &kernel, &params(&x, &y, act.slope), &bindings, run_grid(gpu, &x))
 }
 
 /// `dy *= act'(y)` in place, from the activation's output `y`.
@@ -50,7 +50,7 @@ pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dis
     ensure_same(&label, &y, &dy)?;
     let bindings = [(1, y), (2, dy)];
     let kernel = Kernel::new(Family::Elementwise, "act_backward");
-    gpu.dispatch(label, &kernel, &params(&y, &dy, act.slope), &bindings, run_grid(&y))
+    gpu.dispatch(label, &kernel, &params(&y, &dy, act.slope), &bindings, run_grid(gpu, &y))
 }
 
 /// `dst += src` (the residual and its backward, between parts of the
@@ -65,7 +65,7 @@ pub fn add(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
     let (entry, bindings) = if within { ("add_within", vec![(2, dst)]) } else { ("add", vec![(1, src), (2, dst)]) };
     // Reads both operands and writes one.
     let bytes = 3.0 * dst.shape().numel() as f64 * 4.0;
-    let grid = run_grid(&src);
+    let grid = run_grid(gpu, &src);
     gpu.dispatch(label, &Kernel::new(Family::Elementwise, entry), &params(&src, &dst, 0.0), &bindings, grid)
         .map(|d| d.with_bytes(bytes))
 }

@@ -11,7 +11,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 
-use crate::gpu::{GpuError, Grid, Result, View};
+use crate::gpu::{Gpu, GpuError, Grid, Result, View};
 
 /// A kernel's precondition failed: the launch is refused, nothing dispatched.
 fn ensure(ok: bool, kernel: &str, message: impl FnOnce() -> String) -> Result<()> {
@@ -27,15 +27,11 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
     ensure(a.shape() == b.shape(), kernel, || format!("shapes {} and {} differ", a.shape(), b.shape()))
 }
 
-/// Pixels per invocation of the kernels that walk planes in runs (`RUN` in
-/// shaders/common.wgsl).
-const RUN: usize = 8;
-
 /// The grid of a run kernel over the planes of `v`: one invocation per run
-/// of RUN pixels.
-fn run_grid(v: &View) -> Grid {
+/// of `Gpu::run_length` pixels.
+fn run_grid(gpu: &Gpu, v: &View) -> Grid {
     let s = v.shape();
-    Grid::Elements(s.n * s.c * s.plane().div_ceil(RUN))
+    Grid::Elements(s.n * s.c * s.plane().div_ceil(gpu.run_length()))
 }
 
 fn u32_of(v: usize) -> u32 {
@@ -44,12 +40,7 @@ fn u32_of(v: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use crate::gpu::shaders::{constant_u32, struct_size, Family};
-
-    #[test]
-    fn the_run_length_matches_the_shaders() {
-        assert_eq!(constant_u32(Family::Norm, "RUN"), Some(super::RUN as u32));
-    }
+    use crate::gpu::shaders::{struct_size, Family};
 
     #[test]
     fn every_params_struct_mirrors_its_wgsl_struct() {

@@ -106,7 +106,7 @@ pub fn apply(
     ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
     let bindings = [(1, x), (2, t.gamma.view()), (3, t.beta.view()), (4, t.mean.view()), (5, t.var.view()), (8, y)];
     let (kernel, p) = with_act(kernel("apply", stats), params(&x, &y), act);
-    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(&x))
+    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
 }
 
 /// PyTorch's running-statistics update from the batch moments of an
@@ -191,7 +191,7 @@ pub fn backward_data(
         (10, dx),
     ];
     let (kernel, p) = with_act(kernel("backward_data", stats), params(&x, &dy), act);
-    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(&x))
+    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
 }
 
 /// dgamma and dbeta (overwritten) from the per-group sums.

@@ -28,6 +28,18 @@ pub fn gpu() -> Option<&'static Gpu> {
     .as_ref()
 }
 
+/// A second device that runs the run kernels one pixel per invocation, the
+/// mapping GPUs get (`GpuOptions::run_length`), so lavapipe tests it too.
+pub fn gpu_one_pixel_runs() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    gpu()?;
+    GPU.get_or_init(|| {
+        let opts = GpuOptions { run_length: Some(1), ..GpuOptions::from_env() };
+        Some(Gpu::new(&opts).expect("the adapter opened once opens again"))
+    })
+    .as_ref()
+}
+
 /// `let gpu = gpu_or_skip!();` at the top of a GPU test.
 #[macro_export]
 macro_rules! gpu_or_skip {
