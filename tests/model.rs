@@ -201,9 +201,9 @@ fn check_reference_gradients(cfg: ModelConfig, seed: u64) {
         if !spec.kind.trainable() {
             continue;
         }
-        for j in 0..p.values[i].len() {
+        assert_eq!(grads[i].len(), p.values[i].len(), "{}: one gradient per value", spec.name);
+        for (j, &analytic) in grads[i].iter().enumerate() {
             let numeric = reference_fd(&arch, &p, &x, mode, &target, i, j);
-            let analytic = grads[i][j];
             assert!(
                 (numeric - analytic).abs() <= 1e-6 + 1e-4 * numeric.abs(),
                 "{}[{j}]: finite difference {numeric} vs backward {analytic}",

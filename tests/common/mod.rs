@@ -107,7 +107,9 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f64], atol: f64, rtol: f64) 
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
         let excess = (g as f64 - c).abs() - (atol + rtol * c.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e) {
+        // Written so that a NaN (from either side) counts as a failure.
+        let within = excess <= 0.0;
+        if !within && worst.is_none_or(|(_, e)| excess > e) {
             worst = Some((i, excess));
         }
     }
