@@ -95,13 +95,23 @@ fn group_planes(g: u32) -> vec3<u32> {
     return vec3<u32>(g / P.c, 1u, g % P.c);
 }
 
-// The run of RUN pixels of invocation i (common.wgsl): (n, c, first pixel)
-// and the group it belongs to.
-fn run_at(i: u32) -> vec4<u32> {
+// The run of RUN pixels of invocation i (common.wgsl).
+struct Run {
+    group: u32,
+    channel: u32,
+    // Its first element in x (and dx) and in y (and dy).
+    x_at: u32,
+    y_at: u32,
+    // Pixels in the run (fewer than RUN at the end of a plane).
+    len: u32,
+}
+
+fn run_at(i: u32) -> Run {
     let r = plane_run(i, P.hw);
     let n = r.x / P.c;
     let c = r.x % P.c;
-    return vec4<u32>(n, c, r.y, select(r.x, c, PER_CHANNEL));
+    return Run(select(r.x, c, PER_CHANNEL), c, slice_index(n, c, r.y, P.hw, P.x_ctotal, P.x_coff),
+               slice_index(n, c, r.y, P.hw, P.y_ctotal, P.y_coff), min(RUN, P.hw - r.y));
 }
 
 @compute @workgroup_size(WG)
@@ -154,17 +164,14 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         return;
     }
     let r = run_at(i);
-    let g = r.w;
-    let k = gamma[r.y] * inverseSqrt(var_in[g] + P.eps);
+    let g = r.group;
+    let k = gamma[r.channel] * inverseSqrt(var_in[g] + P.eps);
     let mean = mean_in[g];
-    let shift = beta[r.y];
-    let xb = slice_index(r.x, r.y, r.z, P.hw, P.x_ctotal, P.x_coff);
-    let yb = slice_index(r.x, r.y, r.z, P.hw, P.y_ctotal, P.y_coff);
-    let end = min(RUN, P.hw - r.z);
+    let shift = beta[r.channel];
     for (var t = 0u; t < RUN; t++) {
-        if (t < end) {
-            let u = block_value(x[xb + t], mean, k, shift);
-            y[yb + t] = u * act_factor(u);
+        if (t < r.len) {
+            let u = block_value(x[r.x_at + t], mean, k, shift);
+            y[r.y_at + t] = u * act_factor(u);
         }
     }
 }
@@ -229,25 +236,22 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         return;
     }
     let r = run_at(i);
-    let g = r.w;
+    let g = r.group;
     let inv = inverseSqrt(var_in[g] + P.eps);
     let count = f32(group_size());
     let mean_dy = sums_in[2u * g] / count;
     let mean_dy_xhat = sums_in[2u * g + 1u] / count;
-    let k = gamma[r.y] * inv;
+    let k = gamma[r.channel] * inv;
     let a = 1.0 + k;
     let b = -k * mean_dy_xhat;
     let c = -k * mean_dy;
     let mean = mean_in[g];
-    let beta_c = beta[r.y];
-    let xb = slice_index(r.x, r.y, r.z, P.hw, P.x_ctotal, P.x_coff);
-    let yb = slice_index(r.x, r.y, r.z, P.hw, P.y_ctotal, P.y_coff);
-    let end = min(RUN, P.hw - r.z);
+    let beta_c = beta[r.channel];
     for (var t = 0u; t < RUN; t++) {
-        if (t < end) {
-            let v = x[xb + t];
-            let d = dy[yb + t] * act_factor(block_value(v, mean, k, beta_c));
-            dx[xb + t] = fma(a, d, fma(b, (v - mean) * inv, c));
+        if (t < r.len) {
+            let v = x[r.x_at + t];
+            let d = dy[r.y_at + t] * act_factor(block_value(v, mean, k, beta_c));
+            dx[r.x_at + t] = fma(a, d, fma(b, (v - mean) * inv, c));
         }
     }
 }

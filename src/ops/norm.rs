@@ -66,6 +66,19 @@ pub struct NormTensors<'a> {
     pub var: &'a Tensor,
 }
 
+impl NormTensors<'_> {
+    /// Refuses statistics or parameters of the wrong size for `x`.
+    fn ensure_fits(&self, label: &str, x: &View, stats: NormStats) -> Result<()> {
+        ensure_stats(label, x.shape(), stats, &[self.mean, self.var])?;
+        ensure_channels(label, x.c, &[self.gamma, self.beta])
+    }
+
+    /// Their bindings in norm.wgsl.
+    fn bindings(&self) -> [(u32, View<'_>); 4] {
+        [(2, self.gamma.view()), (3, self.beta.view()), (4, self.mean.view()), (5, self.var.view())]
+    }
+}
+
 fn ensure_stats(label: &str, s: Shape, stats: NormStats, t: &[&Tensor]) -> Result<()> {
     let groups = stats.groups(s.n, s.c);
     for t in t {
@@ -102,9 +115,9 @@ pub fn apply(
 ) -> Result<Dispatch> {
     let label = format!("norm.apply {} {stats:?}", x.shape());
     ensure_same(&label, &x, &y)?;
-    ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
-    ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
-    let bindings = [(1, x), (2, t.gamma.view()), (3, t.beta.view()), (4, t.mean.view()), (5, t.var.view()), (8, y)];
+    t.ensure_fits(&label, &x, stats)?;
+    let mut bindings = vec![(1, x), (8, y)];
+    bindings.extend(t.bindings());
     let (kernel, p) = with_act(kernel("apply", stats), params(&x, &y), act);
     gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
 }
@@ -140,19 +153,11 @@ pub fn backward_sums(
 ) -> Result<Dispatch> {
     let label = format!("norm.backward_sums {} {stats:?}", x.shape());
     ensure_same(&label, &x, &dy)?;
-    ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
-    ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
+    t.ensure_fits(&label, &x, stats)?;
     let groups = stats.groups(x.shape().n, x.c);
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
-    let bindings = [
-        (1, x),
-        (9, dy),
-        (2, t.gamma.view()),
-        (3, t.beta.view()),
-        (4, t.mean.view()),
-        (5, t.var.view()),
-        (11, sums.view()),
-    ];
+    let mut bindings = vec![(1, x), (9, dy), (11, sums.view())];
+    bindings.extend(t.bindings());
     let (kernel, p) = with_act(kernel("backward_sums", stats), params(&x, &dy), act);
     gpu.dispatch(label, &kernel, &p, &bindings, Grid::Groups(groups))
 }
@@ -173,23 +178,14 @@ pub fn backward_data(
     let label = format!("norm.backward_data {} {stats:?}", x.shape());
     ensure_same(&label, &x, &dy)?;
     ensure_same(&label, &x, &dx)?;
-    ensure_stats(&label, x.shape(), stats, &[t.mean, t.var])?;
+    t.ensure_fits(&label, &x, stats)?;
     // The kernel addresses dx through x's slice parameters: a gradient
     // mirrors its tensor's layout.
     ensure((dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset), &label, || {
         "the input gradient must have the input's channel layout".to_string()
     })?;
-    ensure_channels(&label, x.c, &[t.gamma, t.beta])?;
-    let bindings = [
-        (1, x),
-        (9, dy),
-        (2, t.gamma.view()),
-        (3, t.beta.view()),
-        (4, t.mean.view()),
-        (5, t.var.view()),
-        (12, sums.view()),
-        (10, dx),
-    ];
+    let mut bindings = vec![(1, x), (9, dy), (12, sums.view()), (10, dx)];
+    bindings.extend(t.bindings());
     let (kernel, p) = with_act(kernel("backward_data", stats), params(&x, &dy), act);
     gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
 }
