@@ -477,7 +477,8 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 // With SPLIT > 1 (few input channels: Cin * K * K invocations would leave
 // threads idle) SPLIT invocations share a (ci, tap), each summing an equal
 // part of the chunk into `y` bound to a partials buffer
-// [part][ci, tap][4 * COB]; reduce_partials then adds the parts in order.
+// [part][VALID channels][ci, tap]; reduce_partials then adds the parts in
+// order.
 @compute @workgroup_size(WG_WEIGHT)
 fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
@@ -529,15 +530,16 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         return;
     }
     if (SPLIT > 1u) {
-        blocked_store((part * ckk + r) * 4u * COB, 1u, c);
+        blocked_store(part * VALID * ckk + r, ckk, c);
     } else {
         blocked_store((P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r, P.w_ctotal * kk, c);
     }
 }
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum
-// of blocked_weight's SPLIT partial sums (bound as `x`) in order: the same
-// result whatever the scheduling.
+// of SPLIT partial sums [part][VALID channels][ci, tap] (bound as `x`;
+// written by blocked_weight or tiled_weight) in order: the same result
+// whatever the scheduling.
 @compute @workgroup_size(WG)
 fn reduce_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -551,7 +553,7 @@ fn reduce_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let rc = i % ckk;
     var sum = 0.0;
     for (var part = 0u; part < SPLIT; part++) {
-        sum += x[(part * ckk + rc) * 4u * COB + k];
+        sum += x[(part * VALID + k) * ckk + rc];
     }
     let at = ((P.group * COB * 4u + k) * P.w_ctotal + P.w_coff) * kk + rc;
     if (ACCUMULATE) {
@@ -559,4 +561,257 @@ fn reduce_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     } else {
         y[at] = sum;
     }
+}
+
+// tiled_weight, for hardware GPUs: the weight gradient as a GEMM, dw's
+// (Cout) x (Cin * K * K) entries each summed over the N x H x W pixels.
+// A workgroup computes a tile of TILE_CO channels x TILE_R (ci, tap) rows
+// over one of SPLIT parts of the pixels (split-K: a 32 -> 32 layer has only
+// 5 tiles, far too few to fill a GPU on their own), TILE_Q pixels a step:
+// dy's and x's values for the step are staged in workgroup memory (x read
+// through the tap's dilated offset, zero in the padding: no im2col buffer),
+// then every invocation adds its 4 x 4 outputs from registers. Each part
+// writes its own partial sums [part][channel][ci, tap] (dw bound to a
+// partials buffer), which reduce_partials adds in order: no float atomics.
+const TILE_CO: u32 = 32u;
+const TILE_R: u32 = 64u;
+const TILE_Q: u32 = 32u;
+// 8 x 16 invocations, each 4 channels x 4 rows.
+const WG_TILED: u32 = 128u;
+// Staged [pixel][channel or row], rows padded by one so that the stores,
+// a step's pixels across neighbouring invocations, fall in distinct banks.
+var<workgroup> dy_tile: array<f32, TILE_Q * (TILE_CO + 1u)>;
+var<workgroup> x_tile: array<f32, TILE_Q * (TILE_R + 1u)>;
+
+@compute @workgroup_size(WG_TILED)
+fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let kk = K * K;
+    let ckk = P.cin * kk;
+    let tiles_r = (ckk + TILE_R - 1u) / TILE_R;
+    let tiles = ((P.cout + TILE_CO - 1u) / TILE_CO) * tiles_r;
+    let g = group_index(wid, nwg);
+    let part = g / tiles;
+    let co0 = (g % tiles) / tiles_r * TILE_CO;
+    let r0 = (g % tiles) % tiles_r * TILE_R;
+    let hw = P.h * P.w;
+    let pixels = P.n * hw;
+    let steps = (pixels + TILE_Q - 1u) / TILE_Q;
+    let per_part = (steps + SPLIT - 1u) / SPLIT;
+    let q_end = min((part + 1u) * per_part * TILE_Q, pixels);
+    // Staging: each invocation loads one pixel column (lq) of the step, for
+    // channels and rows lrow, lrow + 4, ... (the loops below); the (ci, tap)
+    // of a row costs divisions by the constant K * K only.
+    let lq = lid.x % TILE_Q;
+    let lrow = lid.x / TILE_Q;
+    // Computing: channels tm + 8 i, rows tn + 16 j of the tile.
+    let tm = lid.x / 16u;
+    let tn = lid.x % 16u;
+    let half = i32(K / 2u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var q0 = part * per_part * TILE_Q; q0 < q_end; q0 += TILE_Q) {
+        let q = q0 + lq;
+        let q_ok = q < q_end;
+        let n = q / hw;
+        let p = q % hw;
+        let py = i32(p / P.w);
+        let px = i32(p % P.w);
+        for (var c = lrow; c < TILE_CO; c += WG_TILED / TILE_Q) {
+            var v = 0.0;
+            if (q_ok && co0 + c < P.cout) {
+                v = dy[slice_index(n, co0 + c, p, hw, P.out_ctotal, P.out_coff)];
+            }
+            dy_tile[lq * (TILE_CO + 1u) + c] = v;
+        }
+        for (var r = lrow; r < TILE_R; r += WG_TILED / TILE_Q) {
+            let rr = r0 + r;
+            let t = rr % kk;
+            let iy = py + (i32(t / K) - half) * i32(P.dilation);
+            let ix = px + (i32(t % K) - half) * i32(P.dilation);
+            var v = 0.0;
+            if (q_ok && rr < ckk && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w)) {
+                v = x[slice_index(n, rr / kk, u32(iy) * P.w + u32(ix), hw, P.in_ctotal, P.in_coff)];
+            }
+            x_tile[lq * (TILE_R + 1u) + r] = v;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < TILE_Q; k++) {
+            let d = k * (TILE_CO + 1u) + tm;
+            let a = vec4<f32>(dy_tile[d], dy_tile[d + 8u], dy_tile[d + 16u], dy_tile[d + 24u]);
+            let e = k * (TILE_R + 1u) + tn;
+            let b = vec4<f32>(x_tile[e], x_tile[e + 16u], x_tile[e + 32u], x_tile[e + 48u]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    tiled_store(part, co0 + tm, r0 + tn, ckk, acc0);
+    tiled_store(part, co0 + tm + 8u, r0 + tn, ckk, acc1);
+    tiled_store(part, co0 + tm + 16u, r0 + tn, ckk, acc2);
+    tiled_store(part, co0 + tm + 24u, r0 + tn, ckk, acc3);
+}
+
+// Channel co's partial sums for rows r, r + 16, r + 32, r + 48 (those that
+// exist) into part `part` of the partials buffer bound as `dw` (none past
+// the last part: a grid folded into two dimensions has spare workgroups).
+fn tiled_store(part: u32, co: u32, r: u32, ckk: u32, v: vec4<f32>) {
+    if (co >= P.cout || part >= SPLIT) {
+        return;
+    }
+    let base = (part * P.cout + co) * ckk;
+    for (var j = 0u; j < 4u; j++) {
+        if (r + 16u * j < ckk) {
+            dw[base + r + 16u * j] = v[j];
+        }
+    }
+}
+
+// tiled_forward and tiled_data, for hardware GPUs: the convolution as an
+// implicit GEMM, (Cout) x (pixels) outputs each summed over Cin * K * K
+// (ci, tap) rows. A workgroup computes TILE_CO output channels x TILE_P
+// pixels, TILE_S rows a step: the step's weights and input values are
+// staged in workgroup memory (the input read through each tap's dilated
+// offset, zero in the padding: no im2col buffer), then every invocation
+// adds its 4 x 4 outputs from registers. P.cin, P.cout and the input and
+// output views are the computed convolution's; with `transposed` (the
+// input gradient) the weights are read transposed with the taps flipped,
+// as pack_weights reads them.
+const TILE_P: u32 = 64u;
+const TILE_S: u32 = 32u;
+var<workgroup> w_tile: array<f32, TILE_S * (TILE_CO + 1u)>;
+var<workgroup> in_tile: array<f32, TILE_S * TILE_P>;
+
+// Invocation lid's sums for channels co0 + tm + 8 i (i = 0..3, the vectors)
+// and pixels q0 + tn + 16 j (j = 0..3, the components).
+struct Tile {
+    c0: vec4<f32>,
+    c1: vec4<f32>,
+    c2: vec4<f32>,
+    c3: vec4<f32>,
+}
+
+fn tiled_weight_at(co: u32, r: u32) -> f32 {
+    let kk = K * K;
+    if (co >= P.cout || r >= P.cin * kk) {
+        return 0.0;
+    }
+    let ci = r / kk;
+    let t = r % kk;
+    if (P.transposed != 0u) {
+        return wt[(ci * P.w_ctotal + P.w_coff + co) * kk + (kk - 1u - t)];
+    }
+    return wt[(co * P.w_ctotal + P.w_coff + ci) * kk + t];
+}
+
+fn tiled_sums(co0: u32, q0: u32, lid: u32) -> Tile {
+    let kk = K * K;
+    let rows = P.cin * kk;
+    let hw = P.h * P.w;
+    // Staging: each invocation loads one pixel (column lq of the tile) for
+    // rows lrow, lrow + 2, ...; the row's (ci, tap) costs divisions by the
+    // constant K * K only.
+    let lq = lid % TILE_P;
+    let lrow = lid / TILE_P;
+    let q = q0 + lq;
+    let q_ok = q < P.n * hw;
+    let n = q / hw;
+    let p = q % hw;
+    let py = i32(p / P.w);
+    let px = i32(p % P.w);
+    let in_base = (n * P.in_ctotal + P.in_coff) * hw;
+    let half = i32(K / 2u);
+    let tm = lid / 16u;
+    let tn = lid % 16u;
+    var c: Tile;
+    for (var s0 = 0u; s0 < rows; s0 += TILE_S) {
+        for (var e = lid; e < TILE_S * TILE_CO; e += WG_TILED) {
+            w_tile[(e % TILE_S) * (TILE_CO + 1u) + e / TILE_S] = tiled_weight_at(co0 + e / TILE_S, s0 + e % TILE_S);
+        }
+        for (var r = lrow; r < TILE_S; r += WG_TILED / TILE_P) {
+            let rr = s0 + r;
+            let t = rr % kk;
+            let iy = py + (i32(t / K) - half) * i32(P.dilation);
+            let ix = px + (i32(t % K) - half) * i32(P.dilation);
+            var v = 0.0;
+            if (q_ok && rr < rows && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w)) {
+                v = x[in_base + (rr / kk) * hw + u32(iy) * P.w + u32(ix)];
+            }
+            in_tile[r * TILE_P + lq] = v;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < TILE_S; k++) {
+            let d = k * (TILE_CO + 1u) + tm;
+            let e = k * TILE_P + tn;
+            let b = vec4<f32>(in_tile[e], in_tile[e + 16u], in_tile[e + 32u], in_tile[e + 48u]);
+            c.c0 = fma(vec4<f32>(w_tile[d]), b, c.c0);
+            c.c1 = fma(vec4<f32>(w_tile[d + 8u]), b, c.c1);
+            c.c2 = fma(vec4<f32>(w_tile[d + 16u]), b, c.c2);
+            c.c3 = fma(vec4<f32>(w_tile[d + 24u]), b, c.c3);
+        }
+        workgroupBarrier();
+    }
+    return c;
+}
+
+// Channel co's outputs at pixels q, q + 16, q + 32, q + 48 (those that
+// exist), plus `b`, written or with ACCUMULATE added into y.
+fn tiled_store_pixels(co: u32, q: u32, b: f32, v: vec4<f32>) {
+    let hw = P.h * P.w;
+    if (co >= P.cout) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let qj = q + 16u * j;
+        if (qj < P.n * hw) {
+            let at = slice_index(qj / hw, co, qj % hw, hw, P.out_ctotal, P.out_coff);
+            if (ACCUMULATE) {
+                y[at] += v[j] + b;
+            } else {
+                y[at] = v[j] + b;
+            }
+        }
+    }
+}
+
+// The tile of workgroup g: (first output channel, first pixel).
+fn tiled_origin(g: u32) -> vec2<u32> {
+    let tiles_co = (P.cout + TILE_CO - 1u) / TILE_CO;
+    return vec2<u32>(g % tiles_co * TILE_CO, g / tiles_co * TILE_P);
+}
+
+// tiled_forward: y = conv(x) + bias, or with ACCUMULATE y += conv(x) (the
+// later parts of a concatenation, whose bias the first part added).
+@compute @workgroup_size(WG_TILED)
+fn tiled_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = tiled_origin(group_index(wid, nwg));
+    let c = tiled_sums(o.x, o.y, lid.x);
+    let co = o.x + lid.x / 16u;
+    let q = o.y + lid.x % 16u;
+    let last = P.cout - 1u;
+    let with_bias = select(1.0, 0.0, ACCUMULATE);
+    tiled_store_pixels(co, q, with_bias * bias[min(co, last)], c.c0);
+    tiled_store_pixels(co + 8u, q, with_bias * bias[min(co + 8u, last)], c.c1);
+    tiled_store_pixels(co + 16u, q, with_bias * bias[min(co + 16u, last)], c.c2);
+    tiled_store_pixels(co + 24u, q, with_bias * bias[min(co + 24u, last)], c.c3);
+}
+
+// tiled_data: the input gradient, written or with ACCUMULATE added into the
+// gradient bound as y (params transposed: dy's channels in, dx's out).
+@compute @workgroup_size(WG_TILED)
+fn tiled_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = tiled_origin(group_index(wid, nwg));
+    let c = tiled_sums(o.x, o.y, lid.x);
+    let co = o.x + lid.x / 16u;
+    let q = o.y + lid.x % 16u;
+    tiled_store_pixels(co, q, 0.0, c.c0);
+    tiled_store_pixels(co + 8u, q, 0.0, c.c1);
+    tiled_store_pixels(co + 16u, q, 0.0, c.c2);
+    tiled_store_pixels(co + 24u, q, 0.0, c.c3);
 }

@@ -284,7 +284,7 @@ fn kernel_outcome(
         gpu.sync()
     })?;
     let (flops, bytes) = sum_cost(&refs);
-    Ok(Outcome { workload: id.into(), variant: format!("{variant:?}"), timing, flops, bytes })
+    Ok(Outcome { workload: id.into(), variant: variant.name().into(), timing, flops, bytes })
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ fn bench_prints_one_json_object_per_workload() {
         return;
     }
     let ids = ["conv3x3-d55-bwd-data", "seo2018-256-train"];
-    let mut args = vec!["bench", "--warmup", "1", "--runs", "2", "--baseline"];
+    let mut args = vec!["bench", "--warmup", "1", "--runs", "2", "--variant", "baseline"];
     for id in ids {
         args.extend(["--workload", id]);
     }
@@ -45,8 +45,8 @@ fn bench_prints_one_json_object_per_workload() {
     // The convolution also with the baseline kernels; the model step once.
     assert_eq!(lines.len(), ids.len() + 1, "{stdout}");
     assert_eq!(lines[1]["workload"], ids[0]);
-    assert_eq!(lines[1]["variant"], "Baseline");
-    assert_ne!(lines[0]["variant"], "Baseline");
+    assert_eq!(lines[1]["variant"], "baseline");
+    assert_ne!(lines[0]["variant"], "baseline");
     assert_eq!(lines[2]["variant"], "auto");
     for (v, id) in lines.iter().zip([ids[0], ids[0], ids[1]]) {
         assert_eq!(v["workload"], id);

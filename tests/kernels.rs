@@ -57,7 +57,7 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
     let y_ref = cpu::conv::forward(&x, &wt, &b, dilation);
     let g_ref = cpu::conv::backward(&x, &wt, &dy, dilation);
 
-    for variant in [Variant::Baseline, Variant::Blocked, Variant::BlockedSubgroup] {
+    for variant in Variant::ALL {
         if variant == Variant::BlockedSubgroup && !gpu.has_subgroups(8) {
             continue;
         }
@@ -95,8 +95,7 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
 /// A convolution over a concatenation held as separate tensors (the
 /// network's head over the dilated layers' outputs) equals the convolution
 /// of the concatenation: forward, input gradients per part, weight gradient.
-fn check_conv_parts(k: usize, dilation: usize, seed: u64) {
-    let gpu = gpu_or_skip!();
+fn check_conv_parts(gpu: &Gpu, k: usize, dilation: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let (n, h, w, cout) = (2, 13, 17, 7);
     let sizes = [1, 4, 5];
@@ -135,12 +134,20 @@ fn check_conv_parts(k: usize, dilation: usize, seed: u64) {
 
 #[test]
 fn conv1x1_over_concatenation_parts_matches_cpu() {
-    check_conv_parts(1, 1, 31);
+    check_conv_parts(gpu_or_skip!(), 1, 1, 31);
 }
 
 #[test]
 fn conv3x3_over_concatenation_parts_matches_cpu() {
-    check_conv_parts(3, 5, 32);
+    check_conv_parts(gpu_or_skip!(), 3, 5, 32);
+}
+
+// The same with the kernels hardware GPUs get (tiled).
+#[test]
+fn tiled_convolutions_over_concatenation_parts_match_cpu() {
+    let Some(gpu) = common::gpu_tuned_for_gpus() else { return };
+    check_conv_parts(gpu, 1, 1, 33);
+    check_conv_parts(gpu, 3, 5, 34);
 }
 
 #[test]
@@ -152,6 +159,11 @@ fn the_blocked_convolution_is_chosen_where_its_table_fits_and_refused_elsewhere(
     assert_eq!(Variant::choose(gpu, 64, 32, 3), Variant::Baseline, "64 x 9 x 8 vec4s exceed the 64 KiB table");
     if std::env::var_os("CI").is_some() {
         assert_eq!(blocked, Variant::BlockedSubgroup, "lavapipe has subgroups of 8: CI must test that path");
+    }
+    if let Some(tuned) = common::gpu_tuned_for_gpus() {
+        assert_eq!(Variant::choose(tuned, 321, 128, 1), Variant::Tiled);
+        assert_eq!(Variant::choose(tuned, 64, 32, 3), Variant::Tiled, "the tiled kernels take any shape");
+        assert_eq!(Variant::for_weight_grad(tuned), Variant::Tiled);
     }
     let x = gpu.zeros(Shape::new(1, 64, 5, 7)).unwrap();
     let (w, b) = (gpu.zeros(Shape::new(32, 64, 3, 3)).unwrap(), gpu.zeros(Shape::vector(32)).unwrap());
@@ -430,7 +442,7 @@ fn dropout_mask_is_reproduced_exactly_from_seed_and_step() {
 // run them, one pixel per invocation.
 #[test]
 fn run_kernels_match_cpu_one_pixel_per_invocation() {
-    let Some(gpu) = common::gpu_one_pixel_runs() else { return };
+    let Some(gpu) = common::gpu_tuned_for_gpus() else { return };
     assert_eq!(gpu.run_length(), 1);
     check_norm(gpu, 3, 5, 37, 53, NormStats::PerSample, Some(Activation::RELU), -0.5, 31);
     check_norm(gpu, 2, 7, 29, 31, NormStats::PerChannel, None, 1000.0, 32);

@@ -137,6 +137,16 @@ fn a_concatenation_over_the_binding_limit_is_held_in_parts_and_still_matches_cpu
     check_training_step_on(&gpu, cfg, shape, 6);
 }
 
+// Whole training steps with the kernels hardware GPUs get (tiled
+// convolutions, one pixel per invocation), run on whatever adapter is here.
+#[test]
+fn training_steps_with_the_gpu_kernels_match_cpu() {
+    let Some(gpu) = common::gpu_tuned_for_gpus() else { return };
+    let cfg = ModelConfig { dropout: 0.0, ..narrow(ModelConfig::lungnet()) };
+    check_training_step_on(gpu, cfg, Shape::new(2, 1, 33, 29), 7);
+    check_training_step_on(gpu, narrow(ModelConfig::seo2018()), Shape::new(1, 1, 45, 61), 8);
+}
+
 #[test]
 fn seo2018_training_step_matches_cpu_on_45x61() {
     check_training_step(narrow(ModelConfig::seo2018()), Shape::new(1, 1, 45, 61), 4);

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
   .dev/dilaseg devices || VK_LOADER_DEBUG=error,warn,driver .dev/dilaseg devices 2>&1 | head -40; } 2>&1 | tee $OUT/env.txt
 .dev/dilaseg devices >/dev/null 2>&1 || exit 3
 { timeout 90 .dev/kernels --test-threads 4; timeout 60 .dev/model --test-threads 4; } 2>&1 | grep -v XDG | tee $OUT/tests.txt | grep -E 'test result|FAILED|panicked' 
-timeout 150 .dev/dilaseg bench --baseline 2>&1 | grep -v XDG | tee $OUT/bench.jsonl
+timeout 150 .dev/dilaseg bench --variant baseline --variant blocked-subgroup 2>&1 | grep -v XDG | tee $OUT/bench.jsonl
 timeout 40 .dev/dilaseg profile --train --iters 5 2>&1 | tee $OUT/profile.txt | tail -25
 timeout 20 .dev/dilaseg profile --preset seo2018 --batch 2 --train --iters 5 > $OUT/profile_seo.txt 2>&1
-{ timeout 60 python3 docs/measure/torch_bench.py; timeout 40 python3 docs/measure/torch_bench.py --tf32; } 2>&1 | tee $OUT/torch.jsonl
+timeout 60 python3 docs/measure/torch_bench.py 2>&1 | tee $OUT/torch.jsonl

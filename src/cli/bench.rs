@@ -19,9 +19,10 @@ pub struct BenchArgs {
     /// Timed runs (BENCH.md asks for at least 10).
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Also time each convolution workload with the baseline kernels, in the same run.
-    #[arg(long)]
-    baseline: bool,
+    /// Also time each convolution workload with these kernels (repeatable:
+    /// baseline, blocked, blocked-subgroup, tiled), in the same run.
+    #[arg(long = "variant", value_name = "NAME", value_parser = clap::value_parser!(Variant))]
+    variants: Vec<Variant>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -46,8 +47,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<bool> {
     let mut all_ok = true;
     for id in ids {
         let mut variants = vec![None];
-        if args.baseline && bench::is_kernel_workload(id) {
-            variants.push(Some(Variant::Baseline));
+        if bench::is_kernel_workload(id) {
+            variants.extend(args.variants.iter().copied().map(Some));
         }
         for variant in variants {
             eprintln!("{id}: {} warm-ups, {} runs ...", args.warmup, args.runs);

@@ -64,9 +64,22 @@ pub struct GpuOptions {
     /// Memory the plans may take, instead of what the machine has available
     /// (tests use it to exercise the too-large path cheaply).
     pub memory_budget: Option<u64>,
-    /// Pixels per invocation of the run kernels instead of the adapter's
-    /// choice (tests run the GPU mapping, 1, on lavapipe).
-    pub run_length: Option<usize>,
+    /// Kernels shaped for this kind of device instead of the adapter's own
+    /// kind (tests run the GPU kernels on lavapipe).
+    pub tuning: Option<Tuning>,
+}
+
+/// Which kernels a device runs best, by its kind (docs/KERNELS.md): a CPU
+/// adapter such as lavapipe runs a workgroup as a few SIMD threads, a
+/// hardware GPU needs thousands of invocations in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tuning {
+    /// Runs of 8 pixels per invocation; convolutions register-blocked with
+    /// the weights in a uniform table.
+    Cpu,
+    /// One pixel per invocation (coalesced); convolutions as GEMMs tiled in
+    /// workgroup memory, the weight gradient split over pixels.
+    Gpu,
 }
 
 impl GpuOptions {
@@ -118,7 +131,7 @@ pub struct Gpu {
     /// they are collected here and returned by `check` instead of panicking.
     errors: Arc<Mutex<Vec<String>>>,
     budget: Option<u64>,
-    run_length: usize,
+    tuning: Tuning,
 }
 
 impl Gpu {
@@ -181,8 +194,8 @@ impl Gpu {
         });
         let pool = BufferPool::new(device.clone());
         let budget = opts.memory_budget;
-        let cpu = info.device_type == wgpu::DeviceType::Cpu;
-        let run_length = opts.run_length.unwrap_or(if cpu { 8 } else { 1 });
+        let kind = if info.device_type == wgpu::DeviceType::Cpu { Tuning::Cpu } else { Tuning::Gpu };
+        let tuning = opts.tuning.unwrap_or(kind);
         Ok(Gpu {
             device,
             queue,
@@ -193,7 +206,7 @@ impl Gpu {
             pool,
             errors,
             budget,
-            run_length,
+            tuning,
         })
     }
 
@@ -260,12 +273,20 @@ impl Gpu {
         }
     }
 
+    /// The kernels this device runs (`GpuOptions::tuning`).
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
     /// Pixels per invocation of the run kernels (`RUN` in common.wgsl, set
     /// on every pipeline): 8 on CPU adapters (measured on lavapipe,
     /// docs/KERNELS.md), 1 on GPUs, where neighbouring invocations should
     /// read neighbouring elements.
     pub fn run_length(&self) -> usize {
-        self.run_length
+        match self.tuning {
+            Tuning::Cpu => 8,
+            Tuning::Gpu => 1,
+        }
     }
 
     pub fn has_timestamps(&self) -> bool {

@@ -13,7 +13,7 @@ mod profile;
 pub mod shaders;
 mod tensor;
 
-pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions};
+pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions, Tuning};
 pub use dispatch::{Cost, Dispatch, Grid, Kernel, WORKGROUP};
 pub use pool::PoolStats;
 pub use profile::{Span, TimeSource};

@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View, WORKGROUP};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, WORKGROUP};
 use crate::shape::Shape;
 
 #[repr(C)]
@@ -94,6 +94,21 @@ pub enum Variant {
     /// `Blocked` with the table rows shared by subgroup broadcasts, where
     /// the adapter has subgroups of at least 8 lanes.
     BlockedSubgroup,
+    /// Implicit GEMMs tiled in workgroup memory (`tiled_*` in conv.wgsl),
+    /// the weight gradient split over the pixels; any shape. The kernels of
+    /// hardware GPUs (`Tuning::Gpu`), which the blocked ones leave idle.
+    Tiled,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Variant, String> {
+        Variant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Variant::ALL.iter().map(|v| v.name()).collect();
+            format!("unknown kernel variant {s:?}; the variants are: {}", names.join(", "))
+        })
+    }
 }
 
 /// vec4s in one packed-weight table (`PACK_LEN` in conv.wgsl): 64 KiB.
@@ -101,6 +116,18 @@ const PACK_LEN: usize = 4096;
 
 /// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in conv.wgsl).
 const WEIGHT_WORKGROUP: usize = 32;
+
+/// Output channels, (ci, tap) rows and pixels of one workgroup's tile in
+/// the tiled kernels (`TILE_CO`, `TILE_R`, `TILE_Q`, `TILE_P` in conv.wgsl).
+const TILE_CO: usize = 32;
+const TILE_R: usize = 64;
+const TILE_Q: usize = 32;
+const TILE_P: usize = 64;
+
+/// Workgroups the tiled weight gradient aims for: its (Cout / 32) x (Cin *
+/// K * K / 64) tiles, times as many pixel parts as it takes to give a large
+/// GPU (132 multiprocessors on an H200) several workgroups each.
+const TILED_WEIGHT_GROUPS: usize = 1024;
 
 /// Kernel sizes the blocked forward and data kernels handle: their 3x3 taps
 /// are spelled out (`blocked_sums` in conv.wgsl).
@@ -112,10 +139,24 @@ fn blocks(cout: usize) -> usize {
 }
 
 impl Variant {
+    pub const ALL: [Variant; 4] = [Variant::Baseline, Variant::Blocked, Variant::BlockedSubgroup, Variant::Tiled];
+
+    /// The name `dilaseg bench --variant` takes and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline",
+            Variant::Blocked => "blocked",
+            Variant::BlockedSubgroup => "blocked-subgroup",
+            Variant::Tiled => "tiled",
+        }
+    }
+
     /// The fastest variant that handles a convolution computing `cout`
     /// channels from `cin` with a `k` x `k` kernel on `gpu`.
     pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
-        if !BLOCKED_K.contains(&k) || cin * k * k * blocks(cout) > PACK_LEN {
+        if gpu.tuning() == Tuning::Gpu {
+            Variant::Tiled
+        } else if !BLOCKED_K.contains(&k) || cin * k * k * blocks(cout) > PACK_LEN {
             Variant::Baseline
         } else {
             Variant::blocked(gpu)
@@ -127,12 +168,20 @@ impl Variant {
     /// on a software adapter's few threads it was 22x faster than the
     /// baseline, but on a hardware GPU those few workgroups leave it idle
     /// (H200: 29 ms, where the baseline's workgroup per weight took 1.9 ms;
-    /// docs/PERFORMANCE.md).
+    /// docs/PERFORMANCE.md), hence the tiled one split over the pixels.
     pub fn for_weight_grad(gpu: &Gpu) -> Variant {
-        if gpu.info.device_type == wgpu::DeviceType::Cpu {
-            Variant::blocked(gpu)
-        } else {
-            Variant::Baseline
+        match gpu.tuning() {
+            Tuning::Cpu => Variant::blocked(gpu),
+            Tuning::Gpu => Variant::Tiled,
+        }
+    }
+
+    /// The variant for the parts of a concatenation (weights with more
+    /// input channels than the part: the baseline does not take those).
+    fn for_parts(gpu: &Gpu) -> Variant {
+        match gpu.tuning() {
+            Tuning::Cpu => Variant::blocked(gpu),
+            Tuning::Gpu => Variant::Tiled,
         }
     }
 
@@ -177,6 +226,7 @@ pub fn forward_with(
             let d = gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
+        Variant::Tiled => tiled(gpu, label, "tiled_forward", p, k, w, x, Some(b), y),
         _ => blocked(gpu, variant, label, "blocked_forward", p, k, w, x, Some(b), y),
     }
 }
@@ -214,6 +264,7 @@ pub fn backward_data_with(
             let d = gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, grid)?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
+        Variant::Tiled => tiled(gpu, label, "tiled_data", transposed(p), k, w, dy, None, dx),
         _ => blocked(gpu, variant, label, "blocked_data", transposed(p), k, w, dy, None, dx),
     }
 }
@@ -248,7 +299,8 @@ fn parts<'a>(label: &str, parts: &[View<'a>], w: &Tensor) -> Result<Vec<(usize, 
 
 /// `y = conv(concat(inputs), w, dilation) + b` without the concatenation in
 /// one buffer: each part is convolved with its slice of `w` and added into
-/// `y` (so no binding holds the whole concatenation). Blocked kernels only.
+/// `y` (so no binding holds the whole concatenation). Blocked or tiled
+/// kernels (`Variant::for_parts`).
 pub fn forward_parts(
     gpu: &Gpu,
     inputs: &[View],
@@ -267,7 +319,10 @@ pub fn forward_parts(
         let label = format!("conv.forward {} {}x{} d{dilation} part {c0}", x.shape(), w.shape.h, w.shape.w);
         let (k, mut p) = part_params(&label, &x, w, c0, &y, dilation)?;
         p.accumulate = u32::from(c0 > 0);
-        list.extend(blocked(gpu, Variant::blocked(gpu), label, "blocked_forward", p, k, w, x, Some(b), y)?);
+        list.extend(match Variant::for_parts(gpu) {
+            Variant::Tiled => tiled(gpu, label, "tiled_forward", p, k, w, x, Some(b), y)?,
+            v => blocked(gpu, v, label, "blocked_forward", p, k, w, x, Some(b), y)?,
+        });
     }
     Ok(list)
 }
@@ -282,7 +337,10 @@ pub fn backward_data_parts(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dxs
     for (c0, dx) in parts(&base, dxs, w)? {
         let label = format!("conv.backward_data {} {}x{} d{dilation} part {c0}", dx.shape(), w.shape.h, w.shape.w);
         let (k, p) = part_params(&label, &dx, w, c0, &dy, dilation)?;
-        list.extend(blocked(gpu, Variant::blocked(gpu), label, "blocked_data", transposed(p), k, w, dy, None, dx)?);
+        list.extend(match Variant::for_parts(gpu) {
+            Variant::Tiled => tiled(gpu, label, "tiled_data", transposed(p), k, w, dy, None, dx)?,
+            v => blocked(gpu, v, label, "blocked_data", transposed(p), k, w, dy, None, dx)?,
+        });
     }
     Ok(list)
 }
@@ -298,7 +356,10 @@ pub fn backward_weight_parts(gpu: &Gpu, xs: &[View], dy: View, dilation: usize, 
     for (c0, x) in parts(&base, xs, dw)? {
         let label = format!("conv.backward_weight {} {}x{} d{dilation} part {c0}", x.shape(), dw.shape.h, dw.shape.w);
         let (k, p) = part_params(&label, &x, dw, c0, &dy, dilation)?;
-        list.extend(blocked_weight(gpu, Variant::blocked(gpu), label, p, k, x, dy, dw)?);
+        list.extend(match Variant::for_parts(gpu) {
+            Variant::Tiled => tiled_weight(gpu, label, p, k, x, dy, dw)?,
+            v => blocked_weight(gpu, v, label, p, k, x, dy, dw)?,
+        });
     }
     Ok(list)
 }
@@ -370,12 +431,73 @@ pub fn backward_weight_with(
 ) -> Result<Vec<Dispatch>> {
     let label = format!("conv.backward_weight {} {}x{} d{dilation}", x.shape(), dw.shape.h, dw.shape.w);
     let (k, p) = params(&label, &x, dw, &dy, dilation)?;
-    if variant == Variant::Baseline {
-        let bindings = [(1, x), (5, dy), (7, dw.view())];
-        let d = gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, Grid::Groups(dw.shape.numel()))?;
-        return Ok(vec![d.with_flops(flops(&p, k))]);
+    match variant {
+        Variant::Baseline => {
+            let bindings = [(1, x), (5, dy), (7, dw.view())];
+            let grid = Grid::Groups(dw.shape.numel());
+            let d = gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, grid)?;
+            Ok(vec![d.with_flops(flops(&p, k))])
+        }
+        Variant::Tiled => tiled_weight(gpu, label, p, k, x, dy, dw),
+        _ => blocked_weight(gpu, variant, label, p, k, x, dy, dw),
     }
-    blocked_weight(gpu, variant, label, p, k, x, dy, dw)
+}
+
+/// The tiled convolution (`entry` tiled_forward or tiled_data, `p` the
+/// computed convolution's): one dispatch of a workgroup per tile of
+/// TILE_CO output channels x TILE_P pixels.
+#[allow(clippy::too_many_arguments)]
+fn tiled(
+    gpu: &Gpu,
+    label: String,
+    entry: &'static str,
+    p: Params,
+    k: usize,
+    w: &Tensor,
+    input: View,
+    bias: Option<&Tensor>,
+    output: View,
+) -> Result<Vec<Dispatch>> {
+    let pixels = output.shape().n * output.shape().h * output.shape().w;
+    let groups = (p.cout as usize).div_ceil(TILE_CO) * pixels.div_ceil(TILE_P);
+    let mut bindings = vec![(1, input), (2, w.view()), (4, output)];
+    bindings.extend(bias.map(|b| (3, b.view())));
+    let kernel = kernel(entry, k).with("ACCUMULATE", f64::from(p.accumulate));
+    let d = gpu.dispatch(label, &kernel, &p, &bindings, Grid::Groups(groups))?;
+    Ok(vec![d.with_flops(flops(&p, k))])
+}
+
+/// The tiled weight gradient: tiled_weight's partial sums, one per part of
+/// the pixels, then reduce_partials adds them into `dw` in order.
+#[allow(clippy::too_many_arguments)]
+fn tiled_weight(
+    gpu: &Gpu,
+    label: String,
+    p: Params,
+    k: usize,
+    x: View,
+    dy: View,
+    dw: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let (rows, cout) = (x.c * k * k, dy.c);
+    let pixels = x.shape().n * x.shape().h * x.shape().w;
+    let tiles = cout.div_ceil(TILE_CO) * rows.div_ceil(TILE_R);
+    // Parts of at least 8 steps of TILE_Q pixels each.
+    let split = TILED_WEIGHT_GROUPS.div_ceil(tiles).min(pixels.div_ceil(8 * TILE_Q)).max(1);
+    let partials = gpu.tensor(Shape::new(split, cout, rows, 1))?;
+    let sums = kernel("tiled_weight", k).with("SPLIT", split as f64);
+    let bindings = [(1, x), (5, dy), (7, partials.view())];
+    let d = gpu.dispatch(label, &sums, &p, &bindings, Grid::Groups(split * tiles))?;
+    let reduce = kernel("reduce_partials", k).with("VALID", cout as f64).with("SPLIT", split as f64);
+    let bindings = [(1, partials.view()), (4, dw.view())];
+    let r = gpu.dispatch(
+        format!("conv.reduce_partials {} {split} parts", dw.shape),
+        &reduce,
+        &Params { group: 0, ..p },
+        &bindings,
+        Grid::Elements(cout * rows),
+    )?;
+    Ok(vec![d.with_flops(flops(&p, k)), r])
 }
 
 /// blocked_weight's invocations per (ci, tap) for `taps` = Cin * K * K:

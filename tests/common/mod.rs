@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use dilaseg::cpu::Tensor;
-use dilaseg::gpu::{Gpu, GpuOptions};
+use dilaseg::gpu::{Gpu, GpuOptions, Tuning};
 use dilaseg::Shape;
 
 /// The adapter the GPU tests run on (lavapipe in CI), opened once per test
@@ -28,13 +28,14 @@ pub fn gpu() -> Option<&'static Gpu> {
     .as_ref()
 }
 
-/// A second device that runs the run kernels one pixel per invocation, the
-/// mapping GPUs get (`GpuOptions::run_length`), so lavapipe tests it too.
-pub fn gpu_one_pixel_runs() -> Option<&'static Gpu> {
+/// A second device that runs the kernels hardware GPUs get
+/// (`Tuning::Gpu`: one pixel per invocation, tiled convolutions), so
+/// lavapipe tests them too.
+pub fn gpu_tuned_for_gpus() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
     gpu()?;
     GPU.get_or_init(|| {
-        let opts = GpuOptions { run_length: Some(1), ..GpuOptions::from_env() };
+        let opts = GpuOptions { tuning: Some(Tuning::Gpu), ..GpuOptions::from_env() };
         Some(Gpu::new(&opts).expect("the adapter opened once opens again"))
     })
     .as_ref()
