@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use dilaseg::cpu::{self, Tensor};
-use dilaseg::gpu::{Gpu, GpuOptions};
+use dilaseg::gpu::{Gpu, GpuOptions, Tuning};
 use dilaseg::model::config::{ModelConfig, OutputKind};
 use dilaseg::model::graph::{Graph, Optimizer, TrainSetup};
 use dilaseg::model::params::ParamSet;
@@ -276,18 +276,21 @@ fn a_graphs_memory_is_known_before_it_is_built_and_refused_over_the_budget() {
     // Its own device and buffer pool: tests running beside it on the shared
     // one would move the pool's counters between the two readings (seen on
     // an H200 with 4 test threads).
-    let own = Gpu::new(&GpuOptions::from_env()).unwrap();
-    let gpu = &own;
+    // Both kernel tunings: the GPU's weight gradient holds partial sums.
     let arch = Architecture::new(&narrow(ModelConfig::lungnet()));
     let values = params(&arch, 5);
-    for (shape, train) in [(Shape::new(2, 1, 45, 61), Some(setup(1))), (Shape::new(1, 1, 97, 130), None)] {
-        let need = Graph::memory_need(gpu, &arch, &values, shape, train.as_ref()).unwrap();
-        let before = gpu.pool_stats().on_loan;
-        let graph = Graph::new(gpu, &arch, &values, shape, train.as_ref()).unwrap();
-        let held = gpu.pool_stats().on_loan - before;
-        drop(graph);
-        let error = (need as f64 - held as f64).abs() / held as f64;
-        assert!(error < 0.01, "{shape}: estimated {need} bytes, the graph holds {held}");
+    for tuning in [Tuning::Cpu, Tuning::Gpu] {
+        let own = Gpu::new(&GpuOptions { tuning: Some(tuning), ..GpuOptions::from_env() }).unwrap();
+        let gpu = &own;
+        for (shape, train) in [(Shape::new(2, 1, 45, 61), Some(setup(1))), (Shape::new(1, 1, 97, 130), None)] {
+            let need = Graph::memory_need(gpu, &arch, &values, shape, train.as_ref()).unwrap();
+            let before = gpu.pool_stats().on_loan;
+            let graph = Graph::new(gpu, &arch, &values, shape, train.as_ref()).unwrap();
+            let held = gpu.pool_stats().on_loan - before;
+            drop(graph);
+            let error = (need as f64 - held as f64).abs() / held as f64;
+            assert!(error < 0.01, "{shape} ({tuning:?}): estimated {need} bytes, the graph holds {held}");
+        }
     }
 
     // A device with less to give refuses the plan with the figures.

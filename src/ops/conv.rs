@@ -95,8 +95,10 @@ pub enum Variant {
     /// the adapter has subgroups of at least 8 lanes.
     BlockedSubgroup,
     /// Implicit GEMMs tiled in workgroup memory (`tiled_*` in conv.wgsl),
-    /// the weight gradient split over the pixels; any shape. The kernels of
-    /// hardware GPUs (`Tuning::Gpu`), which the blocked ones leave idle.
+    /// the weight gradient split over the pixels; any shape. The weight
+    /// gradient of hardware GPUs (`Tuning::Gpu`), whose many cores the
+    /// blocked one leaves idle, and the convolutions whose weights the
+    /// blocked kernels' table cannot hold.
     Tiled,
 }
 
@@ -118,15 +120,20 @@ const PACK_LEN: usize = 4096;
 const WEIGHT_WORKGROUP: usize = 32;
 
 /// Output channels, (ci, tap) rows and pixels of one workgroup's tile in
-/// the tiled kernels (`TILE_CO`, `TILE_R`, `TILE_Q`, `TILE_P` in conv.wgsl).
+/// the tiled kernels (`TILE_CO`, `TILE_R`, `TILE_P` in conv.wgsl).
 const TILE_CO: usize = 32;
 const TILE_R: usize = 64;
-const TILE_Q: usize = 32;
 const TILE_P: usize = 64;
+
+/// Entries of dw per workgroup of reduce_partials (`REDUCE_ENTRIES`).
+const REDUCE_ENTRIES: usize = 32;
 
 /// Workgroups the tiled weight gradient aims for: its (Cout / 32) x (Cin *
 /// K * K / 64) tiles, times as many pixel parts as it takes to give a large
-/// GPU (132 multiprocessors on an H200) several workgroups each.
+/// GPU (132 multiprocessors on an H200) several workgroups each, at most
+/// 512 parts. The parts do not depend on the image size (parts past the
+/// pixels sum nothing), so a graph's memory stays affine in its pixel count
+/// (`Graph::memory_need`).
 const TILED_WEIGHT_GROUPS: usize = 1024;
 
 /// Kernel sizes the blocked forward and data kernels handle: their 3x3 taps
@@ -152,14 +159,15 @@ impl Variant {
     }
 
     /// The fastest variant that handles a convolution computing `cout`
-    /// channels from `cin` with a `k` x `k` kernel on `gpu`.
+    /// channels from `cin` with a `k` x `k` kernel on `gpu`: the blocked
+    /// one where its table fits (on an H200 too it beat the tiled one,
+    /// 0.24 against 0.32 ms for a 32 -> 32 3x3 layer, docs/PERFORMANCE.md),
+    /// else the tiled one (on lavapipe too 2.5x faster than the baseline).
     pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
-        if gpu.tuning() == Tuning::Gpu {
-            Variant::Tiled
-        } else if !BLOCKED_K.contains(&k) || cin * k * k * blocks(cout) > PACK_LEN {
-            Variant::Baseline
-        } else {
+        if BLOCKED_K.contains(&k) && cin * k * k * blocks(cout) <= PACK_LEN {
             Variant::blocked(gpu)
+        } else {
+            Variant::Tiled
         }
     }
 
@@ -167,18 +175,10 @@ impl Variant {
     /// chunk by chunk, one dispatch of cin * k * k / 64 workgroups each:
     /// on a software adapter's few threads it was 22x faster than the
     /// baseline, but on a hardware GPU those few workgroups leave it idle
-    /// (H200: 29 ms, where the baseline's workgroup per weight took 1.9 ms;
-    /// docs/PERFORMANCE.md), hence the tiled one split over the pixels.
+    /// (H200: 24 ms for a 32 -> 32 3x3 layer), where the tiled one split
+    /// over the pixels took 0.43 ms (the baseline 1.98; docs/PERFORMANCE.md).
+    /// On lavapipe the tiled one is 13x slower than the blocked one.
     pub fn for_weight_grad(gpu: &Gpu) -> Variant {
-        match gpu.tuning() {
-            Tuning::Cpu => Variant::blocked(gpu),
-            Tuning::Gpu => Variant::Tiled,
-        }
-    }
-
-    /// The variant for the parts of a concatenation (weights with more
-    /// input channels than the part: the baseline does not take those).
-    fn for_parts(gpu: &Gpu) -> Variant {
         match gpu.tuning() {
             Tuning::Cpu => Variant::blocked(gpu),
             Tuning::Gpu => Variant::Tiled,
@@ -300,7 +300,8 @@ fn parts<'a>(label: &str, parts: &[View<'a>], w: &Tensor) -> Result<Vec<(usize, 
 /// `y = conv(concat(inputs), w, dilation) + b` without the concatenation in
 /// one buffer: each part is convolved with its slice of `w` and added into
 /// `y` (so no binding holds the whole concatenation). Blocked or tiled
-/// kernels (`Variant::for_parts`).
+/// kernels, as `Variant::choose` picks for the part (the baseline does not
+/// take a part of the weights' input channels).
 pub fn forward_parts(
     gpu: &Gpu,
     inputs: &[View],
@@ -319,7 +320,7 @@ pub fn forward_parts(
         let label = format!("conv.forward {} {}x{} d{dilation} part {c0}", x.shape(), w.shape.h, w.shape.w);
         let (k, mut p) = part_params(&label, &x, w, c0, &y, dilation)?;
         p.accumulate = u32::from(c0 > 0);
-        list.extend(match Variant::for_parts(gpu) {
+        list.extend(match Variant::choose(gpu, x.c, y.c, k) {
             Variant::Tiled => tiled(gpu, label, "tiled_forward", p, k, w, x, Some(b), y)?,
             v => blocked(gpu, v, label, "blocked_forward", p, k, w, x, Some(b), y)?,
         });
@@ -337,7 +338,7 @@ pub fn backward_data_parts(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dxs
     for (c0, dx) in parts(&base, dxs, w)? {
         let label = format!("conv.backward_data {} {}x{} d{dilation} part {c0}", dx.shape(), w.shape.h, w.shape.w);
         let (k, p) = part_params(&label, &dx, w, c0, &dy, dilation)?;
-        list.extend(match Variant::for_parts(gpu) {
+        list.extend(match Variant::choose(gpu, dy.c, dx.c, k) {
             Variant::Tiled => tiled(gpu, label, "tiled_data", transposed(p), k, w, dy, None, dx)?,
             v => blocked(gpu, v, label, "blocked_data", transposed(p), k, w, dy, None, dx)?,
         });
@@ -356,7 +357,7 @@ pub fn backward_weight_parts(gpu: &Gpu, xs: &[View], dy: View, dilation: usize, 
     for (c0, x) in parts(&base, xs, dw)? {
         let label = format!("conv.backward_weight {} {}x{} d{dilation} part {c0}", x.shape(), dw.shape.h, dw.shape.w);
         let (k, p) = part_params(&label, &x, dw, c0, &dy, dilation)?;
-        list.extend(match Variant::for_parts(gpu) {
+        list.extend(match Variant::for_weight_grad(gpu) {
             Variant::Tiled => tiled_weight(gpu, label, p, k, x, dy, dw)?,
             v => blocked_weight(gpu, v, label, p, k, x, dy, dw)?,
         });
@@ -383,7 +384,7 @@ fn blocked(
     let cob = blocks(cout);
     ensure(BLOCKED_K.contains(&k), &label, || format!("the blocked kernels take 1x1 and 3x3 kernels, not {k}x{k}"))?;
     ensure(cin * k * k * cob <= PACK_LEN, &label, || {
-        format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the baseline")
+        format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the tiled or baseline kernels")
     })?;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
     let pixels = output.shape().n * output.shape().h * output.shape().w;
@@ -480,10 +481,8 @@ fn tiled_weight(
     dw: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let (rows, cout) = (x.c * k * k, dy.c);
-    let pixels = x.shape().n * x.shape().h * x.shape().w;
     let tiles = cout.div_ceil(TILE_CO) * rows.div_ceil(TILE_R);
-    // Parts of at least 8 steps of TILE_Q pixels each.
-    let split = TILED_WEIGHT_GROUPS.div_ceil(tiles).min(pixels.div_ceil(8 * TILE_Q)).max(1);
+    let split = TILED_WEIGHT_GROUPS.div_ceil(tiles).min(512);
     let partials = gpu.tensor(Shape::new(split, cout, rows, 1))?;
     let sums = kernel("tiled_weight", k).with("SPLIT", split as f64);
     let bindings = [(1, x), (5, dy), (7, partials.view())];
@@ -495,7 +494,7 @@ fn tiled_weight(
         &reduce,
         &Params { group: 0, ..p },
         &bindings,
-        Grid::Elements(cout * rows),
+        Grid::Groups((cout * rows).div_ceil(REDUCE_ENTRIES)),
     )?;
     Ok(vec![d.with_flops(flops(&p, k)), r])
 }
@@ -562,7 +561,7 @@ fn blocked_weight(
                     .with("ACCUMULATE", f64::from(u8::from(c > 0)))
                     .with("SPLIT", split as f64);
                 let bindings = [(1, partials.view()), (4, dw.view())];
-                let grid = Grid::Elements(group_cout * cin * k * k);
+                let grid = Grid::Groups((group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
                 list.push(gpu.dispatch(
                     format!("conv.reduce_partials {} group {group}", dw.shape),
                     &reduce,
