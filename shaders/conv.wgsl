@@ -201,22 +201,31 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
+// backward_bias: one workgroup per channel and part (SPLIT ranges of each
+// plane's pixels, so that a few channels still fill a GPU). With SPLIT > 1
+// db is bound to a partials buffer [part][channel], which reduce_partials
+// (cin 1, K 1) adds in order.
 @compute @workgroup_size(WG)
 fn backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let co = group_index(wid, nwg);
-    if (co >= P.cout) {
+    let w = group_index(wid, nwg);
+    let co = w % P.cout;
+    let part = w / P.cout;
+    if (part >= SPLIT) {
         return;
     }
     let hw = P.h * P.w;
+    let per = ((hw + RUN - 1u) / RUN + SPLIT - 1u) / SPLIT * RUN;
+    let p0 = min(part * per, hw);
+    let p1 = min(p0 + per, hw);
     var acc = 0.0;
     // Plane by plane, runs of RUN pixels a trip (common.wgsl): no division
     // per element, and less loop bookkeeping per element on a CPU adapter.
     for (var n = 0u; n < P.n; n++) {
         let base = slice_index(n, co, 0u, hw, P.out_ctotal, P.out_coff);
-        for (var j = lid.x * RUN; j < hw; j += WG * RUN) {
+        for (var j = p0 + lid.x * RUN; j < p1; j += WG * RUN) {
             for (var t = 0u; t < RUN; t++) {
-                if (j + t < hw) {
+                if (j + t < p1) {
                     acc += dy[base + j + t];
                 }
             }
@@ -224,7 +233,7 @@ fn backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     let total = workgroup_sum(lid.x, acc);
     if (lid.x == 0u) {
-        db[co] = total;
+        db[w] = total;
     }
 }
 

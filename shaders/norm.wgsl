@@ -3,9 +3,12 @@
 // and batch norm (PER_CHANNEL: a group per channel over N x H x W).
 //
 // Mapping:
-// - moments: one workgroup per group; two passes over the group (mean,
-//   then the centred sum of squares), each reduced in a fixed tree. Sound
-//   on post-ReLU activations with large means, no float atomics. Each
+// - moments: one workgroup per group and part (PARTS: ranges of each
+//   plane's pixels, so that a few groups still fill a GPU); two passes over
+//   the part (mean, then the centred sum of squares), each reduced in a
+//   fixed tree. Sound on post-ReLU activations with large means, no float
+//   atomics. With PARTS > 1, combine_moments then merges the parts' means
+//   and squared deviations in order (Chan et al.'s pairwise update). Each
 //   invocation reads runs of RUN pixels per trip: with one pixel a trip,
 //   the loop's own cost made moments and backward_sums 1.3-1.6x slower on
 //   lavapipe (2026-11-28);
@@ -15,7 +18,8 @@
 //   with PER_CHANNEL;
 // - update_running: one invocation per channel, PyTorch's momentum update
 //   with the unbiased variance;
-// - backward_sums: one workgroup per group: sum(dy) and sum(dy * xhat);
+// - backward_sums: one workgroup per group and part: sum(dy) and
+//   sum(dy * xhat); with PARTS > 1, combine_sums adds the parts in order;
 // - backward_data: one invocation per run of RUN pixels, likewise;
 // - param_grads: one invocation per channel, summing its groups in order.
 // With ACT the activation after the block is fused into apply and the
@@ -55,6 +59,9 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(15) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(16) var<storage, read_write> running_var: array<f32>;
+// moments_parts' and backward_sums_parts' results per (group, part), two
+// values each.
+@group(0) @binding(17) var<storage, read_write> part_out: array<f32>;
 
 // Batch norm (a group per channel) or instance norm (a group per (n, c)),
 // fixed per pipeline: on llvmpipe a branch on a uniform runs both sides, and
@@ -65,6 +72,8 @@ override PER_CHANNEL: bool = false;
 // y worked out again (block_value), so the block's output before the
 // activation is never stored and no pass over memory applies it.
 override ACT: bool = false;
+// Parts each group's statistics are split into (see moments).
+override PARTS: u32 = 1u;
 
 // The block's output for input v of a group with mean `mean`, k = gamma * inv
 // and beta: the one formula of apply and the backward masks, so both see the
@@ -95,6 +104,21 @@ fn group_planes(g: u32) -> vec3<u32> {
     return vec3<u32>(g / P.c, 1u, g % P.c);
 }
 
+// Workgroup w's part of a group: (group, first pixel, end pixel) of each of
+// the group's planes, in whole runs.
+fn part_range(w: u32) -> vec3<u32> {
+    let runs = (P.hw + RUN - 1u) / RUN;
+    let per = (runs + PARTS - 1u) / PARTS * RUN;
+    let part = w % PARTS;
+    return vec3<u32>(w / PARTS, min(part * per, P.hw), min((part + 1u) * per, P.hw));
+}
+
+// Elements in part `part` of a group.
+fn part_size(part: u32) -> u32 {
+    let r = part_range(part);
+    return (r.z - r.y) * select(1u, P.n, PER_CHANNEL);
+}
+
 // The run of RUN pixels of invocation i (common.wgsl).
 struct Run {
     group: u32,
@@ -114,6 +138,39 @@ fn run_at(i: u32) -> Run {
                slice_index(n, c, r.y, P.hw, P.y_ctotal, P.y_coff), min(RUN, P.hw - r.y));
 }
 
+// Part w's mean and sum of squared deviations from it (every invocation of
+// the workgroup must call it).
+fn part_moments(w: u32, lid: u32) -> vec2<f32> {
+    let r = part_range(w);
+    let gp = group_planes(r.x);
+    var s = 0.0;
+    for (var n = gp.x; n < gp.x + gp.y; n++) {
+        let base = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
+        for (var j = r.y + lid * RUN; j < r.z; j += WG * RUN) {
+            for (var t = 0u; t < RUN; t++) {
+                if (j + t < r.z) {
+                    s += x[base + j + t];
+                }
+            }
+        }
+    }
+    let mean = workgroup_sum(lid, s) / f32(max(part_size(w), 1u));
+    var ss = 0.0;
+    for (var n = gp.x; n < gp.x + gp.y; n++) {
+        let base = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
+        for (var j = r.y + lid * RUN; j < r.z; j += WG * RUN) {
+            for (var t = 0u; t < RUN; t++) {
+                if (j + t < r.z) {
+                    let d = x[base + j + t] - mean;
+                    ss += d * d;
+                }
+            }
+        }
+    }
+    return vec2<f32>(mean, workgroup_sum(lid, ss));
+}
+
+// moments: one workgroup per group (PARTS = 1).
 @compute @workgroup_size(WG)
 fn moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -121,36 +178,54 @@ fn moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     if (g >= group_count()) {
         return;
     }
-    let gp = group_planes(g);
-    var s = 0.0;
-    for (var n = gp.x; n < gp.x + gp.y; n++) {
-        let base = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
-        for (var j = lid.x * RUN; j < P.hw; j += WG * RUN) {
-            for (var t = 0u; t < RUN; t++) {
-                if (j + t < P.hw) {
-                    s += x[base + j + t];
-                }
-            }
-        }
-    }
-    let mean = workgroup_sum(lid.x, s) / f32(group_size());
-    var ss = 0.0;
-    for (var n = gp.x; n < gp.x + gp.y; n++) {
-        let base = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
-        for (var j = lid.x * RUN; j < P.hw; j += WG * RUN) {
-            for (var t = 0u; t < RUN; t++) {
-                if (j + t < P.hw) {
-                    let d = x[base + j + t] - mean;
-                    ss += d * d;
-                }
-            }
-        }
-    }
-    let variance = workgroup_sum(lid.x, ss) / f32(group_size());
+    let m = part_moments(g, lid.x);
     if (lid.x == 0u) {
-        mean_out[g] = mean;
-        var_out[g] = variance;
+        mean_out[g] = m.x;
+        var_out[g] = m.y / f32(group_size());
     }
+}
+
+// moments_parts: one workgroup per (group, part), its moments into
+// part_out for combine_moments.
+@compute @workgroup_size(WG)
+fn moments_parts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = group_index(wid, nwg);
+    if (w >= group_count() * PARTS) {
+        return;
+    }
+    let m = part_moments(w, lid.x);
+    if (lid.x == 0u) {
+        part_out[2u * w] = m.x;
+        part_out[2u * w + 1u] = m.y;
+    }
+}
+
+// combine_moments: one invocation per group merges its parts' means and
+// sums of squared deviations (part_out) in part order.
+@compute @workgroup_size(WG)
+fn combine_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = element_index(wid, lid, nwg);
+    if (g >= group_count()) {
+        return;
+    }
+    var count = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var part = 0u; part < PARTS; part++) {
+        let nb = f32(part_size(part));
+        if (nb > 0.0) {
+            let w = g * PARTS + part;
+            let delta = part_out[2u * w] - mean;
+            let total = count + nb;
+            mean += delta * nb / total;
+            m2 += part_out[2u * w + 1u] + delta * delta * count * nb / total;
+            count = total;
+        }
+    }
+    mean_out[g] = mean;
+    var_out[g] = m2 / count;
 }
 
 // apply: y = x + k * (x - mean) + beta, k = gamma * inv worked out once per
@@ -189,13 +264,11 @@ fn update_running(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     running_var[c] = (1.0 - P.momentum) * running_var[c] + P.momentum * var_in[c] * unbias;
 }
 
-@compute @workgroup_size(WG)
-fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = group_index(wid, nwg);
-    if (g >= group_count()) {
-        return;
-    }
+// Part w's sum(dy) and sum(dy * xhat) (every invocation of the workgroup
+// must call it).
+fn part_sums(w: u32, lid: u32) -> vec2<f32> {
+    let r = part_range(w);
+    let g = r.x;
     let inv = inverseSqrt(var_in[g] + P.eps);
     let mean = mean_in[g];
     let gp = group_planes(g);
@@ -206,9 +279,9 @@ fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     for (var n = gp.x; n < gp.x + gp.y; n++) {
         let xb = slice_index(n, gp.z, 0u, P.hw, P.x_ctotal, P.x_coff);
         let yb = slice_index(n, gp.z, 0u, P.hw, P.y_ctotal, P.y_coff);
-        for (var j = lid.x * RUN; j < P.hw; j += WG * RUN) {
+        for (var j = r.y + lid * RUN; j < r.z; j += WG * RUN) {
             for (var t = 0u; t < RUN; t++) {
-                if (j + t < P.hw) {
+                if (j + t < r.z) {
                     let v = x[xb + j + t];
                     let d = dy[yb + j + t] * act_factor(block_value(v, mean, k, beta_c));
                     s_dy += d;
@@ -217,12 +290,57 @@ fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             }
         }
     }
-    let t_dy = workgroup_sum(lid.x, s_dy);
-    let t_dy_xhat = workgroup_sum(lid.x, s_dy_xhat);
-    if (lid.x == 0u) {
-        sums_out[2u * g] = t_dy;
-        sums_out[2u * g + 1u] = t_dy_xhat;
+    let t_dy = workgroup_sum(lid, s_dy);
+    return vec2<f32>(t_dy, workgroup_sum(lid, s_dy_xhat));
+}
+
+// backward_sums: one workgroup per group (PARTS = 1).
+@compute @workgroup_size(WG)
+fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g >= group_count()) {
+        return;
     }
+    let t = part_sums(g, lid.x);
+    if (lid.x == 0u) {
+        sums_out[2u * g] = t.x;
+        sums_out[2u * g + 1u] = t.y;
+    }
+}
+
+// backward_sums_parts: one workgroup per (group, part), its sums into
+// part_out for combine_sums.
+@compute @workgroup_size(WG)
+fn backward_sums_parts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = group_index(wid, nwg);
+    if (w >= group_count() * PARTS) {
+        return;
+    }
+    let t = part_sums(w, lid.x);
+    if (lid.x == 0u) {
+        part_out[2u * w] = t.x;
+        part_out[2u * w + 1u] = t.y;
+    }
+}
+
+// combine_sums: one invocation per group adds its parts' sums in order.
+@compute @workgroup_size(WG)
+fn combine_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = element_index(wid, lid, nwg);
+    if (g >= group_count()) {
+        return;
+    }
+    var s_dy = 0.0;
+    var s_dy_xhat = 0.0;
+    for (var part = 0u; part < PARTS; part++) {
+        s_dy += part_out[2u * (g * PARTS + part)];
+        s_dy_xhat += part_out[2u * (g * PARTS + part) + 1u];
+    }
+    sums_out[2u * g] = s_dy;
+    sums_out[2u * g + 1u] = s_dy_xhat;
 }
 
 // backward_data: dx = dy + k * (dy - mean(dy) - xhat * mean(dy * xhat)),

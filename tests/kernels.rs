@@ -75,7 +75,7 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
         let mut list = ops::conv::forward_with(gpu, variant, xv, &gw, &gb, dilation, yv).unwrap();
         list.extend(ops::conv::backward_data_with(gpu, variant, dyv, &gw, dilation, dxv, true).unwrap());
         list.extend(ops::conv::backward_weight_with(gpu, variant, xv, dyv, dilation, &gdw).unwrap());
-        list.push(ops::conv::backward_bias(gpu, dyv, &gdb).unwrap());
+        list.extend(ops::conv::backward_bias(gpu, dyv, &gdb).unwrap());
         run(gpu, &list.iter().collect::<Vec<_>>());
 
         // Sums of up to 9 * 33 products of magnitude <= 0.5 (forward, data
@@ -289,13 +289,11 @@ fn check_norm(
     let (dgamma, dbeta) = (gpu.tensor(Shape::vector(c)).unwrap(), gpu.tensor(Shape::vector(c)).unwrap());
     let t = ops::norm::NormTensors { gamma: &gg, beta: &gbt, mean: &mean, var: &var };
     let (xv, yv, dyv) = (gx.channels(2, c), gy.channels(1, c), gdy.channels(1, c));
-    let d = [
-        ops::norm::moments(gpu, xv, stats, &mean, &var).unwrap(),
-        ops::norm::apply(gpu, xv, stats, &t, act, yv).unwrap(),
-        ops::norm::backward_sums(gpu, xv, dyv, stats, &t, act, &sums).unwrap(),
-        ops::norm::backward_data(gpu, xv, dyv, stats, &t, act, &sums, gdx.channels(2, c)).unwrap(),
-        ops::norm::param_grads(gpu, xv, stats, &sums, &dgamma, &dbeta).unwrap(),
-    ];
+    let mut d = ops::norm::moments(gpu, xv, stats, &mean, &var).unwrap();
+    d.push(ops::norm::apply(gpu, xv, stats, &t, act, yv).unwrap());
+    d.extend(ops::norm::backward_sums(gpu, xv, dyv, stats, &t, act, &sums).unwrap());
+    d.push(ops::norm::backward_data(gpu, xv, dyv, stats, &t, act, &sums, gdx.channels(2, c)).unwrap());
+    d.push(ops::norm::param_grads(gpu, xv, stats, &sums, &dgamma, &dbeta).unwrap());
     run(gpu, &d.iter().collect::<Vec<_>>());
 
     // Variances of uniform(0, 1) are 1/12; f32 inputs near `offset` carry
@@ -360,11 +358,9 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
     let gy = gpu.tensor(x.shape).unwrap();
     let (gg, gb) = (upload_vec(gpu, &gamma), upload_vec(gpu, &beta));
     let inference = ops::norm::NormTensors { gamma: &gg, beta: &gb, mean: &grm, var: &grv };
-    let d = [
-        ops::norm::moments(gpu, gx.view(), NormStats::PerChannel, &mean, &var).unwrap(),
-        ops::norm::update_running(gpu, gx.view(), &mean, &var, &grm, &grv).unwrap(),
-        ops::norm::apply(gpu, gx.view(), NormStats::PerChannel, &inference, None, gy.view()).unwrap(),
-    ];
+    let mut d = ops::norm::moments(gpu, gx.view(), NormStats::PerChannel, &mean, &var).unwrap();
+    d.push(ops::norm::update_running(gpu, gx.view(), &mean, &var, &grm, &grv).unwrap());
+    d.push(ops::norm::apply(gpu, gx.view(), NormStats::PerChannel, &inference, None, gy.view()).unwrap());
     run(gpu, &d.iter().collect::<Vec<_>>());
     assert_close("running mean", &gpu.read(&grm).unwrap(), &rm, 1e-6, 1e-5);
     assert_close("running var", &gpu.read(&grv).unwrap(), &rv, 1e-6, 1e-5);

@@ -217,7 +217,7 @@ impl Builder<'_> {
             out.push(ops::norm::apply(gpu, x, NormStats::PerChannel, &t, act, y)?);
             return Ok(bufs);
         }
-        out.push(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?);
+        out.extend(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?);
         if let Some((rm, rv)) = &running {
             out.push(ops::norm::update_running(gpu, x, &bufs.mean, &bufs.var, rm, rv)?);
         }
@@ -244,7 +244,7 @@ impl Builder<'_> {
         let gpu = self.gpu;
         let sums = gpu.tensor(Shape::vector(2 * self.stats.groups(self.n, x.c)))?;
         let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
-        out.push(ops::norm::backward_sums(gpu, x, dy, self.stats, &t, act, &sums)?);
+        out.extend(ops::norm::backward_sums(gpu, x, dy, self.stats, &t, act, &sums)?);
         if let Some(dx) = dx {
             out.push(ops::norm::backward_data(gpu, x, dy, self.stats, &t, act, &sums, dx)?);
         }
@@ -267,7 +267,7 @@ impl Builder<'_> {
         let gpu = self.gpu;
         let (dw, db) = (grads.of(&format!("{}.weight", b.conv)), grads.of(&format!("{}.bias", b.conv)));
         out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw)?);
-        out.push(ops::conv::backward_bias(gpu, dy, &db)?);
+        out.extend(ops::conv::backward_bias(gpu, dy, &db)?);
         let w = self.param(&format!("{}.weight", b.conv));
         match dx {
             Some(InputGrad::Add(dx)) => out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx.view(), true)?),

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, u32_of};
+use super::{ensure, reduction_parts, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, WORKGROUP};
 use crate::shape::Shape;
@@ -575,8 +575,9 @@ fn blocked_weight(
     Ok(list)
 }
 
-/// The bias gradient `db` (overwritten): the sum of `dy` per channel.
-pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
+/// The bias gradient `db` (overwritten): the sum of `dy` per channel, on a
+/// GPU in parts (`reduction_parts`) added by reduce_partials.
+pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Vec<Dispatch>> {
     let label = format!("conv.backward_bias {}", dy.shape());
     ensure(db.shape.numel() == dy.c, &label, || format!("bias gradient {} for {} channels", db.shape, dy.c))?;
     let s = dy.shape();
@@ -598,6 +599,29 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Dispatch> {
         w_ctotal: 0,
         w_coff: 0,
     };
-    let bindings = [(5, dy), (8, db.view())];
-    gpu.dispatch(label, &Kernel::new(Family::Conv, "backward_bias"), &p, &bindings, Grid::Groups(s.c))
+    let parts = reduction_parts(gpu, s.c, s.plane());
+    let sums = Kernel::new(Family::Conv, "backward_bias").with("SPLIT", parts as f64);
+    if parts == 1 {
+        return Ok(vec![gpu.dispatch(label, &sums, &p, &[(5, dy), (8, db.view())], Grid::Groups(s.c))?]);
+    }
+    let partials = gpu.tensor(Shape::new(parts, s.c, 1, 1))?;
+    let d = gpu.dispatch(
+        format!("{label} {parts} parts"),
+        &sums,
+        &p,
+        &[(5, dy), (8, partials.view())],
+        Grid::Groups(parts * s.c),
+    )?;
+    // db as the weight gradient of a 1x1 convolution from one channel.
+    let reduce = kernel("reduce_partials", 1).with("VALID", s.c as f64).with("SPLIT", parts as f64);
+    let rp = Params { cin: 1, w_ctotal: 1, ..p };
+    let bindings = [(1, partials.view()), (4, db.view())];
+    let r = gpu.dispatch(
+        format!("conv.reduce_partials {} {parts} parts", db.shape),
+        &reduce,
+        &rp,
+        &bindings,
+        Grid::Groups(s.c.div_ceil(REDUCE_ENTRIES)),
+    )?;
+    Ok(vec![d, r])
 }

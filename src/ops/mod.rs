@@ -11,7 +11,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 
-use crate::gpu::{Gpu, GpuError, Grid, Result, View};
+use crate::gpu::{Gpu, GpuError, Grid, Result, Tuning, View, WORKGROUP};
 
 /// A kernel's precondition failed: the launch is refused, nothing dispatched.
 fn ensure(ok: bool, kernel: &str, message: impl FnOnce() -> String) -> Result<()> {
@@ -32,6 +32,26 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
 fn run_grid(gpu: &Gpu, v: &View) -> Grid {
     let s = v.shape();
     Grid::Elements(s.n * s.c * s.plane().div_ceil(gpu.run_length()))
+}
+
+/// Workgroups the per-channel reductions (norm statistics, bias gradient)
+/// aim for on a hardware GPU: batch norm over 3 channels is 3 groups, a
+/// workgroup each, where an H200 has 132 multiprocessors (seo2018's moments
+/// took 0.25 ms a layer that way, 2026-11-28).
+const GPU_REDUCTION_WORKGROUPS: usize = 512;
+
+/// Parts each of `groups` reductions over planes of `plane` pixels is split
+/// into (ranges of each plane's pixels, each at least one trip of a
+/// workgroup's runs), their sums then added in order by another pass. A CPU
+/// adapter's few threads are kept busy by a workgroup per group.
+fn reduction_parts(gpu: &Gpu, groups: usize, plane: usize) -> usize {
+    match gpu.tuning() {
+        Tuning::Cpu => 1,
+        Tuning::Gpu => {
+            let most = plane.div_ceil(WORKGROUP * gpu.run_length());
+            GPU_REDUCTION_WORKGROUPS.div_ceil(groups).min(most).max(1)
+        }
+    }
 }
 
 fn u32_of(v: usize) -> u32 {

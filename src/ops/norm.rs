@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_same, run_grid, u32_of};
+use super::{ensure, ensure_same, reduction_parts, run_grid, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 use crate::nn::{Activation, NormStats, BN_MOMENTUM, NORM_EPS};
@@ -94,13 +94,57 @@ fn ensure_channels(label: &str, c: usize, t: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// A statistics kernel over `groups` groups, in `parts` parts (norm.wgsl's
+/// PARTS): `kernel` (a workgroup per group) writing the results, or with
+/// parts its `_parts` entry writing per-part values that the entry
+/// `combine` merges in order. `bindings` are the kernel's, `results` the
+/// bindings its results go to.
+#[allow(clippy::too_many_arguments)]
+fn in_parts(
+    gpu: &Gpu,
+    label: String,
+    kernel: Kernel,
+    p: Params,
+    bindings: Vec<(u32, View)>,
+    results: &[(u32, View)],
+    (parted, combine): (&'static str, &'static str),
+    groups: usize,
+    parts: usize,
+) -> Result<Vec<Dispatch>> {
+    if parts == 1 {
+        let mut bindings = bindings;
+        bindings.extend_from_slice(results);
+        return Ok(vec![gpu.dispatch(label, &kernel, &p, &bindings, Grid::Groups(groups))?]);
+    }
+    let kernel = kernel.with("PARTS", parts as f64);
+    let part_values = gpu.tensor(Shape::new(groups, parts, 2, 1))?;
+    let mut first = bindings;
+    first.push((17, part_values.view()));
+    let grid = Grid::Groups(groups * parts);
+    let sums =
+        gpu.dispatch(format!("{label} {parts} parts"), &Kernel { entry: parted, ..kernel.clone() }, &p, &first, grid)?;
+    let mut merge = vec![(17, part_values.view())];
+    merge.extend_from_slice(results);
+    let combined = gpu.dispatch(
+        label.replacen(kernel.entry, combine, 1),
+        &Kernel { entry: combine, ..kernel },
+        &p,
+        &merge,
+        Grid::Elements(groups),
+    )?;
+    Ok(vec![sums, combined])
+}
+
 /// Mean and biased variance of every group of `x` into `mean`, `var`.
-pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor) -> Result<Dispatch> {
+pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor) -> Result<Vec<Dispatch>> {
     let label = format!("norm.moments {} {stats:?}", x.shape());
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
-    let bindings = [(1, x), (6, mean.view()), (7, var.view())];
-    gpu.dispatch(label, &kernel("moments", stats), &params(&x, &x), &bindings, Grid::Groups(groups))
+    let parts = reduction_parts(gpu, groups, x.shape().plane());
+    let results = [(6, mean.view()), (7, var.view())];
+    let k = kernel("moments", stats);
+    let entries = ("moments_parts", "combine_moments");
+    in_parts(gpu, label, k, params(&x, &x), vec![(1, x)], &results, entries, groups, parts)
 }
 
 /// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`, then `act(y)`
@@ -150,16 +194,18 @@ pub fn backward_sums(
     t: &NormTensors,
     act: Option<Activation>,
     sums: &Tensor,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let label = format!("norm.backward_sums {} {stats:?}", x.shape());
     ensure_same(&label, &x, &dy)?;
     t.ensure_fits(&label, &x, stats)?;
     let groups = stats.groups(x.shape().n, x.c);
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
-    let mut bindings = vec![(1, x), (9, dy), (11, sums.view())];
+    let mut bindings = vec![(1, x), (9, dy)];
     bindings.extend(t.bindings());
     let (kernel, p) = with_act(kernel("backward_sums", stats), params(&x, &dy), act);
-    gpu.dispatch(label, &kernel, &p, &bindings, Grid::Groups(groups))
+    let parts = reduction_parts(gpu, groups, x.shape().plane());
+    let entries = ("backward_sums_parts", "combine_sums");
+    in_parts(gpu, label, kernel, p, bindings, &[(11, sums.view())], entries, groups, parts)
 }
 
 /// The input gradient of the norm block into the view `dx` (x's layout);
