@@ -454,6 +454,208 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     blocked_store(pixel_base(px), P.h * P.w, c);
 }
 
+// The narrow kernels (narrow_forward, narrow_data; one group of at most 4
+// computed channels, COB = 1): blocked_sums pays a table row and its
+// broadcast per tap for only 4 multiply-adds, so here an invocation takes a
+// run of 8 pixels of one row instead (Acc's eight blocks are its pixels) and
+// each weight row, loaded once, feeds all eight.
+const NARROW_RUN: u32 = 8u;
+
+// Input value at column ix of the row starting at `row`, or 0 in the
+// padding (`ok`: the row is inside the image).
+fn narrow_value(row: u32, ok: bool, ix: i32) -> f32 {
+    let last = i32(P.w) - 1;
+    return select(0.0, x[row + u32(clamp(ix, 0, last))], ok && ix >= 0 && ix <= last);
+}
+
+// One tap for the run's pixels: column ix0 + t for pixel t, weights w4.
+fn narrow_tap(c: Acc, row: u32, ok: bool, ix0: i32, w4: vec4<f32>) -> Acc {
+    var r = c;
+    r.a0 = fma(vec4<f32>(narrow_value(row, ok, ix0)), w4, r.a0);
+    r.a1 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 1)), w4, r.a1);
+    r.a2 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 2)), w4, r.a2);
+    r.a3 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 3)), w4, r.a3);
+    r.a4 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 4)), w4, r.a4);
+    r.a5 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 5)), w4, r.a5);
+    r.a6 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 6)), w4, r.a6);
+    r.a7 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 7)), w4, r.a7);
+    return r;
+}
+
+// Run i of the image as (sample, row, first column), runs never crossing rows.
+fn narrow_run(i: u32) -> vec3<u32> {
+    let per_row = (P.w + NARROW_RUN - 1u) / NARROW_RUN;
+    let row = i / per_row;
+    return vec3<u32>(row / P.h, row % P.h, (i % per_row) * NARROW_RUN);
+}
+
+// The sums of the run's pixels over every input channel and tap (the packed
+// table as blocked_sums reads it, COB = 1).
+fn narrow_sums(run: vec3<u32>) -> Acc {
+    let hw = P.h * P.w;
+    let d = i32(P.dilation);
+    let base = (run.x * P.in_ctotal + P.in_coff) * hw;
+    let ix0 = i32(run.z);
+    var c: Acc;
+    for (var ci = 0u; ci < P.cin; ci++) {
+        let plane = base + ci * hw;
+        let wb = ci * K * K;
+        if (K == 1u) {
+            c = narrow_tap(c, plane + run.y * P.w, true, ix0, wpack[wb]);
+        } else {
+            for (var ky = 0u; ky < 3u; ky++) {
+                let iy = i32(run.y) + (i32(ky) - 1) * d;
+                let ok = iy >= 0 && iy < i32(P.h);
+                let row = plane + u32(clamp(iy, 0, i32(P.h) - 1)) * P.w;
+                c = narrow_tap(c, row, ok, ix0 - d, wpack[wb + 3u * ky]);
+                c = narrow_tap(c, row, ok, ix0, wpack[wb + 3u * ky + 1u]);
+                c = narrow_tap(c, row, ok, ix0 + d, wpack[wb + 3u * ky + 2u]);
+            }
+        }
+    }
+    return c;
+}
+
+// Stores the run's pixels (those in the row), each with `b` added.
+fn narrow_store(run: vec3<u32>, c: Acc, b: vec4<f32>) {
+    let hw = P.h * P.w;
+    let at = slice_index(run.x, 0u, run.y * P.w + run.z, hw, P.out_ctotal, P.out_coff);
+    let len = min(NARROW_RUN, P.w - run.z);
+    store_block(at, hw, 0u, c.a0 + b);
+    if (len > 1u) { store_block(at + 1u, hw, 0u, c.a1 + b); }
+    if (len > 2u) { store_block(at + 2u, hw, 0u, c.a2 + b); }
+    if (len > 3u) { store_block(at + 3u, hw, 0u, c.a3 + b); }
+    if (len > 4u) { store_block(at + 4u, hw, 0u, c.a4 + b); }
+    if (len > 5u) { store_block(at + 5u, hw, 0u, c.a5 + b); }
+    if (len > 6u) { store_block(at + 6u, hw, 0u, c.a6 + b); }
+    if (len > 7u) { store_block(at + 7u, hw, 0u, c.a7 + b); }
+}
+
+// Runs in the image (the narrow kernels' grid).
+fn narrow_runs() -> u32 {
+    return P.n * P.h * ((P.w + NARROW_RUN - 1u) / NARROW_RUN);
+}
+
+// narrow_forward: blocked_forward for COB = 1, by runs of pixels.
+@compute @workgroup_size(WG)
+fn narrow_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let run = narrow_run(min(i, narrow_runs() - 1u));
+    let c = narrow_sums(run);
+    if (i >= narrow_runs()) {
+        return;
+    }
+    narrow_store(run, c, select(bias_block(0u), vec4<f32>(0.0), ACCUMULATE));
+}
+
+// narrow_data: blocked_data for COB = 1, by runs of pixels.
+@compute @workgroup_size(WG)
+fn narrow_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let run = narrow_run(min(i, narrow_runs() - 1u));
+    let c = narrow_sums(run);
+    if (i >= narrow_runs()) {
+        return;
+    }
+    narrow_store(run, c, vec4<f32>(0.0));
+}
+
+// narrow_weight: the weight gradient for at most 4 output channels (COB =
+// 1) without pack_dy's tables: an invocation takes a block of 9 (ci, tap)
+// rows (K = 3: the taps of one input channel; K = 1: 9 input channels) and
+// one of SPLIT parts of the pixels, walked row by row; per pixel it loads dy's
+// channels once and the 9 input values, 36 multiply-adds. The parts' sums
+// go to `y` bound to a partials buffer [part][VALID channels][ci, tap],
+// which reduce_partials adds in order.
+@compute @workgroup_size(WG)
+fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let kk = K * K;
+    let ckk = P.cin * kk;
+    let blocks = (ckk + 8u) / 9u;
+    let b = i % blocks;
+    let part = min(i / blocks, SPLIT - 1u);
+    let hw = P.h * P.w;
+    let pixels = P.n * hw;
+    let per = (pixels + SPLIT - 1u) / SPLIT;
+    let q1 = min((part + 1u) * per, pixels);
+    let d = i32(P.dilation);
+    let last_c = P.cin - 1u;
+    let last_o = P.cout - 1u;
+    // dy's channels (the last repeated past Cout, zeroed by `o_ok`).
+    let o = vec4<u32>(min(0u, last_o), min(1u, last_o), min(2u, last_o), min(3u, last_o)) * hw;
+    let o_ok = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.cout);
+    var c: Acc;
+    var c8 = vec4<f32>(0.0);
+    var q = min(part * per, pixels);
+    while (q < q1) {
+        let n = q / hw;
+        let p = q % hw;
+        let py = p / P.w;
+        let px0 = p % P.w;
+        let len = min(P.w - px0, q1 - q);
+        let dyb = slice_index(n, 0u, py * P.w, hw, P.out_ctotal, P.out_coff);
+        if (K == 1u) {
+            // Input channels 9 b .. 9 b + 8 (the last repeated past Cin,
+            // their products stored nowhere).
+            let xb = slice_index(n, 0u, py * P.w, hw, P.in_ctotal, P.in_coff);
+            let ci = 9u * b;
+            for (var t = px0; t < px0 + len; t++) {
+                let g = select(vec4<f32>(0.0), vec4<f32>(dy[dyb + t + o.x], dy[dyb + t + o.y], dy[dyb + t + o.z],
+                               dy[dyb + t + o.w]), o_ok);
+                let at = xb + t;
+                c.a0 = fma(vec4<f32>(x[at + min(ci, last_c) * hw]), g, c.a0);
+                c.a1 = fma(vec4<f32>(x[at + min(ci + 1u, last_c) * hw]), g, c.a1);
+                c.a2 = fma(vec4<f32>(x[at + min(ci + 2u, last_c) * hw]), g, c.a2);
+                c.a3 = fma(vec4<f32>(x[at + min(ci + 3u, last_c) * hw]), g, c.a3);
+                c.a4 = fma(vec4<f32>(x[at + min(ci + 4u, last_c) * hw]), g, c.a4);
+                c.a5 = fma(vec4<f32>(x[at + min(ci + 5u, last_c) * hw]), g, c.a5);
+                c.a6 = fma(vec4<f32>(x[at + min(ci + 6u, last_c) * hw]), g, c.a6);
+                c.a7 = fma(vec4<f32>(x[at + min(ci + 7u, last_c) * hw]), g, c.a7);
+                c8 = fma(vec4<f32>(x[at + min(ci + 8u, last_c) * hw]), g, c8);
+            }
+        } else {
+            // Input channel b's rows for the three tap rows.
+            let plane = slice_index(n, min(b, last_c), 0u, hw, P.in_ctotal, P.in_coff);
+            let iy = vec3<i32>(i32(py) - d, i32(py), i32(py) + d);
+            let ok = iy >= vec3<i32>(0) & iy < vec3<i32>(i32(P.h));
+            let row = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(i32(P.h) - 1))) * P.w + vec3<u32>(plane);
+            for (var t = px0; t < px0 + len; t++) {
+                let g = select(vec4<f32>(0.0), vec4<f32>(dy[dyb + t + o.x], dy[dyb + t + o.y], dy[dyb + t + o.z],
+                               dy[dyb + t + o.w]), o_ok);
+                let ix = i32(t);
+                c.a0 = fma(vec4<f32>(narrow_value(row.x, ok.x, ix - d)), g, c.a0);
+                c.a1 = fma(vec4<f32>(narrow_value(row.x, ok.x, ix)), g, c.a1);
+                c.a2 = fma(vec4<f32>(narrow_value(row.x, ok.x, ix + d)), g, c.a2);
+                c.a3 = fma(vec4<f32>(narrow_value(row.y, ok.y, ix - d)), g, c.a3);
+                c.a4 = fma(vec4<f32>(narrow_value(row.y, ok.y, ix)), g, c.a4);
+                c.a5 = fma(vec4<f32>(narrow_value(row.y, ok.y, ix + d)), g, c.a5);
+                c.a6 = fma(vec4<f32>(narrow_value(row.z, ok.z, ix - d)), g, c.a6);
+                c.a7 = fma(vec4<f32>(narrow_value(row.z, ok.z, ix)), g, c.a7);
+                c8 = fma(vec4<f32>(narrow_value(row.z, ok.z, ix + d)), g, c8);
+            }
+        }
+        q += len;
+    }
+    if (i >= blocks * SPLIT) {
+        return;
+    }
+    // Row r = 9 b + j of every channel at (part * VALID + k) * ckk + r.
+    let base = part * VALID * ckk + 9u * b;
+    store_block(base, ckk, 0u, c.a0);
+    if (9u * b + 1u < ckk) { store_block(base + 1u, ckk, 0u, c.a1); }
+    if (9u * b + 2u < ckk) { store_block(base + 2u, ckk, 0u, c.a2); }
+    if (9u * b + 3u < ckk) { store_block(base + 3u, ckk, 0u, c.a3); }
+    if (9u * b + 4u < ckk) { store_block(base + 4u, ckk, 0u, c.a4); }
+    if (9u * b + 5u < ckk) { store_block(base + 5u, ckk, 0u, c.a5); }
+    if (9u * b + 6u < ckk) { store_block(base + 6u, ckk, 0u, c.a6); }
+    if (9u * b + 7u < ckk) { store_block(base + 7u, ckk, 0u, c.a7); }
+    if (9u * b + 8u < ckk) { store_block(base + 8u, ckk, 0u, c8); }
+}
+
 // pack_dy: chunk P.chunk of dy for output-channel group P.group, as
 // blocked_weight reads it: [pixel][block] vec4s of 4 output channels, zero
 // past the last pixel or channel.

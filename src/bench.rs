@@ -229,7 +229,7 @@ pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize, variant: Option<Vari
         _ => {
             let (dilation, pass) = parse_conv3x3(id).ok_or_else(unknown)?;
             let variant = variant.unwrap_or_else(|| match pass {
-                "bwd-weight" => Variant::for_weight_grad(gpu),
+                "bwd-weight" => Variant::for_weight_grad(gpu, 32),
                 _ => Variant::choose(gpu, 32, 32, 3),
             });
             let d = conv_workload(gpu, variant, pass, 32, 32, 3, dilation)?;

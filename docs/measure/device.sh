@@ -6,7 +6,7 @@
 #       binary and the test binaries of tests/kernels.rs and tests/model.rs)
 #   .gl/*.deb  the Vulkan loader (apt-get download libvulkan1 and the glvnd
 #       libraries), unpacked here since the machine has the driver only.
-# Results go to $OUT.
+# Results go to $OUT. NO_PEER=1 skips the PyTorch peer.
 set -o pipefail
 for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -20,4 +20,4 @@ cd "$(dirname "$0")/../.."
 timeout 150 .dev/dilaseg bench --variant baseline --variant blocked-subgroup 2>&1 | grep -v XDG | tee $OUT/bench.jsonl
 timeout 40 .dev/dilaseg profile --train --iters 5 2>&1 | tee $OUT/profile.txt | tail -25
 timeout 20 .dev/dilaseg profile --preset seo2018 --batch 2 --train --iters 5 > $OUT/profile_seo.txt 2>&1
-timeout 60 python3 docs/measure/torch_bench.py 2>&1 | tee $OUT/torch.jsonl
+[ -n "$NO_PEER" ] || timeout 60 python3 docs/measure/torch_bench.py 2>&1 | tee $OUT/torch.jsonl

@@ -94,6 +94,11 @@ pub enum Variant {
     /// `Blocked` with the table rows shared by subgroup broadcasts, where
     /// the adapter has subgroups of at least 8 lanes.
     BlockedSubgroup,
+    /// `Blocked` for at most 4 computed channels, by runs of 8 pixels per
+    /// invocation (`narrow_*` in conv.wgsl): a table row feeds 32
+    /// multiply-adds instead of 4. CPU adapters' kernel for seo2018's
+    /// 3-channel layers.
+    Narrow,
     /// Implicit GEMMs tiled in workgroup memory (`tiled_*` in conv.wgsl),
     /// the weight gradient split over the pixels; any shape. The weight
     /// gradient of hardware GPUs (`Tuning::Gpu`), whose many cores the
@@ -125,6 +130,13 @@ const TILE_CO: usize = 32;
 const TILE_R: usize = 64;
 const TILE_P: usize = 64;
 
+/// Pixels per invocation of the narrow kernels (`NARROW_RUN` in conv.wgsl).
+const NARROW_RUN: usize = 8;
+
+/// Invocations narrow_weight aims for: blocks of 9 (ci, tap) rows times
+/// parts of the pixels (seo2018's 3 -> 3 layers have 3 blocks).
+const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
+
 /// Entries of dw per workgroup of reduce_partials (`REDUCE_ENTRIES`).
 const REDUCE_ENTRIES: usize = 32;
 
@@ -146,7 +158,8 @@ fn blocks(cout: usize) -> usize {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [Variant::Baseline, Variant::Blocked, Variant::BlockedSubgroup, Variant::Tiled];
+    pub const ALL: [Variant; 5] =
+        [Variant::Baseline, Variant::Blocked, Variant::BlockedSubgroup, Variant::Narrow, Variant::Tiled];
 
     /// The name `dilaseg bench --variant` takes and reports.
     pub fn name(self) -> &'static str {
@@ -154,6 +167,7 @@ impl Variant {
             Variant::Baseline => "baseline",
             Variant::Blocked => "blocked",
             Variant::BlockedSubgroup => "blocked-subgroup",
+            Variant::Narrow => "narrow",
             Variant::Tiled => "tiled",
         }
     }
@@ -165,7 +179,11 @@ impl Variant {
     /// else the tiled one (on lavapipe too 2.5x faster than the baseline).
     pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
         if BLOCKED_K.contains(&k) && cin * k * k * blocks(cout) <= PACK_LEN {
-            Variant::blocked(gpu)
+            if cout <= 4 && gpu.tuning() == Tuning::Cpu {
+                Variant::Narrow
+            } else {
+                Variant::blocked(gpu)
+            }
         } else {
             Variant::Tiled
         }
@@ -178,8 +196,9 @@ impl Variant {
     /// (H200: 24 ms for a 32 -> 32 3x3 layer), where the tiled one split
     /// over the pixels took 0.43 ms (the baseline 1.98; docs/PERFORMANCE.md).
     /// On lavapipe the tiled one is 13x slower than the blocked one.
-    pub fn for_weight_grad(gpu: &Gpu) -> Variant {
+    pub fn for_weight_grad(gpu: &Gpu, cout: usize) -> Variant {
         match gpu.tuning() {
+            Tuning::Cpu if cout <= 4 => Variant::Narrow,
             Tuning::Cpu => Variant::blocked(gpu),
             Tuning::Gpu => Variant::Tiled,
         }
@@ -226,8 +245,8 @@ pub fn forward_with(
             let d = gpu.dispatch(label, &kernel("forward", k), &p, &bindings, Grid::Elements(y.shape().numel()))?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
-        Variant::Tiled => tiled(gpu, label, "tiled_forward", p, k, w, x, Some(b), y),
-        _ => blocked(gpu, variant, label, "blocked_forward", p, k, w, x, Some(b), y),
+        Variant::Tiled => tiled(gpu, label, Pass::Forward, p, k, w, x, Some(b), y),
+        _ => blocked(gpu, variant, label, Pass::Forward, p, k, w, x, Some(b), y),
     }
 }
 
@@ -264,8 +283,8 @@ pub fn backward_data_with(
             let d = gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, grid)?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
-        Variant::Tiled => tiled(gpu, label, "tiled_data", transposed(p), k, w, dy, None, dx),
-        _ => blocked(gpu, variant, label, "blocked_data", transposed(p), k, w, dy, None, dx),
+        Variant::Tiled => tiled(gpu, label, Pass::Data, transposed(p), k, w, dy, None, dx),
+        _ => blocked(gpu, variant, label, Pass::Data, transposed(p), k, w, dy, None, dx),
     }
 }
 
@@ -321,8 +340,8 @@ pub fn forward_parts(
         let (k, mut p) = part_params(&label, &x, w, c0, &y, dilation)?;
         p.accumulate = u32::from(c0 > 0);
         list.extend(match Variant::choose(gpu, x.c, y.c, k) {
-            Variant::Tiled => tiled(gpu, label, "tiled_forward", p, k, w, x, Some(b), y)?,
-            v => blocked(gpu, v, label, "blocked_forward", p, k, w, x, Some(b), y)?,
+            Variant::Tiled => tiled(gpu, label, Pass::Forward, p, k, w, x, Some(b), y)?,
+            v => blocked(gpu, v, label, Pass::Forward, p, k, w, x, Some(b), y)?,
         });
     }
     Ok(list)
@@ -339,8 +358,8 @@ pub fn backward_data_parts(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dxs
         let label = format!("conv.backward_data {} {}x{} d{dilation} part {c0}", dx.shape(), w.shape.h, w.shape.w);
         let (k, p) = part_params(&label, &dx, w, c0, &dy, dilation)?;
         list.extend(match Variant::choose(gpu, dy.c, dx.c, k) {
-            Variant::Tiled => tiled(gpu, label, "tiled_data", transposed(p), k, w, dy, None, dx)?,
-            v => blocked(gpu, v, label, "blocked_data", transposed(p), k, w, dy, None, dx)?,
+            Variant::Tiled => tiled(gpu, label, Pass::Data, transposed(p), k, w, dy, None, dx)?,
+            v => blocked(gpu, v, label, Pass::Data, transposed(p), k, w, dy, None, dx)?,
         });
     }
     Ok(list)
@@ -357,22 +376,27 @@ pub fn backward_weight_parts(gpu: &Gpu, xs: &[View], dy: View, dilation: usize, 
     for (c0, x) in parts(&base, xs, dw)? {
         let label = format!("conv.backward_weight {} {}x{} d{dilation} part {c0}", x.shape(), dw.shape.h, dw.shape.w);
         let (k, p) = part_params(&label, &x, dw, c0, &dy, dilation)?;
-        list.extend(match Variant::for_weight_grad(gpu) {
-            Variant::Tiled => tiled_weight(gpu, label, p, k, x, dy, dw)?,
-            v => blocked_weight(gpu, v, label, p, k, x, dy, dw)?,
-        });
+        list.extend(weight_grad(gpu, Variant::for_weight_grad(gpu, dy.c), label, p, k, x, dy, dw)?);
     }
     Ok(list)
 }
 
-/// The blocked variant: per group of 4 * COB computed channels, a packing
+/// Which convolution a launch computes: the forward one, or the input
+/// gradient's (the transposed convolution of dy; params `transposed`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    Data,
+}
+
+/// The blocked variants: per group of 4 * COB computed channels, a packing
 /// of the group's weights into a uniform table, then the convolution.
 #[allow(clippy::too_many_arguments)]
 fn blocked(
     gpu: &Gpu,
     variant: Variant,
     label: String,
-    entry: &'static str,
+    pass: Pass,
     p: Params,
     k: usize,
     w: &Tensor,
@@ -386,8 +410,18 @@ fn blocked(
     ensure(cin * k * k * cob <= PACK_LEN, &label, || {
         format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the tiled or baseline kernels")
     })?;
+    ensure(variant != Variant::Narrow || cob == 1, &label, || {
+        format!("the narrow kernels compute at most 4 channels, not {cout}")
+    })?;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
-    let pixels = output.shape().n * output.shape().h * output.shape().w;
+    let s = output.shape();
+    let (entry, grid) = match (variant, pass) {
+        (Variant::Narrow, Pass::Forward) => ("narrow_forward", Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))),
+        (Variant::Narrow, Pass::Data) => ("narrow_data", Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))),
+        (_, Pass::Forward) => ("blocked_forward", Grid::Groups((s.n * s.h * s.w).div_ceil(WORKGROUP))),
+        (_, Pass::Data) => ("blocked_data", Grid::Groups((s.n * s.h * s.w).div_ceil(WORKGROUP))),
+    };
+    let pixels = s.n * s.h * s.w;
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
         let gp = Params { group: u32_of(group), ..p };
@@ -409,7 +443,7 @@ fn blocked(
             &kernel(entry).with("VALID", valid as f64).with("ACCUMULATE", f64::from(p.accumulate)),
             &gp,
             &bindings,
-            Grid::Groups(pixels.div_ceil(WORKGROUP)),
+            grid,
         )?;
         list.push(d.with_flops(group_flops));
     }
@@ -418,7 +452,7 @@ fn blocked(
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
 pub fn backward_weight(gpu: &Gpu, x: View, dy: View, dilation: usize, dw: &Tensor) -> Result<Vec<Dispatch>> {
-    backward_weight_with(gpu, Variant::for_weight_grad(gpu), x, dy, dilation, dw)
+    backward_weight_with(gpu, Variant::for_weight_grad(gpu, dy.c), x, dy, dilation, dw)
 }
 
 /// `backward_weight` by a given variant (both handle any shape).
@@ -439,7 +473,26 @@ pub fn backward_weight_with(
             let d = gpu.dispatch(label, &kernel("backward_weight", k), &p, &bindings, grid)?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
+        _ => weight_grad(gpu, variant, label, p, k, x, dy, dw),
+    }
+}
+
+/// The weight gradient by a variant other than the baseline (which does
+/// not take a part of the weights' input channels).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad(
+    gpu: &Gpu,
+    variant: Variant,
+    label: String,
+    p: Params,
+    k: usize,
+    x: View,
+    dy: View,
+    dw: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    match variant {
         Variant::Tiled => tiled_weight(gpu, label, p, k, x, dy, dw),
+        Variant::Narrow => narrow_weight(gpu, label, p, k, x, dy, dw),
         _ => blocked_weight(gpu, variant, label, p, k, x, dy, dw),
     }
 }
@@ -451,7 +504,7 @@ pub fn backward_weight_with(
 fn tiled(
     gpu: &Gpu,
     label: String,
-    entry: &'static str,
+    pass: Pass,
     p: Params,
     k: usize,
     w: &Tensor,
@@ -463,6 +516,7 @@ fn tiled(
     let groups = (p.cout as usize).div_ceil(TILE_CO) * pixels.div_ceil(TILE_P);
     let mut bindings = vec![(1, input), (2, w.view()), (4, output)];
     bindings.extend(bias.map(|b| (3, b.view())));
+    let entry = if pass == Pass::Forward { "tiled_forward" } else { "tiled_data" };
     let kernel = kernel(entry, k).with("ACCUMULATE", f64::from(p.accumulate));
     let d = gpu.dispatch(label, &kernel, &p, &bindings, Grid::Groups(groups))?;
     Ok(vec![d.with_flops(flops(&p, k))])
@@ -482,21 +536,57 @@ fn tiled_weight(
 ) -> Result<Vec<Dispatch>> {
     let (rows, cout) = (x.c * k * k, dy.c);
     let tiles = cout.div_ceil(TILE_CO) * rows.div_ceil(TILE_R);
-    let split = TILED_WEIGHT_GROUPS.div_ceil(tiles).min(512);
-    let partials = gpu.tensor(Shape::new(split, cout, rows, 1))?;
+    let partials = partials_tensor(gpu, TILED_WEIGHT_GROUPS.div_ceil(tiles).min(512), cout, rows)?;
+    let split = partials.shape.n;
     let sums = kernel("tiled_weight", k).with("SPLIT", split as f64);
     let bindings = [(1, x), (5, dy), (7, partials.view())];
     let d = gpu.dispatch(label, &sums, &p, &bindings, Grid::Groups(split * tiles))?;
-    let reduce = kernel("reduce_partials", k).with("VALID", cout as f64).with("SPLIT", split as f64);
-    let bindings = [(1, partials.view()), (4, dw.view())];
-    let r = gpu.dispatch(
+    Ok(vec![d.with_flops(flops(&p, k)), reduce_partials(gpu, p, k, &partials, dw)?])
+}
+
+/// A partials buffer [part][cout][rows] for up to `split` parts: fewer where
+/// the device's storage bindings are too small for them.
+fn partials_tensor(gpu: &Gpu, split: usize, cout: usize, rows: usize) -> Result<Tensor> {
+    let most = gpu.limits.max_storage_buffer_binding_size / (4 * cout * rows) as u64;
+    gpu.tensor(Shape::new(split.min(most.max(1) as usize), cout, rows, 1))
+}
+
+/// reduce_partials: `dw`'s entries of a convolution `p` (Cout x Cin x K x
+/// K, a part of the input channels at `p.w_coff`) as the in-order sums of
+/// `partials` [part][Cout][Cin * K * K].
+fn reduce_partials(gpu: &Gpu, p: Params, k: usize, partials: &Tensor, dw: &Tensor) -> Result<Dispatch> {
+    let (split, entries) = (partials.shape.n, partials.shape.c * partials.shape.h);
+    let reduce = kernel("reduce_partials", k).with("VALID", f64::from(p.cout)).with("SPLIT", split as f64);
+    gpu.dispatch(
         format!("conv.reduce_partials {} {split} parts", dw.shape),
         &reduce,
         &Params { group: 0, ..p },
-        &bindings,
-        Grid::Groups((cout * rows).div_ceil(REDUCE_ENTRIES)),
-    )?;
-    Ok(vec![d.with_flops(flops(&p, k)), r])
+        &[(1, partials.view()), (4, dw.view())],
+        Grid::Groups(entries.div_ceil(REDUCE_ENTRIES)),
+    )
+}
+
+/// The narrow weight gradient (at most 4 output channels): narrow_weight's
+/// partial sums, then reduce_partials. The parts do not depend on the
+/// image size, as in `tiled_weight`.
+fn narrow_weight(
+    gpu: &Gpu,
+    label: String,
+    p: Params,
+    k: usize,
+    x: View,
+    dy: View,
+    dw: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let (rows, cout) = (x.c * k * k, dy.c);
+    ensure(cout <= 4, &label, || format!("the narrow kernels compute at most 4 channels, not {cout}"))?;
+    let blocks = rows.div_ceil(9);
+    let partials = partials_tensor(gpu, NARROW_WEIGHT_INVOCATIONS.div_ceil(blocks), cout, rows)?;
+    let split = partials.shape.n;
+    let sums = kernel("narrow_weight", k).with("SPLIT", split as f64).with("VALID", cout as f64);
+    let bindings = [(1, x), (5, dy), (4, partials.view())];
+    let d = gpu.dispatch(label, &sums, &p, &bindings, Grid::Elements(split * blocks))?;
+    Ok(vec![d.with_flops(flops(&p, k)), reduce_partials(gpu, p, k, &partials, dw)?])
 }
 
 /// blocked_weight's invocations per (ci, tap) for `taps` = Cin * K * K:
@@ -613,15 +703,6 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Vec<Dispatch>> 
         Grid::Groups(parts * s.c),
     )?;
     // db as the weight gradient of a 1x1 convolution from one channel.
-    let reduce = kernel("reduce_partials", 1).with("VALID", s.c as f64).with("SPLIT", parts as f64);
-    let rp = Params { cin: 1, w_ctotal: 1, ..p };
-    let bindings = [(1, partials.view()), (4, db.view())];
-    let r = gpu.dispatch(
-        format!("conv.reduce_partials {} {parts} parts", db.shape),
-        &reduce,
-        &rp,
-        &bindings,
-        Grid::Groups(s.c.div_ceil(REDUCE_ENTRIES)),
-    )?;
+    let r = reduce_partials(gpu, Params { cin: 1, w_ctotal: 1, ..p }, 1, &partials, db)?;
     Ok(vec![d, r])
 }
