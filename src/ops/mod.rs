@@ -40,18 +40,21 @@ fn run_grid(gpu: &Gpu, v: &View) -> Grid {
 /// took 0.25 ms a layer that way, 2026-11-28).
 const GPU_REDUCTION_WORKGROUPS: usize = 512;
 
+/// ... and on a CPU adapter: its 2 threads took 3 workgroups (seo2018's
+/// 3-channel layers) in two rounds; 8 made its step 1.13 -> 1.06 s on
+/// lavapipe, 16 no faster (2026-11-28, A/B/A/B).
+const CPU_REDUCTION_WORKGROUPS: usize = 8;
+
 /// Parts each of `groups` reductions over planes of `plane` pixels is split
 /// into (ranges of each plane's pixels, each at least one trip of a
-/// workgroup's runs), their sums then added in order by another pass. A CPU
-/// adapter's few threads are kept busy by a workgroup per group.
+/// workgroup's runs), their sums then added in order by another pass.
 fn reduction_parts(gpu: &Gpu, groups: usize, plane: usize) -> usize {
-    match gpu.tuning() {
-        Tuning::Cpu => 1,
-        Tuning::Gpu => {
-            let most = plane.div_ceil(WORKGROUP * gpu.run_length());
-            GPU_REDUCTION_WORKGROUPS.div_ceil(groups).min(most).max(1)
-        }
-    }
+    let target = match gpu.tuning() {
+        Tuning::Cpu => CPU_REDUCTION_WORKGROUPS,
+        Tuning::Gpu => GPU_REDUCTION_WORKGROUPS,
+    };
+    let most = plane.div_ceil(WORKGROUP * gpu.run_length());
+    target.div_ceil(groups).min(most).max(1)
 }
 
 fn u32_of(v: usize) -> u32 {
