@@ -415,13 +415,19 @@ fn blocked(
     })?;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
     let s = output.shape();
-    let (entry, grid) = match (variant, pass) {
-        (Variant::Narrow, Pass::Forward) => ("narrow_forward", Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))),
-        (Variant::Narrow, Pass::Data) => ("narrow_data", Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))),
-        (_, Pass::Forward) => ("blocked_forward", Grid::Groups((s.n * s.h * s.w).div_ceil(WORKGROUP))),
-        (_, Pass::Data) => ("blocked_data", Grid::Groups((s.n * s.h * s.w).div_ceil(WORKGROUP))),
-    };
     let pixels = s.n * s.h * s.w;
+    let entry = match (variant, pass) {
+        (Variant::Narrow, Pass::Forward) => "narrow_forward",
+        (Variant::Narrow, Pass::Data) => "narrow_data",
+        (_, Pass::Forward) => "blocked_forward",
+        (_, Pass::Data) => "blocked_data",
+    };
+    // Narrow: an invocation per run of a row; blocked: one per pixel.
+    let grid = if variant == Variant::Narrow {
+        Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))
+    } else {
+        Grid::Groups(pixels.div_ceil(WORKGROUP))
+    };
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
         let gp = Params { group: u32_of(group), ..p };
