@@ -2,15 +2,16 @@
 // respect to the logits. Targets hold one value per pixel (a class index for
 // softmax, 0 or 1 otherwise); m = n * hw pixels.
 //
-// Three stages, so the batch-wide sums need no float atomics:
-// 1. *_terms: one invocation per pixel writes its three partial terms
-//    (the host binds class weights of 1 for unweighted cross-entropy)
-//    (softmax: w * nll, w; sigmoid: bce, p * t, p + t; mse: (z - t)^2) and,
-//    for softmax and sigmoid, the probabilities;
-// 2. reduce: ONE workgroup sums the terms in a fixed order and writes
-//    sums = [s0, s1, s2, loss]: the loss is the only value a training step
-//    may read back;
-// 3. *_grad: one invocation per pixel writes d loss / d logits from the sums.
+// Batch-wide sums need no float atomics: reduce (ONE workgroup) sums the
+// per-pixel terms in a fixed order into sums = [s0, s1, s2, loss]; the loss
+// is the only value a training step may read back. Terms per pixel
+// (softmax: w * nll, w; sigmoid: bce, p * t, p + t; mse: (z - t)^2); the
+// host binds class weights of 1 for unweighted cross-entropy.
+//
+// Two stages where the gradient's normaliser is known before the step
+// (softmax_loss, sigmoid_loss for BCE alone, mse_loss: terms, probabilities
+// and gradient in one pass, then reduce); three where it is not (Dice:
+// sigmoid_terms, reduce, sigmoid_grad from the sums).
 
 struct Params {
     n: u32,
@@ -36,6 +37,7 @@ const SIGMOID: u32 = 1u;
 @group(0) @binding(7) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(8) var<storage, read> sums_in: array<f32>;
 @group(0) @binding(9) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(10) var<storage, read> weight_total: array<f32>;
 
 fn pixels() -> u32 {
     return P.n * P.hw;
@@ -66,33 +68,35 @@ fn sigmoid(z: f32) -> f32 {
     return select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0);
 }
 
+// softmax_loss: probabilities, the terms and the gradient in one pass over
+// the logits. The gradient's normaliser, the batch's total class weight,
+// depends only on the targets, so the host sums it when it writes them
+// (`Loss::write_target`) and no batch-wide sum on the device comes first.
 @compute @workgroup_size(WG)
-fn softmax_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                 @builtin(num_workgroups) nwg: vec3<u32>) {
+fn softmax_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
     if (i >= pixels()) {
         return;
     }
     let m = max_logit(i);
     let s = sum_exp(i, m);
-    for (var c = 0u; c < P.c; c++) {
-        let k = logit_index(i, c);
-        probs[k] = exp(logits[k] - m) / s;
-    }
     let y = u32(truth[i]);
     let w = class_weights[y];
+    let scale = w / weight_total[0];
+    for (var c = 0u; c < P.c; c++) {
+        let k = logit_index(i, c);
+        let p = exp(logits[k] - m) / s;
+        probs[k] = p;
+        grad[k] = scale * (p - select(0.0, 1.0, c == y));
+    }
     terms[3u * i] = w * (log(s) + m - logits[logit_index(i, y)]);
     terms[3u * i + 1u] = w;
     terms[3u * i + 2u] = 0.0;
 }
 
-@compute @workgroup_size(WG)
-fn sigmoid_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(wid, lid, nwg);
-    if (i >= pixels()) {
-        return;
-    }
+// The sigmoid output and loss terms of pixel i (its probability returned).
+fn sigmoid_pixel(i: u32) -> f32 {
     let z = logits[i];
     let t = truth[i];
     let p = sigmoid(z);
@@ -101,11 +105,37 @@ fn sigmoid_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     terms[3u * i] = max(z, 0.0) + log(1.0 + exp(-abs(z))) - t * z;
     terms[3u * i + 1u] = p * t;
     terms[3u * i + 2u] = p + t;
+    return p;
 }
 
+// sigmoid_terms: the first of three stages where Dice is on (its gradient
+// needs the batch's sums, reduce's output).
 @compute @workgroup_size(WG)
-fn mse_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-             @builtin(num_workgroups) nwg: vec3<u32>) {
+fn sigmoid_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    if (i >= pixels()) {
+        return;
+    }
+    sigmoid_pixel(i);
+}
+
+// sigmoid_loss: binary cross-entropy alone, terms and gradient in one pass
+// (its normaliser is the pixel count).
+@compute @workgroup_size(WG)
+fn sigmoid_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    if (i >= pixels()) {
+        return;
+    }
+    grad[i] = (sigmoid_pixel(i) - truth[i]) / f32(pixels());
+}
+
+// mse_loss: terms and gradient in one pass.
+@compute @workgroup_size(WG)
+fn mse_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
     if (i >= pixels()) {
         return;
@@ -114,6 +144,7 @@ fn mse_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     terms[3u * i] = d * d;
     terms[3u * i + 1u] = 0.0;
     terms[3u * i + 2u] = 0.0;
+    grad[i] = 2.0 * d / f32(pixels());
 }
 
 @compute @workgroup_size(WG)
@@ -140,23 +171,7 @@ fn reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn softmax_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(wid, lid, nwg);
-    if (i >= pixels()) {
-        return;
-    }
-    let m = max_logit(i);
-    let s = sum_exp(i, m);
-    let y = u32(truth[i]);
-    let scale = class_weights[y] / sums_in[1];
-    for (var c = 0u; c < P.c; c++) {
-        let k = logit_index(i, c);
-        grad[k] = scale * (exp(logits[k] - m) / s - select(0.0, 1.0, c == y));
-    }
-}
-
+// sigmoid_grad: the third stage with Dice on.
 @compute @workgroup_size(WG)
 fn sigmoid_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -178,12 +193,3 @@ fn sigmoid_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     grad[i] = g;
 }
 
-@compute @workgroup_size(WG)
-fn mse_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(wid, lid, nwg);
-    if (i >= pixels()) {
-        return;
-    }
-    grad[i] = 2.0 * (logits[i] - truth[i]) / f32(pixels());
-}

@@ -505,9 +505,10 @@ fn check_dropout(gpu: &Gpu) {
 fn check_loss(logits: &Tensor, target: &[f64], kind: LossKind, expected: cpu::loss::LossGrad, probs: Option<Tensor>) {
     let gpu = gpu_or_skip!();
     let gl = upload(gpu, logits);
-    let gt = upload(gpu, &Tensor::new(logits.shape.with_c(1), target.to_vec()));
+    let gt = gpu.tensor(logits.shape.with_c(1)).unwrap();
     let grad = gpu.tensor(logits.shape).unwrap();
     let loss = ops::loss::build(gpu, &gl, &gt, &kind, &grad).unwrap();
+    loss.write_target(gpu, &target.iter().map(|&t| t as f32).collect::<Vec<_>>()).unwrap();
     run(gpu, &loss.dispatches.iter().collect::<Vec<_>>());
     let sums = gpu.read(&loss.sums).unwrap();
     assert_close("loss value", &sums[ops::loss::Loss::LOSS_INDEX..][..1], &[expected.loss], 1e-6, 1e-5);
@@ -538,14 +539,33 @@ fn softmax_cross_entropy_matches_cpu_for_3_classes_batch_3() {
 
 #[test]
 fn class_weighted_cross_entropy_matches_cpu() {
-    let Some(gpu) = common::gpu() else { return };
     let mut rng = Rng::new(32);
     let logits = rng.tensor(Shape::new(2, 2, 37, 53), -4.0, 4.0);
     let target = labels(&mut rng, 2 * 37 * 53, 2);
     let weights = [0.3, 2.5];
     let expected = cpu::loss::softmax_cross_entropy(&logits, &target, Some(&weights));
-    let kind = LossKind::SoftmaxCrossEntropy { class_weights: Some(upload_vec(gpu, &weights)) };
+    let kind = LossKind::SoftmaxCrossEntropy { class_weights: Some(weights.map(|w| w as f32).to_vec()) };
     check_loss(&logits, &target, kind, expected, Some(cpu::loss::softmax(&logits)));
+}
+
+#[test]
+fn loss_targets_are_checked_before_they_are_written() {
+    let gpu = gpu_or_skip!();
+    let shape = Shape::new(1, 3, 2, 2);
+    let (logits, target, grad) =
+        (gpu.tensor(shape).unwrap(), gpu.tensor(shape.with_c(1)).unwrap(), gpu.tensor(shape).unwrap());
+    let kind = LossKind::SoftmaxCrossEntropy { class_weights: None };
+    let loss = ops::loss::build(gpu, &logits, &target, &kind, &grad).unwrap();
+    for (bad, named) in
+        [(3.0, "target 2 is 3"), (1.5, "target 2 is 1.5"), (-1.0, "target 2 is -1"), (f32::NAN, "target 2 is NaN")]
+    {
+        let err = loss.write_target(gpu, &[0.0, 1.0, bad, 2.0]).unwrap_err().to_string();
+        assert!(err.contains(named), "{err}");
+    }
+    let err = loss.write_target(gpu, &[0.0; 3]).unwrap_err().to_string();
+    assert!(err.contains("3 target values for 4 pixels"), "{err}");
+    loss.write_target(gpu, &[0.0, 1.0, 2.0, 2.0]).unwrap();
+    assert_eq!(gpu.read(&target).unwrap(), vec![0.0, 1.0, 2.0, 2.0]);
 }
 
 fn check_sigmoid(which: SigmoidLoss, seed: u64) {

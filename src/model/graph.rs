@@ -146,7 +146,6 @@ pub struct Graph {
     /// first part when there is no input norm.
     input: Slice,
     logits: Tensor,
-    target: Option<Tensor>,
     /// Input norm and dilated layers (up to the concatenation).
     trunk: Vec<Dispatch>,
     /// Dropout of the concatenation, part by part.
@@ -161,7 +160,8 @@ pub struct Graph {
     /// Every norm block's input, in forward order.
     norm_sites: Vec<NormSite>,
     updates: Vec<Update>,
-    loss_sums: Option<Tensor>,
+    /// The loss's targets and sums (its dispatches are in `head_backward`).
+    loss: Option<ops::loss::Loss>,
     optimizer: Option<Optimizer>,
 }
 
@@ -426,7 +426,6 @@ impl Graph {
             params: params.clone(),
             input,
             logits,
-            target: None,
             trunk,
             dropout_forward,
             head,
@@ -435,7 +434,7 @@ impl Graph {
             trunk_backward: Vec::new(),
             norm_sites,
             updates: Vec::new(),
-            loss_sums: None,
+            loss: None,
             optimizer: train.map(|t| t.optimizer),
         };
         let Some(setup) = train else { return Ok(graph) };
@@ -449,18 +448,12 @@ impl Graph {
         let target = gpu.tensor(shape.with_c(1))?;
         let dlogits = gpu.tensor(graph.logits.shape)?;
         let kind = match cfg.output {
-            OutputKind::Softmax => LossKind::SoftmaxCrossEntropy {
-                class_weights: setup
-                    .class_weights
-                    .as_ref()
-                    .map(|w| gpu.upload(Shape::vector(w.len()), w))
-                    .transpose()?,
-            },
+            OutputKind::Softmax => LossKind::SoftmaxCrossEntropy { class_weights: setup.class_weights.clone() },
             OutputKind::Sigmoid => LossKind::Sigmoid(setup.sigmoid_loss),
             OutputKind::Linear => LossKind::Mse,
         };
-        let loss = ops::loss::build(gpu, &graph.logits, &target, &kind, &dlogits)?;
-        let mut head_backward = loss.dispatches;
+        let mut loss = ops::loss::build(gpu, &graph.logits, &target, &kind, &dlogits)?;
+        let mut head_backward = std::mem::take(&mut loss.dispatches);
         let dparts = concat_parts(gpu, n, h, w, &widths)?;
         let dhead_input =
             if graph.dropout_forward.is_empty() { dparts.clone() } else { concat_parts(gpu, n, h, w, &widths)? };
@@ -543,8 +536,7 @@ impl Graph {
         graph.updates = updates;
         graph.state = state;
         graph.grads = grads;
-        graph.target = Some(target);
-        graph.loss_sums = Some(loss.sums);
+        graph.loss = Some(loss);
         Ok(graph)
     }
 
@@ -614,11 +606,11 @@ impl Graph {
 
     /// Uploads the per-pixel targets (N x 1 x H x W) of a training graph.
     pub fn set_target(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
-        let target = self.target.as_ref().ok_or_else(|| GpuError::Shape {
+        let loss = self.loss.as_ref().ok_or_else(|| GpuError::Shape {
             kernel: "graph".into(),
             message: "targets given to an inference graph".into(),
         })?;
-        self.write_samples(gpu, &Slice::whole(target), data, "target")
+        loss.write_target(gpu, data)
     }
 
     /// Writes per-sample planes into a slice: one write per sample, since a
@@ -693,11 +685,11 @@ impl Graph {
 
     /// The loss of the last step (reads back one value).
     pub fn loss(&self, gpu: &Gpu) -> Result<f32> {
-        let sums = self.loss_sums.as_ref().ok_or_else(|| GpuError::Shape {
+        let loss = self.loss.as_ref().ok_or_else(|| GpuError::Shape {
             kernel: "graph".into(),
             message: "an inference graph has no loss".into(),
         })?;
-        Ok(gpu.read(sums)?[ops::loss::Loss::LOSS_INDEX])
+        Ok(gpu.read(&loss.sums)?[ops::loss::Loss::LOSS_INDEX])
     }
 
     pub fn read_logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {

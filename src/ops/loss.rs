@@ -38,29 +38,61 @@ fn stage(
 /// Which output function and loss (MODEL.md's `output`).
 pub enum LossKind {
     /// Softmax over channels with (optionally class-weighted) cross-entropy.
-    SoftmaxCrossEntropy { class_weights: Option<Tensor> },
+    SoftmaxCrossEntropy { class_weights: Option<Vec<f32>> },
     /// One channel, sigmoid, BCE and/or soft Dice.
     Sigmoid(SigmoidLoss),
     /// One linear channel, mean squared error.
     Mse,
 }
 
-/// The recorded loss: run `dispatches` in order; `sums[3]` then holds the
-/// loss (the only value a step reads back), `grad` d loss / d logits and
-/// `probs` the softmax or sigmoid output.
+/// The recorded loss: write the targets with `write_target`, then run
+/// `dispatches` in order; `sums[3]` then holds the loss (the only value a
+/// step reads back), the gradient tensor d loss / d logits and `probs` the
+/// softmax or sigmoid output.
 pub struct Loss {
     pub dispatches: Vec<Dispatch>,
     pub sums: Tensor,
     pub probs: Option<Tensor>,
+    target: Tensor,
+    /// Softmax: the class weights on the host and the batch's total weight
+    /// on the device, the gradient's normaliser (written with the targets).
+    class_weights: Option<(Vec<f32>, Tensor)>,
 }
 
 impl Loss {
     /// Index of the loss value in `sums`.
     pub const LOSS_INDEX: usize = 3;
+
+    /// Writes the per-pixel targets (N x 1 x H x W) and, for cross-entropy,
+    /// their total class weight. Refuses a class index that is not a whole
+    /// number below the class count, or a non-finite target, naming it.
+    pub fn write_target(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        let label = format!("loss {}", self.target.shape);
+        ensure(data.len() == self.target.shape.numel(), &label, || {
+            format!("{} target values for {} pixels", data.len(), self.target.shape.numel())
+        })?;
+        let bad = data.iter().position(|t| !t.is_finite());
+        ensure(bad.is_none(), &label, || format!("target {} is {}", bad.unwrap_or(0), data[bad.unwrap_or(0)]))?;
+        if let Some((weights, total)) = &self.class_weights {
+            let mut sum = 0.0f64;
+            for (at, &t) in data.iter().enumerate() {
+                let class = t as usize;
+                let valid = t >= 0.0 && t.fract() == 0.0 && class < weights.len();
+                ensure(valid, &label, || format!("target {at} is {t}, not a class index below {}", weights.len()))?;
+                sum += f64::from(weights[class]);
+            }
+            gpu.queue.write_buffer(total.buffer(), 0, bytemuck::bytes_of(&(sum as f32)));
+        }
+        gpu.queue.write_buffer(self.target.buffer(), 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
 }
 
-/// Builds the three stages for `logits` against per-pixel `target`
-/// (N x 1 x H x W), writing the gradient into `grad` (the logits' shape).
+/// Builds the loss of `logits` against per-pixel `target` (N x 1 x H x W),
+/// writing the gradient into `grad` (the logits' shape): terms,
+/// probabilities and gradient in one pass where the gradient's normaliser
+/// is known before the step, then the reduction; Dice adds a third pass
+/// after it (shaders/loss.wgsl).
 pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad: &Tensor) -> Result<Loss> {
     let s = logits.shape;
     let label = format!("loss {s}");
@@ -90,41 +122,43 @@ pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad:
     };
     let terms = gpu.tensor(Shape::new(pixels, 3, 1, 1))?;
     let sums = gpu.tensor(Shape::vector(4))?;
-    let (l, t) = ((1, logits), (2, target));
+    let (l, t, terms_out, grad_out) = ((1, logits), (2, target), (5, &terms), (9, grad));
+    let reduce = gpu.dispatch(
+        format!("{label} reduce"),
+        &Kernel::new(Family::Loss, "reduce"),
+        &p,
+        &[(6, terms.view()), (7, sums.view())],
+        Grid::Groups(1),
+    )?;
     // Each entry point binds exactly what it reads and writes.
-    let (probs, term_stage, grad_stage) = match kind {
+    let (dispatches, probs, class_weights) = match kind {
         LossKind::SoftmaxCrossEntropy { class_weights } => {
             // Unweighted is weighted by ones: one kernel, no flag.
-            let weights = match class_weights {
-                Some(w) => {
-                    ensure(w.shape.numel() == s.c, &label, || {
-                        format!("{} class weights for {} classes", w.shape.numel(), s.c)
-                    })?;
-                    w.clone()
-                }
-                None => gpu.upload(Shape::vector(s.c), &vec![1.0; s.c])?,
-            };
+            let weights = class_weights.clone().unwrap_or_else(|| vec![1.0; s.c]);
+            ensure(weights.len() == s.c, &label, || format!("{} class weights for {} classes", weights.len(), s.c))?;
+            let on_device = gpu.upload(Shape::vector(s.c), &weights)?;
+            let total = gpu.tensor(Shape::vector(1))?;
             let probs = gpu.tensor(s)?;
-            let terms_d =
-                stage(gpu, &label, "softmax_terms", &p, &[l, t, (3, &weights), (4, &probs), (5, &terms)], pixels)?;
-            let grad_d = stage(gpu, &label, "softmax_grad", &p, &[l, t, (3, &weights), (8, &sums), (9, grad)], pixels)?;
-            (Some(probs), terms_d, grad_d)
+            let bindings = [l, t, (3, &on_device), (4, &probs), terms_out, grad_out, (10, &total)];
+            let fused = stage(gpu, &label, "softmax_loss", &p, &bindings, pixels)?;
+            (vec![fused, reduce], Some(probs), Some((weights, total)))
         }
-        LossKind::Sigmoid(_) => {
+        LossKind::Sigmoid(which) => {
             let probs = gpu.tensor(s)?;
-            let terms_d = stage(gpu, &label, "sigmoid_terms", &p, &[l, t, (4, &probs), (5, &terms)], pixels)?;
-            let grad_d = stage(gpu, &label, "sigmoid_grad", &p, &[l, t, (8, &sums), (9, grad)], pixels)?;
-            (Some(probs), terms_d, grad_d)
+            let dispatches = if which.dice {
+                let terms_d = stage(gpu, &label, "sigmoid_terms", &p, &[l, t, (4, &probs), terms_out], pixels)?;
+                let grad_d = stage(gpu, &label, "sigmoid_grad", &p, &[l, t, (8, &sums), grad_out], pixels)?;
+                vec![terms_d, reduce, grad_d]
+            } else {
+                let bindings = [l, t, (4, &probs), terms_out, grad_out];
+                vec![stage(gpu, &label, "sigmoid_loss", &p, &bindings, pixels)?, reduce]
+            };
+            (dispatches, Some(probs), None)
         }
         LossKind::Mse => {
-            let terms_d = stage(gpu, &label, "mse_terms", &p, &[l, t, (5, &terms)], pixels)?;
-            let grad_d = stage(gpu, &label, "mse_grad", &p, &[l, t, (9, grad)], pixels)?;
-            (None, terms_d, grad_d)
+            let fused = stage(gpu, &label, "mse_loss", &p, &[l, t, terms_out, grad_out], pixels)?;
+            (vec![fused, reduce], None, None)
         }
     };
-    let reduce = Kernel::new(Family::Loss, "reduce");
-    let reduce =
-        gpu.dispatch(format!("{label} reduce"), &reduce, &p, &[(6, terms.view()), (7, sums.view())], Grid::Groups(1))?;
-    let dispatches = vec![term_stage, reduce, grad_stage];
-    Ok(Loss { dispatches, sums, probs })
+    Ok(Loss { dispatches, sums, probs, target: target.clone(), class_weights })
 }
