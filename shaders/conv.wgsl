@@ -50,6 +50,14 @@ struct Params {
     // concatenation convolved on its own; the baseline needs the whole).
     w_ctotal: u32,
     w_coff: u32,
+    // window_*: the sample and the band of output rows of this launch, and
+    // each window's offset: input (ci, iy, ix) is element
+    // win[k / 4][k % 4] + iy * w + ix of window k = ci * 3 + ky.
+    band_n: u32,
+    band_y0: u32,
+    band_rows: u32,
+    _pad0: u32,
+    win: array<vec4<i32>, 3>,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -66,6 +74,22 @@ struct Params {
 // minimum uniform binding size.
 @group(0) @binding(9) var<uniform> wpack: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(10) var<storage, read_write> wpack_out: array<vec4<f32>>;
+
+// window_*: up to 4 input channels x 3 kernel rows, each a 64 KiB window
+// into the input bound as a uniform buffer (see window_sums). WGSL cannot
+// index bindings, hence twelve names.
+@group(0) @binding(11) var<uniform> win0: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(12) var<uniform> win1: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(13) var<uniform> win2: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(14) var<uniform> win3: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(15) var<uniform> win4: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(16) var<uniform> win5: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(17) var<uniform> win6: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(18) var<uniform> win7: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(19) var<uniform> win8: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(20) var<uniform> win9: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(21) var<uniform> win10: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(22) var<uniform> win11: array<vec4<f32>, PACK_LEN>;
 
 // Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
 override COB: u32 = 8u;
@@ -557,6 +581,127 @@ fn narrow_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let run = narrow_run(min(i, narrow_runs() - 1u));
     let c = narrow_sums(run);
     if (i >= narrow_runs()) {
+        return;
+    }
+    narrow_store(run, c, vec4<f32>(0.0));
+}
+
+// The windowed kernels (window_forward, window_data): the narrow kernels'
+// sums with every input value read through a uniform window instead of the
+// storage buffer. llvmpipe loads a storage value lane by lane but gathers a
+// uniform one, 7-8x cheaper (lavapipe, 2026-11-28, docs/KERNELS.md), and the
+// narrow kernels are nothing but loads (27 per output pixel for 3 input
+// channels). A launch covers one sample and a band of output rows whose
+// inputs fit 64 KiB windows, one per (input channel, kernel row); WIN_CIN
+// (at most 4) input channels, K = 3.
+override WIN_CIN: u32 = 1u;
+
+// Element i of window k (a constant at every call, so the switch folds
+// away).
+fn window_load(k: u32, i: u32) -> f32 {
+    let q = i >> 2u;
+    let e = i & 3u;
+    switch k {
+        case 0u: { return win0[q][e]; }
+        case 1u: { return win1[q][e]; }
+        case 2u: { return win2[q][e]; }
+        case 3u: { return win3[q][e]; }
+        case 4u: { return win4[q][e]; }
+        case 5u: { return win5[q][e]; }
+        case 6u: { return win6[q][e]; }
+        case 7u: { return win7[q][e]; }
+        case 8u: { return win8[q][e]; }
+        case 9u: { return win9[q][e]; }
+        case 10u: { return win10[q][e]; }
+        default: { return win11[q][e]; }
+    }
+}
+
+// Input at column ix of the row starting at element `row` of window k, 0
+// in the padding (`row_ok`: the row is in the image).
+fn window_value(k: u32, row: i32, row_ok: bool, ix: i32) -> f32 {
+    let ok = row_ok && ix >= 0 && ix < i32(P.w);
+    return select(0.0, window_load(k, u32(max(row + ix, 0))), ok);
+}
+
+// narrow_tap through window k: column ix0 + t for pixel t.
+fn window_tap(c: Acc, k: u32, row: i32, row_ok: bool, ix0: i32, w4: vec4<f32>) -> Acc {
+    var r = c;
+    r.a0 = fma(vec4<f32>(window_value(k, row, row_ok, ix0)), w4, r.a0);
+    r.a1 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 1)), w4, r.a1);
+    r.a2 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 2)), w4, r.a2);
+    r.a3 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 3)), w4, r.a3);
+    r.a4 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 4)), w4, r.a4);
+    r.a5 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 5)), w4, r.a5);
+    r.a6 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 6)), w4, r.a6);
+    r.a7 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 7)), w4, r.a7);
+    return r;
+}
+
+// The 3 taps of kernel row ky (window k = ci * 3 + ky) for the run at
+// (iy, ix0): the row's validity and start worked out once; table rows
+// from 3 * k.
+fn window_row(c: Acc, k: u32, iy: i32, ix0: i32) -> Acc {
+    let d = i32(P.dilation);
+    let row_ok = iy >= 0 && iy < i32(P.h);
+    let row = P.win[k / 4u][k % 4u] + iy * i32(P.w);
+    var r = window_tap(c, k, row, row_ok, ix0 - d, wpack[3u * k]);
+    r = window_tap(r, k, row, row_ok, ix0, wpack[3u * k + 1u]);
+    return window_tap(r, k, row, row_ok, ix0 + d, wpack[3u * k + 2u]);
+}
+
+// The 9 taps of input channel ci (a constant) for the run at (oy, ix0),
+// spelled out so every window index is a constant.
+fn window_channel(c: Acc, ci: u32, oy: i32, ix0: i32) -> Acc {
+    let d = i32(P.dilation);
+    var r = window_row(c, ci * 3u, oy - d, ix0);
+    r = window_row(r, ci * 3u + 1u, oy, ix0);
+    return window_row(r, ci * 3u + 2u, oy + d, ix0);
+}
+
+// narrow_sums through the windows, the channels spelled out.
+fn window_sums(run: vec3<u32>) -> Acc {
+    let oy = i32(run.y);
+    let ix0 = i32(run.z);
+    var c: Acc;
+    c = window_channel(c, 0u, oy, ix0);
+    if (WIN_CIN > 1u) { c = window_channel(c, 1u, oy, ix0); }
+    if (WIN_CIN > 2u) { c = window_channel(c, 2u, oy, ix0); }
+    if (WIN_CIN > 3u) { c = window_channel(c, 3u, oy, ix0); }
+    return c;
+}
+
+// Runs of this launch's band, and run i of it.
+fn window_runs() -> u32 {
+    return P.band_rows * ((P.w + NARROW_RUN - 1u) / NARROW_RUN);
+}
+
+fn window_run(i: u32) -> vec3<u32> {
+    let per_row = (P.w + NARROW_RUN - 1u) / NARROW_RUN;
+    return vec3<u32>(P.band_n, P.band_y0 + i / per_row, (i % per_row) * NARROW_RUN);
+}
+
+// window_forward: narrow_forward for one band of one sample.
+@compute @workgroup_size(WG)
+fn window_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let run = window_run(min(i, window_runs() - 1u));
+    let c = window_sums(run);
+    if (i >= window_runs()) {
+        return;
+    }
+    narrow_store(run, c, select(bias_block(0u), vec4<f32>(0.0), ACCUMULATE));
+}
+
+// window_data: narrow_data for one band of one sample.
+@compute @workgroup_size(WG)
+fn window_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    let run = window_run(min(i, window_runs() - 1u));
+    let c = window_sums(run);
+    if (i >= window_runs()) {
         return;
     }
     narrow_store(run, c, vec4<f32>(0.0));

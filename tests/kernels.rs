@@ -72,13 +72,17 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
 
         let (xv, yv, dyv, dxv) =
             (gx.channels(1, cin), gy.channels(2, cout), gdy.channels(2, cout), gdx.channels(1, cin));
-        // The narrow kernels compute at most 4 channels: the blocked ones
-        // stand in for a pass computing more.
-        let pick =
-            |computed: usize| if variant == Variant::Narrow && computed > 4 { Variant::Blocked } else { variant };
-        let mut list = ops::conv::forward_with(gpu, pick(cout), xv, &gw, &gb, dilation, yv).unwrap();
-        list.extend(ops::conv::backward_data_with(gpu, pick(cin), dyv, &gw, dilation, dxv, true).unwrap());
-        list.extend(ops::conv::backward_weight_with(gpu, pick(cout), xv, dyv, dilation, &gdw).unwrap());
+        // The narrow kernels compute at most 4 channels, the windowed ones
+        // 3x3 from at most 4: the blocked or narrow ones stand in for a
+        // pass they do not take.
+        let pick = |computed: usize, inputs: usize| match variant {
+            Variant::Narrow | Variant::Windowed if computed > 4 => Variant::Blocked,
+            Variant::Windowed if k != 3 || inputs > 4 => Variant::Narrow,
+            v => v,
+        };
+        let mut list = ops::conv::forward_with(gpu, pick(cout, cin), xv, &gw, &gb, dilation, yv).unwrap();
+        list.extend(ops::conv::backward_data_with(gpu, pick(cin, cout), dyv, &gw, dilation, dxv, true).unwrap());
+        list.extend(ops::conv::backward_weight_with(gpu, pick(cout, cin), xv, dyv, dilation, &gdw).unwrap());
         list.extend(ops::conv::backward_bias(gpu, dyv, &gdb).unwrap());
         run(gpu, &list.iter().collect::<Vec<_>>());
 
@@ -172,6 +176,18 @@ fn the_blocked_convolution_is_chosen_where_its_table_fits_and_refused_elsewhere(
         assert_eq!(Variant::for_weight_grad(gpu, 32), blocked);
         assert_eq!(Variant::for_weight_grad(gpu, 3), Variant::Narrow);
         assert_eq!(Variant::choose(gpu, 32, 3, 3), Variant::Narrow);
+        assert_eq!(Variant::choose(gpu, 3, 3, 3), Variant::Windowed);
+        assert_eq!(Variant::choose(gpu, 3, 3, 1), Variant::Narrow, "the windowed kernels take 3x3 kernels only");
+        // The windowed kernels: the packed weights, then a launch per band
+        // of rows (two for 131 rows of 127); the narrow ones' two launches
+        // for an input under a window's 64 KiB.
+        for (h, launches) in [(131, 3), (5, 2)] {
+            let x = gpu.zeros(Shape::new(1, 3, h, 127)).unwrap();
+            let (w, b) = (gpu.zeros(Shape::new(3, 3, 3, 3)).unwrap(), gpu.zeros(Shape::vector(3)).unwrap());
+            let y = gpu.tensor(x.shape).unwrap();
+            let list = ops::conv::forward_with(gpu, Variant::Windowed, x.view(), &w, &b, 1, y.view()).unwrap();
+            assert_eq!(list.len(), launches, "windowed launches for {h} rows");
+        }
     }
     let x = gpu.zeros(Shape::new(1, 64, 5, 7)).unwrap();
     let (w, b) = (gpu.zeros(Shape::new(32, 64, 3, 3)).unwrap(), gpu.zeros(Shape::vector(32)).unwrap());
@@ -189,6 +205,15 @@ fn the_blocked_convolution_is_chosen_where_its_table_fits_and_refused_elsewhere(
 fn conv3x3_with_3_channels_matches_cpu_for_batch_2_dilation_13() {
     // seo2018's layers: the narrow kernels, rows of 53 = 6 runs of 8 and 5.
     check_conv(2, 3, 3, 37, 53, 3, 13, 7);
+}
+
+#[test]
+fn conv3x3_with_3_channels_matches_cpu_over_several_bands_of_rows() {
+    // Planes of 131 x 127 pixels: the windowed kernels' bands of 128 rows
+    // (rows of 127 floats, not a multiple of the window alignment), then 3.
+    check_conv(2, 3, 3, 131, 127, 3, 5, 9);
+    // A dilation larger than the image: every off-centre row is padding.
+    check_conv(1, 2, 3, 131, 127, 3, 140, 10);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use bytemuck::Pod;
 
 use super::pool::PooledBuffer;
 use super::shaders::Family;
-use super::tensor::View;
+use super::tensor::{Tensor, View};
 use super::{Gpu, GpuError, Result};
 
 /// Invocations per workgroup of every kernel (`WG` in shaders/common.wgsl).
@@ -51,6 +51,19 @@ pub enum Grid {
 pub struct Cost {
     pub flops: f64,
     pub bytes: f64,
+}
+
+/// Bytes of a uniform window (`Gpu::dispatch_windowed`): every adapter's
+/// minimum uniform binding size.
+pub const WINDOW_BYTES: u64 = 65536;
+
+/// A window of a tensor's buffer bound as a uniform buffer: WINDOW_BYTES
+/// from `offset` (a multiple of the device's uniform offset alignment,
+/// within the buffer).
+pub struct Window<'a> {
+    pub binding: u32,
+    pub tensor: &'a Tensor,
+    pub offset: u64,
 }
 
 pub struct Dispatch {
@@ -111,6 +124,41 @@ impl Gpu {
         bindings: &[(u32, View)],
         grid: Grid,
     ) -> Result<Dispatch> {
+        self.dispatch_windowed(label, kernel, params, bindings, &[], grid)
+    }
+
+    /// `dispatch` with uniform windows into tensors besides (the windowed
+    /// convolution). A window past its buffer's end or off the alignment is
+    /// refused (a bug in the caller, named).
+    pub fn dispatch_windowed<P: Pod>(
+        &self,
+        label: String,
+        kernel: &Kernel,
+        params: &P,
+        bindings: &[(u32, View)],
+        windows: &[Window],
+        grid: Grid,
+    ) -> Result<Dispatch> {
+        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment);
+        for w in windows {
+            if let Some((b, _)) = bindings.iter().find(|(_, v)| v.tensor.same_buffer(w.tensor)) {
+                return Err(GpuError::Shape {
+                    kernel: label,
+                    message: format!("window {} and binding {b} are one buffer", w.binding),
+                });
+            }
+            if w.offset % align != 0 || w.offset + WINDOW_BYTES > w.tensor.buffer().size() {
+                return Err(GpuError::Shape {
+                    kernel: label,
+                    message: format!(
+                        "window at byte {} of the {} tensor (buffer of {} bytes, alignment {align})",
+                        w.offset,
+                        w.tensor.shape,
+                        w.tensor.buffer().size()
+                    ),
+                });
+            }
+        }
         let limit = self.limits.max_storage_buffer_binding_size;
         for (binding, view) in bindings {
             let t = view.tensor;
@@ -149,6 +197,14 @@ impl Gpu {
                     binding: *b,
                     resource: v.tensor.buffer().as_entire_binding(),
                 }));
+                entries.extend(windows.iter().map(|w| wgpu::BindGroupEntry {
+                    binding: w.binding,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: w.tensor.buffer(),
+                        offset: w.offset,
+                        size: wgpu::BufferSize::new(WINDOW_BYTES),
+                    }),
+                }));
                 let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(&label),
                     layout: &pipeline.get_bind_group_layout(0),
@@ -164,7 +220,11 @@ impl Gpu {
             bind_group,
             params: params_buf,
             workgroups,
-            _bound: bindings.iter().map(|(_, v)| v.tensor.buffer.clone()).collect(),
+            _bound: bindings
+                .iter()
+                .map(|(_, v)| v.tensor.buffer.clone())
+                .chain(windows.iter().map(|w| w.tensor.buffer.clone()))
+                .collect(),
         })
     }
 

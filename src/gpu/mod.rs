@@ -14,7 +14,7 @@ pub mod shaders;
 mod tensor;
 
 pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions, Tuning};
-pub use dispatch::{Cost, Dispatch, Grid, Kernel, WORKGROUP};
+pub use dispatch::{Cost, Dispatch, Grid, Kernel, Window, WINDOW_BYTES, WORKGROUP};
 pub use pool::PoolStats;
 pub use profile::{Span, TimeSource};
 pub use tensor::{Tensor, View};

@@ -57,10 +57,12 @@ impl BufferPool {
         BufferPool { device, free: Arc::default() }
     }
 
-    /// A buffer of at least `bytes` (rounded up to 16) with `usage`; its
-    /// contents are whatever its last user left.
+    /// A buffer of at least `bytes` (rounded up to 256, the largest uniform
+    /// offset alignment wgpu allows, so a 64 KiB window can end at any
+    /// buffer's end) with `usage`; its contents are whatever its last user
+    /// left.
     pub fn take(&self, bytes: u64, usage: wgpu::BufferUsages) -> Arc<PooledBuffer> {
-        let size = bytes.max(16).next_multiple_of(16);
+        let size = bytes.max(1).next_multiple_of(256);
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         let buffer = match free.buffers.get_mut(&(size, usage)).and_then(Vec::pop) {
             Some(buffer) => {

@@ -6,9 +6,12 @@ use super::pool::PooledBuffer;
 use super::{Gpu, GpuError, Result};
 use crate::shape::Shape;
 
-/// Storage usage of every tensor: bound to kernels, uploaded, read back.
-const TENSOR_USAGE: wgpu::BufferUsages =
-    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+/// Usage of every tensor: bound to kernels (as storage, or a 64 KiB window
+/// of it as a uniform buffer), uploaded, read back.
+const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::UNIFORM)
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
 
 /// A tensor on the GPU. Cloning shares the buffer.
 #[derive(Clone)]
@@ -83,8 +86,7 @@ impl Gpu {
     pub fn uniform_table(&self, len: usize) -> Result<Tensor> {
         assert!(len <= 16384, "a uniform table of {len} floats exceeds 64 KiB");
         let shape = Shape::vector(len);
-        let usage = TENSOR_USAGE.union(wgpu::BufferUsages::UNIFORM);
-        let buffer = self.scoped("allocating a uniform table", || self.pool.take(len as u64 * 4, usage))?;
+        let buffer = self.scoped("allocating a uniform table", || self.pool.take(len as u64 * 4, TENSOR_USAGE))?;
         Ok(Tensor { shape, buffer })
     }
 

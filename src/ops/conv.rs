@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, reduction_parts, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, WORKGROUP};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES, WORKGROUP};
 use crate::shape::Shape;
 
 #[repr(C)]
@@ -26,6 +26,11 @@ pub(super) struct Params {
     chunk: u32,
     w_ctotal: u32,
     w_coff: u32,
+    band_n: u32,
+    band_y0: u32,
+    band_rows: u32,
+    _pad0: u32,
+    win: [[i32; 4]; 3],
 }
 
 /// Checks `w` (OIHW, odd square kernel) against the input and output views
@@ -70,6 +75,11 @@ fn part_params(
         chunk: 0,
         w_ctotal: u32_of(ws.c),
         w_coff: u32_of(w_coff),
+        band_n: 0,
+        band_y0: 0,
+        band_rows: 0,
+        _pad0: 0,
+        win: [[0; 4]; 3],
     };
     Ok((ws.h, p))
 }
@@ -99,6 +109,13 @@ pub enum Variant {
     /// multiply-adds instead of 4. CPU adapters' kernel for seo2018's
     /// 3-channel layers.
     Narrow,
+    /// `Narrow` with every input value read through 64 KiB uniform windows
+    /// (`window_*` in conv.wgsl), one launch per band of rows of a sample:
+    /// 3x3 kernels over at most 4 input channels, on CPU adapters, where
+    /// llvmpipe gathers uniform loads but loads storage lane by lane. Falls
+    /// back to `Narrow` for an input buffer under 64 KiB or rows wider than
+    /// a window.
+    Windowed,
     /// Implicit GEMMs tiled in workgroup memory (`tiled_*` in conv.wgsl),
     /// the weight gradient split over the pixels; any shape. The weight
     /// gradient of hardware GPUs (`Tuning::Gpu`), whose many cores the
@@ -133,6 +150,15 @@ const TILE_P: usize = 64;
 /// Pixels per invocation of the narrow kernels (`NARROW_RUN` in conv.wgsl).
 const NARROW_RUN: usize = 8;
 
+/// Input channels the windowed kernels take (`WIN_CIN` in conv.wgsl): one
+/// window per input channel and kernel row, twelve at most.
+const WINDOW_CIN: usize = 4;
+
+/// Uniform bindings of a windowed launch: twelve windows (the pipeline
+/// layout holds every one the shader names; those past the input channels
+/// repeat the first), the packed weights and the parameters.
+const WINDOW_BINDINGS: u32 = 3 * WINDOW_CIN as u32 + 2;
+
 /// Invocations narrow_weight aims for: blocks of 9 (ci, tap) rows times
 /// parts of the pixels (seo2018's 3 -> 3 layers have 3 blocks).
 const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
@@ -158,8 +184,14 @@ fn blocks(cout: usize) -> usize {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] =
-        [Variant::Baseline, Variant::Blocked, Variant::BlockedSubgroup, Variant::Narrow, Variant::Tiled];
+    pub const ALL: [Variant; 6] = [
+        Variant::Baseline,
+        Variant::Blocked,
+        Variant::BlockedSubgroup,
+        Variant::Narrow,
+        Variant::Windowed,
+        Variant::Tiled,
+    ];
 
     /// The name `dilaseg bench --variant` takes and reports.
     pub fn name(self) -> &'static str {
@@ -168,6 +200,7 @@ impl Variant {
             Variant::Blocked => "blocked",
             Variant::BlockedSubgroup => "blocked-subgroup",
             Variant::Narrow => "narrow",
+            Variant::Windowed => "windowed",
             Variant::Tiled => "tiled",
         }
     }
@@ -180,7 +213,11 @@ impl Variant {
     pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
         if BLOCKED_K.contains(&k) && cin * k * k * blocks(cout) <= PACK_LEN {
             if cout <= 4 && gpu.tuning() == Tuning::Cpu {
-                Variant::Narrow
+                if k == 3 && cin <= WINDOW_CIN && WINDOW_BINDINGS <= gpu.limits.max_uniform_buffers_per_shader_stage {
+                    Variant::Windowed
+                } else {
+                    Variant::Narrow
+                }
             } else {
                 Variant::blocked(gpu)
             }
@@ -410,9 +447,17 @@ fn blocked(
     ensure(cin * k * k * cob <= PACK_LEN, &label, || {
         format!("{cin} x {k} x {k} inputs per channel do not fit the blocked kernel's table; use the tiled or baseline kernels")
     })?;
-    ensure(variant != Variant::Narrow || cob == 1, &label, || {
-        format!("the narrow kernels compute at most 4 channels, not {cout}")
-    })?;
+    let narrow = matches!(variant, Variant::Narrow | Variant::Windowed);
+    ensure(!narrow || cob == 1, &label, || format!("the narrow kernels compute at most 4 channels, not {cout}"))?;
+    if variant == Variant::Windowed {
+        ensure(k == 3 && cin <= WINDOW_CIN, &label, || {
+            format!("the windowed kernels take 3x3 kernels over at most {WINDOW_CIN} channels, not {k}x{k} over {cin}")
+        })?;
+        if let Some(list) = windowed(gpu, &label, pass, p, w, input, bias, output)? {
+            return Ok(list);
+        }
+        return blocked(gpu, Variant::Narrow, label, pass, p, k, w, input, bias, output);
+    }
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
     let s = output.shape();
     let pixels = s.n * s.h * s.w;
@@ -423,7 +468,7 @@ fn blocked(
         (_, Pass::Data) => "blocked_data",
     };
     // Narrow: an invocation per run of a row; blocked: one per pixel.
-    let grid = if variant == Variant::Narrow {
+    let grid = if narrow {
         Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))
     } else {
         Grid::Groups(pixels.div_ceil(WORKGROUP))
@@ -454,6 +499,92 @@ fn blocked(
         list.push(d.with_flops(group_flops));
     }
     Ok(list)
+}
+
+/// The windowed variant (`window_*` in conv.wgsl): the packed weights, then
+/// per sample and band of output rows one launch reading its input through
+/// windows, one per (input channel, kernel row), each holding the rows that
+/// kernel row reads for the band. None where the input does not allow it
+/// (a buffer under 64 KiB, a row wider than a window): the caller falls
+/// back to the narrow kernels.
+#[allow(clippy::too_many_arguments)]
+fn windowed(
+    gpu: &Gpu,
+    label: &str,
+    pass: Pass,
+    p: Params,
+    w: &Tensor,
+    input: View,
+    bias: Option<&Tensor>,
+    output: View,
+) -> Result<Option<Vec<Dispatch>>> {
+    let (cin, h, width, d) = (p.cin as usize, p.h as usize, p.w as usize, p.dilation as usize);
+    let window = WINDOW_BYTES as usize / 4;
+    // Window starts are rounded down to the uniform offset alignment, so a
+    // window holds its rows after up to `align - 1` floats; one that would
+    // run past the buffer ends at its end (the pool's buffers are whole
+    // multiples of the alignment and of a window).
+    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let buffer = input.tensor.buffer().size() as usize / 4;
+    let rows = (window + 1).saturating_sub(align) / width;
+    if buffer < window || rows == 0 {
+        return Ok(None);
+    }
+    let rows = rows.min(h);
+    let kernel = |entry| Kernel::new(Family::Conv, entry).with("K", 3.0).with("COB", 1.0);
+    let table = gpu.uniform_table(PACK_LEN * 4)?;
+    let mut list = vec![gpu.dispatch(
+        format!("conv.pack_weights {}", w.shape),
+        &kernel("pack_weights"),
+        &p,
+        &[(2, w.view()), (10, table.view())],
+        Grid::Elements(cin * 9),
+    )?];
+    let entry = if pass == Pass::Forward { "window_forward" } else { "window_data" };
+    let plane = h * width;
+    let (ctotal, coff) = (p.in_ctotal as usize, p.in_coff as usize);
+    let per_row = width.div_ceil(NARROW_RUN);
+    let mut bindings = vec![(9, table.view()), (4, output)];
+    bindings.extend(bias.map(|b| (3, b.view())));
+    for n in 0..p.n as usize {
+        for y0 in (0..h).step_by(rows) {
+            let band = rows.min(h - y0);
+            let mut bp = Params { band_n: u32_of(n), band_y0: u32_of(y0), band_rows: u32_of(band), ..p };
+            let mut windows = Vec::with_capacity(3 * cin);
+            for ci in 0..cin {
+                for ky in 0..3 {
+                    // The rows kernel row ky reads for the band, clamped
+                    // into the image: the band's rows that read outside it
+                    // are padding, zeroed in the kernel.
+                    let first = (y0 + ky * d).saturating_sub(d).min(h - rows);
+                    let at = ((n * ctotal + coff + ci) * plane + first * width) as isize;
+                    let start = ((at as usize / align) * align).min(buffer - window);
+                    let k = ci * 3 + ky;
+                    bp.win[k / 4][k % 4] = i32::try_from(at - start as isize - (first * width) as isize)
+                        .expect("a window offset fits an i32");
+                    windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: (start * 4) as u64 });
+                }
+            }
+            for k in windows.len()..3 * WINDOW_CIN {
+                windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: windows[0].offset });
+            }
+            let bytes = 4.0 * ((cin + p.cout as usize) * band * width) as f64;
+            let flops = 2.0 * (cin * 9 * p.cout as usize * band * width) as f64;
+            let d = gpu.dispatch_windowed(
+                format!("{label} rows {y0}.. of sample {n}"),
+                &kernel(entry)
+                    .with("WIN_CIN", cin as f64)
+                    .with("VALID", f64::from(p.cout))
+                    .with("ACCUMULATE", f64::from(p.accumulate)),
+                &bp,
+                &bindings,
+                &windows,
+                Grid::Elements(band * per_row),
+            )?;
+            list.push(d.with_flops(flops).with_bytes(bytes));
+        }
+    }
+    Ok(Some(list))
 }
 
 /// The weight gradient `dw` (overwritten) from the layer input and `dy`.
@@ -498,7 +629,7 @@ fn weight_grad(
 ) -> Result<Vec<Dispatch>> {
     match variant {
         Variant::Tiled => tiled_weight(gpu, label, p, k, x, dy, dw),
-        Variant::Narrow => narrow_weight(gpu, label, p, k, x, dy, dw),
+        Variant::Narrow | Variant::Windowed => narrow_weight(gpu, label, p, k, x, dy, dw),
         _ => blocked_weight(gpu, variant, label, p, k, x, dy, dw),
     }
 }
@@ -694,6 +825,7 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Vec<Dispatch>> 
         chunk: 0,
         w_ctotal: 0,
         w_coff: 0,
+        ..Zeroable::zeroed()
     };
     let parts = reduction_parts(gpu, s.c, s.plane());
     let sums = Kernel::new(Family::Conv, "backward_bias").with("SPLIT", parts as f64);
