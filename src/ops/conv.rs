@@ -501,6 +501,58 @@ fn blocked(
     Ok(list)
 }
 
+/// Rows of the input one window holds (the band a windowed launch
+/// covers), or None where the windowed kernels cannot read `input`: a
+/// buffer under a window, a row wider than one.
+fn window_rows(gpu: &Gpu, input: &View, p: &Params) -> Option<usize> {
+    let window = WINDOW_BYTES as usize / 4;
+    // Window starts are rounded down to the uniform offset alignment, so a
+    // window holds its rows after up to `align - 1` floats; one that would
+    // run past the buffer ends at its end (the pool's buffers are whole
+    // multiples of the alignment and of a window).
+    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let rows = (window + 1).saturating_sub(align) / p.w as usize;
+    (input.tensor.buffer().size() as usize / 4 >= window && rows > 0).then(|| rows.min(p.h as usize))
+}
+
+/// The parameters and windows of the launch for sample n's band of output
+/// rows from y0: for input channel ci and kernel row ky, window ci * 3 + ky
+/// holds the rows that kernel row reads (clamped into the image: the band's
+/// rows reading outside it are padding, zeroed in the kernel). The twelve
+/// bindings are all filled, those past the input channels with the first.
+fn band_windows<'a>(
+    gpu: &Gpu,
+    input: &View<'a>,
+    p: Params,
+    n: usize,
+    y0: usize,
+    rows: usize,
+) -> (Params, Vec<Window<'a>>) {
+    let (h, width, d) = (p.h as usize, p.w as usize, p.dilation as usize);
+    let window = WINDOW_BYTES as usize / 4;
+    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let buffer = input.tensor.buffer().size() as usize / 4;
+    let (ctotal, coff) = (p.in_ctotal as usize, p.in_coff as usize);
+    let band = rows.min(h - y0);
+    let mut bp = Params { band_n: u32_of(n), band_y0: u32_of(y0), band_rows: u32_of(band), ..p };
+    let mut windows = Vec::with_capacity(3 * WINDOW_CIN);
+    for ci in 0..p.cin as usize {
+        for ky in 0..3 {
+            let first = (y0 + ky * d).saturating_sub(d).min(h - rows);
+            let at = (n * ctotal + coff + ci) * h * width + first * width;
+            let start = (at / align * align).min(buffer - window);
+            let k = ci * 3 + ky;
+            bp.win[k / 4][k % 4] = i32::try_from(at as isize - start as isize - (first * width) as isize)
+                .expect("a window offset fits an i32");
+            windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: (start * 4) as u64 });
+        }
+    }
+    for k in windows.len()..3 * WINDOW_CIN {
+        windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: windows[0].offset });
+    }
+    (bp, windows)
+}
+
 /// The windowed variant (`window_*` in conv.wgsl): the packed weights, then
 /// per sample and band of output rows one launch reading its input through
 /// windows, one per (input channel, kernel row), each holding the rows that
@@ -518,19 +570,8 @@ fn windowed(
     bias: Option<&Tensor>,
     output: View,
 ) -> Result<Option<Vec<Dispatch>>> {
-    let (cin, h, width, d) = (p.cin as usize, p.h as usize, p.w as usize, p.dilation as usize);
-    let window = WINDOW_BYTES as usize / 4;
-    // Window starts are rounded down to the uniform offset alignment, so a
-    // window holds its rows after up to `align - 1` floats; one that would
-    // run past the buffer ends at its end (the pool's buffers are whole
-    // multiples of the alignment and of a window).
-    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
-    let buffer = input.tensor.buffer().size() as usize / 4;
-    let rows = (window + 1).saturating_sub(align) / width;
-    if buffer < window || rows == 0 {
-        return Ok(None);
-    }
-    let rows = rows.min(h);
+    let Some(rows) = window_rows(gpu, &input, &p) else { return Ok(None) };
+    let (cin, h, width) = (p.cin as usize, p.h as usize, p.w as usize);
     let kernel = |entry| Kernel::new(Family::Conv, entry).with("K", 3.0).with("COB", 1.0);
     let table = gpu.uniform_table(PACK_LEN * 4)?;
     let mut list = vec![gpu.dispatch(
@@ -541,33 +582,13 @@ fn windowed(
         Grid::Elements(cin * 9),
     )?];
     let entry = if pass == Pass::Forward { "window_forward" } else { "window_data" };
-    let plane = h * width;
-    let (ctotal, coff) = (p.in_ctotal as usize, p.in_coff as usize);
     let per_row = width.div_ceil(NARROW_RUN);
     let mut bindings = vec![(9, table.view()), (4, output)];
     bindings.extend(bias.map(|b| (3, b.view())));
     for n in 0..p.n as usize {
         for y0 in (0..h).step_by(rows) {
             let band = rows.min(h - y0);
-            let mut bp = Params { band_n: u32_of(n), band_y0: u32_of(y0), band_rows: u32_of(band), ..p };
-            let mut windows = Vec::with_capacity(3 * cin);
-            for ci in 0..cin {
-                for ky in 0..3 {
-                    // The rows kernel row ky reads for the band, clamped
-                    // into the image: the band's rows that read outside it
-                    // are padding, zeroed in the kernel.
-                    let first = (y0 + ky * d).saturating_sub(d).min(h - rows);
-                    let at = ((n * ctotal + coff + ci) * plane + first * width) as isize;
-                    let start = ((at as usize / align) * align).min(buffer - window);
-                    let k = ci * 3 + ky;
-                    bp.win[k / 4][k % 4] = i32::try_from(at - start as isize - (first * width) as isize)
-                        .expect("a window offset fits an i32");
-                    windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: (start * 4) as u64 });
-                }
-            }
-            for k in windows.len()..3 * WINDOW_CIN {
-                windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: windows[0].offset });
-            }
+            let (bp, windows) = band_windows(gpu, &input, p, n, y0, rows);
             let bytes = 4.0 * ((cin + p.cout as usize) * band * width) as f64;
             let flops = 2.0 * (cin * 9 * p.cout as usize * band * width) as f64;
             let d = gpu.dispatch_windowed(
