@@ -30,7 +30,8 @@ struct Params {
     n: u32,
     c: u32,
     hw: u32,
-    _pad2: u32,
+    // apply with RESIDUAL: the residual's first channel in y's buffer.
+    res_coff: u32,
     x_ctotal: u32,
     x_coff: u32,
     y_ctotal: u32,
@@ -230,7 +231,12 @@ fn combine_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 // apply: y = x + k * (x - mean) + beta, k = gamma * inv worked out once per
 // run of RUN pixels. (Not x * (1 + k) + shift: with a small variance k is
-// large and that form loses x - mean to rounding.)
+// large and that form loses x - mean to rounding.) With RESIDUAL the layer's
+// residual, channels from res_coff of y's own buffer (the concatenation's
+// parts share one), is added after the activation: one pass fewer over
+// memory than a separate add.
+override RESIDUAL: bool = false;
+
 @compute @workgroup_size(WG)
 fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -246,7 +252,11 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     for (var t = 0u; t < RUN; t++) {
         if (t < r.len) {
             let u = block_value(x[r.x_at + t], mean, k, shift);
-            y[r.y_at + t] = u * act_factor(u);
+            var v = u * act_factor(u);
+            if (RESIDUAL) {
+                v += y[r.y_at - P.y_coff * P.hw + P.res_coff * P.hw + t];
+            }
+            y[r.y_at + t] = v;
         }
     }
 }

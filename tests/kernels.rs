@@ -411,6 +411,39 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
     assert_close("inference with running statistics", &gpu.read(&gy).unwrap(), &y_ref.data, 1e-5, 1e-5);
 }
 
+#[test]
+fn norm_apply_adds_the_residual_in_its_pass_or_after_it() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(16);
+    let (n, c, h, w) = (2, 3, 29, 31);
+    let x = rng.tensor(Shape::new(n, c, h, w), -1.0, 2.0);
+    let res = rng.tensor(x.shape, -1.0, 1.0);
+    let (gamma, beta) = (rng.vec(c, 0.5, 1.5), rng.vec(c, -0.5, 0.5));
+    let stats = NormStats::PerChannel;
+    let m = cpu::norm::moments(&x, stats);
+    let u = cpu::norm::apply(&x, &m, stats, &gamma, &beta);
+    let y_ref: Vec<f64> =
+        cpu::act::forward(&u, Activation::RELU).data.iter().zip(&res.data).map(|(a, b)| a + b).collect();
+    let (gx, gg, gb) = (upload(gpu, &x), upload_vec(gpu, &gamma), upload_vec(gpu, &beta));
+    let (mean, var) = (upload_vec(gpu, &m.mean), upload_vec(gpu, &m.var));
+    let t = ops::norm::NormTensors { gamma: &gg, beta: &gb, mean: &mean, var: &var };
+    // The residual at channel 1 of a buffer whose channels 4.. take the
+    // output (one pass), then in a buffer of its own (apply, then add).
+    let shared = upload(gpu, &cpu::layout::concat(&[&Tensor::zeros(x.shape.with_c(1)), &res, &x]));
+    let (rv, yv) = (shared.channels(1, c), shared.channels(4, c));
+    let fused = ops::norm::apply_with_residual(gpu, gx.view(), stats, &t, Some(Activation::RELU), yv, rv).unwrap();
+    assert_eq!(fused.len(), 1, "a residual in the output's buffer is added in the same pass");
+    let (gres, gy) = (upload(gpu, &res), gpu.tensor(x.shape).unwrap());
+    let apart =
+        ops::norm::apply_with_residual(gpu, gx.view(), stats, &t, Some(Activation::RELU), gy.view(), gres.view())
+            .unwrap();
+    assert_eq!(apart.len(), 2);
+    run(gpu, &fused.iter().chain(&apart).collect::<Vec<_>>());
+    assert_close("apply + residual in one pass", &read_channels(gpu, &shared, 4, c), &y_ref, 1e-5, 1e-5);
+    assert_close("the residual left alone", &read_channels(gpu, &shared, 1, c), &res.data, 0.0, 0.0);
+    assert_close("apply, then the residual", &gpu.read(&gy).unwrap(), &y_ref, 1e-5, 1e-5);
+}
+
 // ------------------------------------------------- activation, residual, dropout
 
 fn check_act(gpu: &Gpu, act: Activation, seed: u64) {

@@ -200,6 +200,7 @@ impl Builder<'_> {
         x: View,
         act: Option<Activation>,
         y: View,
+        residual: Option<View>,
     ) -> Result<NormBufs> {
         let gpu = self.gpu;
         let groups = self.stats.groups(self.n, x.c);
@@ -212,9 +213,13 @@ impl Builder<'_> {
         let running = self
             .batch_norm
             .then(|| (self.param(&format!("{prefix}.running_mean")), self.param(&format!("{prefix}.running_var"))));
+        let apply = |stats, t: &NormTensors| match residual {
+            Some(r) => ops::norm::apply_with_residual(gpu, x, stats, t, act, y, r),
+            None => Ok(vec![ops::norm::apply(gpu, x, stats, t, act, y)?]),
+        };
         if let (Some((rm, rv)), false) = (&running, self.training) {
             let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: rm, var: rv };
-            out.push(ops::norm::apply(gpu, x, NormStats::PerChannel, &t, act, y)?);
+            out.extend(apply(NormStats::PerChannel, &t)?);
             return Ok(bufs);
         }
         out.extend(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?);
@@ -222,7 +227,7 @@ impl Builder<'_> {
             out.push(ops::norm::update_running(gpu, x, &bufs.mean, &bufs.var, rm, rv)?);
         }
         let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
-        out.push(ops::norm::apply(gpu, x, self.stats, &t, act, y)?);
+        out.extend(apply(self.stats, &t)?);
         Ok(bufs)
     }
 
@@ -348,7 +353,7 @@ impl Graph {
             Some(prefix) => {
                 let input = Slice::whole(&gpu.tensor(shape)?);
                 norm_sites.push(NormSite { prefix: prefix.clone(), input: input.tensor.clone(), after: 0 });
-                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), None, parts[0].view())?;
+                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), None, parts[0].view(), None)?;
                 (input, Some((prefix.clone(), bufs)))
             }
             None => (parts[0].clone(), None),
@@ -392,20 +397,21 @@ impl Graph {
                 break;
             }
             let out = if dilated { parts[layer + 1].clone() } else { Slice::whole(&gpu.tensor(t.shape)?) };
+            // The residual is added after the activation: by the norm
+            // block's apply where there is one (ops::norm::apply_with_residual).
+            let residual = b.residual.then(|| input[0].view());
             let norm = match &b.norm {
                 Some(prefix) => {
                     norm_sites.push(NormSite { prefix: prefix.clone(), input: t.clone(), after: base + list.len() });
-                    let bufs = bld.norm_forward(list, prefix, t.view(), Some(act), out.view())?;
+                    let bufs = bld.norm_forward(list, prefix, t.view(), Some(act), out.view(), residual)?;
                     Some((prefix.clone(), bufs))
                 }
                 None => {
                     list.push(ops::elementwise::act_forward(gpu, t.view(), act, out.view())?);
+                    list.extend(residual.map(|r| ops::elementwise::add(gpu, r, out.view())).transpose()?);
                     None
                 }
             };
-            if b.residual {
-                list.push(ops::elementwise::add(gpu, input[0].view(), out.view())?);
-            }
             if dilated {
                 layer += 1;
             } else {

@@ -15,7 +15,7 @@ pub(super) struct Params {
     n: u32,
     c: u32,
     hw: u32,
-    _pad2: u32,
+    res_coff: u32,
     x_ctotal: u32,
     x_coff: u32,
     y_ctotal: u32,
@@ -33,7 +33,7 @@ fn params(x: &View, y: &View) -> Params {
         n: u32_of(s.n),
         c: u32_of(s.c),
         hw: u32_of(s.plane()),
-        _pad2: 0,
+        res_coff: 0,
         x_ctotal: u32_of(x.tensor.shape.c),
         x_coff: u32_of(x.c_offset),
         y_ctotal: u32_of(y.tensor.shape.c),
@@ -157,13 +157,52 @@ pub fn apply(
     act: Option<Activation>,
     y: View,
 ) -> Result<Dispatch> {
+    apply_with(gpu, x, stats, t, act, y, None)
+}
+
+/// `apply`, then `y += residual` (a view of y's shape): in the same pass
+/// where the residual is another slice of y's buffer (`RESIDUAL` in
+/// norm.wgsl), else by a separate add.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_with_residual(
+    gpu: &Gpu,
+    x: View,
+    stats: NormStats,
+    t: &NormTensors,
+    act: Option<Activation>,
+    y: View,
+    residual: View,
+) -> Result<Vec<Dispatch>> {
+    if residual.tensor.same_buffer(y.tensor) {
+        return Ok(vec![apply_with(gpu, x, stats, t, act, y, Some(residual))?]);
+    }
+    Ok(vec![apply(gpu, x, stats, t, act, y)?, super::elementwise::add(gpu, residual, y)?])
+}
+
+fn apply_with(
+    gpu: &Gpu,
+    x: View,
+    stats: NormStats,
+    t: &NormTensors,
+    act: Option<Activation>,
+    y: View,
+    residual: Option<View>,
+) -> Result<Dispatch> {
     let label = format!("norm.apply {} {stats:?}", x.shape());
     ensure_same(&label, &x, &y)?;
     t.ensure_fits(&label, &x, stats)?;
     let mut bindings = vec![(1, x), (8, y)];
     bindings.extend(t.bindings());
-    let (kernel, p) = with_act(kernel("apply", stats), params(&x, &y), act);
-    gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
+    let (mut kernel, mut p) = with_act(kernel("apply", stats), params(&x, &y), act);
+    if let Some(res) = residual {
+        ensure_same(&label, &res, &y)?;
+        ensure(res.c_offset.abs_diff(y.c_offset) >= y.c, &label, || "the residual overlaps the output".to_string())?;
+        p.res_coff = u32_of(res.c_offset);
+        kernel = kernel.with("RESIDUAL", 1.0);
+    }
+    let d = gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))?;
+    // With a residual it reads y's buffer besides (x, the residual, y).
+    Ok(if residual.is_some() { d.with_bytes(3.0 * y.shape().numel() as f64 * 4.0) } else { d })
 }
 
 /// PyTorch's running-statistics update from the batch moments of an
