@@ -592,7 +592,8 @@ fn windowed(
             let bytes = 4.0 * ((cin + p.cout as usize) * band * width) as f64;
             let flops = 2.0 * (cin * 9 * p.cout as usize * band * width) as f64;
             let d = gpu.dispatch_windowed(
-                format!("{label} rows {y0}.. of sample {n}"),
+                // One label for every band: one profile row per convolution.
+                label.to_string(),
                 &kernel(entry)
                     .with("WIN_CIN", cin as f64)
                     .with("VALID", f64::from(p.cout))
