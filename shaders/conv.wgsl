@@ -56,7 +56,9 @@ struct Params {
     band_n: u32,
     band_y0: u32,
     band_rows: u32,
-    _pad0: u32,
+    // Blocked kernels with RESIDUAL: the residual's first channel in y's
+    // buffer.
+    res_coff: u32,
     win: array<vec4<i32>, 3>,
 }
 
@@ -101,6 +103,10 @@ override COB: u32 = 8u;
 // the destination instead of overwriting it.
 override VALID: u32 = 32u;
 override ACCUMULATE: bool = false;
+// The data gradient of a layer with a residual: y += the gradient + the
+// residual's gradient, channels from res_coff of y's own buffer (the
+// concatenation's gradient parts share one), instead of a separate add.
+override RESIDUAL: bool = false;
 // blocked_weight's invocations per (ci, tap) (see there).
 override SPLIT: u32 = 1u;
 // vec4s in one uniform table (64 KiB).
@@ -391,7 +397,9 @@ fn blocked_sums(n: u32, p: u32, lane: u32) -> Acc {
 // `at` of y, if it exists.
 fn store_one(at: u32, k: u32, v: f32) {
     if (k < VALID) {
-        if (ACCUMULATE) {
+        if (RESIDUAL) {
+            y[at] += v + y[at + (P.res_coff - P.out_coff) * P.h * P.w];
+        } else if (ACCUMULATE) {
             y[at] += v;
         } else {
             y[at] = v;

@@ -444,6 +444,33 @@ fn norm_apply_adds_the_residual_in_its_pass_or_after_it() {
     assert_close("apply, then the residual", &gpu.read(&gy).unwrap(), &y_ref, 1e-5, 1e-5);
 }
 
+#[test]
+fn conv_data_gradient_adds_the_residual_gradient_in_its_stores_or_before() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(17);
+    let (n, c, h, w) = (2, 3, 29, 31);
+    let wt = rng.tensor(Shape::new(c, c, 3, 3), -0.5, 0.5);
+    let x = rng.tensor(Shape::new(n, c, h, w), -1.0, 1.0);
+    let dy = rng.tensor(x.shape, -1.0, 1.0);
+    let (dx0, res) = (rng.tensor(x.shape, -1.0, 1.0), rng.tensor(x.shape, -1.0, 1.0));
+    let g = cpu::conv::backward(&x, &wt, &dy, 7);
+    let expected: Vec<f64> = (0..dx0.data.len()).map(|i| dx0.data[i] + g.dx.data[i] + res.data[i]).collect();
+    let (gw, gdy) = (upload(gpu, &wt), upload(gpu, &dy));
+    // dx at channel 0 and the residual at channel 3 of one buffer (one
+    // pass), then each in a buffer of its own (an add, then the gradient).
+    let shared = upload(gpu, &cpu::layout::concat(&[&dx0, &res]));
+    let fused =
+        ops::conv::backward_data_adding(gpu, gdy.view(), &gw, 7, shared.channels(0, c), shared.channels(c, c)).unwrap();
+    assert!(fused.iter().all(|d| !d.label().starts_with("residual")), "the residual added in the stores");
+    let (gdx, gres) = (upload(gpu, &dx0), upload(gpu, &res));
+    let apart = ops::conv::backward_data_adding(gpu, gdy.view(), &gw, 7, gdx.view(), gres.view()).unwrap();
+    assert!(apart[0].label().starts_with("residual"));
+    run(gpu, &fused.iter().chain(&apart).collect::<Vec<_>>());
+    assert_close("data gradient + residual in one pass", &read_channels(gpu, &shared, 0, c), &expected, 1e-5, 1e-5);
+    assert_close("the residual left alone", &read_channels(gpu, &shared, c, c), &res.data, 0.0, 0.0);
+    assert_close("residual, then the data gradient", &gpu.read(&gdx).unwrap(), &expected, 1e-5, 1e-5);
+}
+
 // ------------------------------------------------- activation, residual, dropout
 
 fn check_act(gpu: &Gpu, act: Activation, seed: u64) {

@@ -275,7 +275,12 @@ impl Builder<'_> {
         out.extend(ops::conv::backward_bias(gpu, dy, &db)?);
         let w = self.param(&format!("{}.weight", b.conv));
         match dx {
-            Some(InputGrad::Add(dx)) => out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx.view(), true)?),
+            Some(InputGrad::Add { dx, residual: None }) => {
+                out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx.view(), true)?)
+            }
+            Some(InputGrad::Add { dx, residual: Some(r) }) => {
+                out.extend(ops::conv::backward_data_adding(gpu, dy, &w, b.dilation, dx.view(), r.view())?)
+            }
             Some(InputGrad::Write(dxs)) => {
                 out.extend(ops::conv::backward_data_parts(gpu, dy, &w, b.dilation, &views(&dxs))?)
             }
@@ -287,8 +292,10 @@ impl Builder<'_> {
 
 /// Where a block's input gradient goes.
 enum InputGrad {
-    /// Added into a slice that other consumers also feed (the trunk).
-    Add(Slice),
+    /// Added into a slice that other consumers also feed (the trunk), with
+    /// the layer's residual gradient (the output's, unchanged by the
+    /// block's backward) when it adds its input to its output.
+    Add { dx: Slice, residual: Option<Slice> },
     /// Written into the slice, or the concatenation's parts, it mirrors.
     Write(Vec<Slice>),
 }
@@ -503,11 +510,20 @@ impl Graph {
         let mut trunk_backward = Vec::new();
         for (i, (b, bb)) in arch.blocks[..dilated].iter().zip(&blocks[..dilated]).enumerate().rev() {
             let (dout, dinput) = (&dparts[i + 1], &dparts[i]);
-            if b.residual {
-                trunk_backward.push(ops::elementwise::add(gpu, dout.view(), dinput.view())?);
-            }
             // Layer 1's input gradient only feeds the input norm's parameters.
             let wanted = i > 0 || input_norm.is_some();
+            // The residual's gradient: added by the convolution's data
+            // gradient where the block has a norm (its backward leaves dout
+            // as it is), else first (the activation's backward works on
+            // dout in place).
+            let mut residual = None;
+            if b.residual {
+                if bb.norm.is_some() && wanted {
+                    residual = Some(dout.clone());
+                } else {
+                    trunk_backward.push(ops::elementwise::add(gpu, dout.view(), dinput.view())?);
+                }
+            }
             graph.block_backward(
                 &bld,
                 &g,
@@ -515,7 +531,7 @@ impl Graph {
                 b,
                 bb,
                 dout.view(),
-                wanted.then(|| InputGrad::Add(dinput.clone())),
+                wanted.then(|| InputGrad::Add { dx: dinput.clone(), residual }),
             )?;
         }
         if let Some((prefix, bufs)) = &input_norm {

@@ -29,7 +29,7 @@ pub(super) struct Params {
     band_n: u32,
     band_y0: u32,
     band_rows: u32,
-    _pad0: u32,
+    res_coff: u32,
     win: [[i32; 4]; 3],
 }
 
@@ -78,7 +78,7 @@ fn part_params(
         band_n: 0,
         band_y0: 0,
         band_rows: 0,
-        _pad0: 0,
+        res_coff: 0,
         win: [[0; 4]; 3],
     };
     Ok((ws.h, p))
@@ -325,6 +325,45 @@ pub fn backward_data_with(
     }
 }
 
+/// `Params::accumulate` for a data gradient that also adds the layer's
+/// residual gradient (blocked, narrow and windowed kernels: `RESIDUAL`).
+const ADD_RESIDUAL: u32 = 2;
+
+/// The blocked kernels' store overrides for `p` (`ACCUMULATE`, `RESIDUAL`).
+fn stores(kernel: Kernel, p: &Params) -> Kernel {
+    kernel
+        .with("ACCUMULATE", f64::from(u8::from(p.accumulate > 0)))
+        .with("RESIDUAL", f64::from(u8::from(p.accumulate == ADD_RESIDUAL)))
+}
+
+/// `dx += backward_data(dy) + residual`: a layer's input gradient when the
+/// layer adds its input to its output (`residual`: the output's gradient,
+/// dx's shape). In the convolution's own stores where the residual is
+/// another slice of dx's buffer and the kernel is a blocked one, else a
+/// separate add first.
+pub fn backward_data_adding(
+    gpu: &Gpu,
+    dy: View,
+    w: &Tensor,
+    dilation: usize,
+    dx: View,
+    residual: View,
+) -> Result<Vec<Dispatch>> {
+    let variant = Variant::choose(gpu, dy.c, dx.c, w.shape.h);
+    let fusable = !matches!(variant, Variant::Baseline | Variant::Tiled);
+    if !fusable || !residual.tensor.same_buffer(dx.tensor) || residual.shape() != dx.shape() {
+        let mut list = vec![super::elementwise::add(gpu, residual, dx)?];
+        list.extend(backward_data(gpu, dy, w, dilation, dx, true)?);
+        return Ok(list);
+    }
+    let label = format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w);
+    ensure(residual.c_offset.abs_diff(dx.c_offset) >= dx.c, &label, || "the residual overlaps dx".to_string())?;
+    let (k, mut p) = params(&label, &dx, w, &dy, dilation)?;
+    p.accumulate = ADD_RESIDUAL;
+    p.res_coff = u32_of(residual.c_offset);
+    blocked(gpu, variant, label, Pass::Data, transposed(p), k, w, dy, None, dx)
+}
+
 /// The input gradient's convolution for the blocked kernels: dy's channels
 /// in, dx's out.
 fn transposed(p: Params) -> Params {
@@ -491,7 +530,7 @@ fn blocked(
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
         let d = gpu.dispatch(
             format!("{label} group {group}"),
-            &kernel(entry).with("VALID", valid as f64).with("ACCUMULATE", f64::from(p.accumulate)),
+            &stores(kernel(entry).with("VALID", valid as f64), &p),
             &gp,
             &bindings,
             grid,
@@ -594,10 +633,7 @@ fn windowed(
             let d = gpu.dispatch_windowed(
                 // One label for every band: one profile row per convolution.
                 label.to_string(),
-                &kernel(entry)
-                    .with("WIN_CIN", cin as f64)
-                    .with("VALID", f64::from(p.cout))
-                    .with("ACCUMULATE", f64::from(p.accumulate)),
+                &stores(kernel(entry).with("WIN_CIN", cin as f64).with("VALID", f64::from(p.cout)), &p),
                 &bp,
                 &bindings,
                 &windows,
