@@ -502,15 +502,25 @@ fn narrow_value(row: u32, ok: bool, ix: i32) -> f32 {
 
 // One tap for the run's pixels: column ix0 + t for pixel t, weights w4.
 fn narrow_tap(c: Acc, row: u32, ok: bool, ix0: i32, w4: vec4<f32>) -> Acc {
+    let lo = vec4<f32>(narrow_value(row, ok, ix0), narrow_value(row, ok, ix0 + 1), narrow_value(row, ok, ix0 + 2),
+                       narrow_value(row, ok, ix0 + 3));
+    let hi = vec4<f32>(narrow_value(row, ok, ix0 + 4), narrow_value(row, ok, ix0 + 5),
+                       narrow_value(row, ok, ix0 + 6), narrow_value(row, ok, ix0 + 7));
+    return run_fma(c, lo, hi, w4);
+}
+
+// The run's 8 pixels' accumulators plus their values (lo: pixels 0-3, hi:
+// 4-7) times one table row w4.
+fn run_fma(c: Acc, lo: vec4<f32>, hi: vec4<f32>, w4: vec4<f32>) -> Acc {
     var r = c;
-    r.a0 = fma(vec4<f32>(narrow_value(row, ok, ix0)), w4, r.a0);
-    r.a1 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 1)), w4, r.a1);
-    r.a2 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 2)), w4, r.a2);
-    r.a3 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 3)), w4, r.a3);
-    r.a4 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 4)), w4, r.a4);
-    r.a5 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 5)), w4, r.a5);
-    r.a6 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 6)), w4, r.a6);
-    r.a7 = fma(vec4<f32>(narrow_value(row, ok, ix0 + 7)), w4, r.a7);
+    r.a0 = fma(vec4<f32>(lo.x), w4, r.a0);
+    r.a1 = fma(vec4<f32>(lo.y), w4, r.a1);
+    r.a2 = fma(vec4<f32>(lo.z), w4, r.a2);
+    r.a3 = fma(vec4<f32>(lo.w), w4, r.a3);
+    r.a4 = fma(vec4<f32>(hi.x), w4, r.a4);
+    r.a5 = fma(vec4<f32>(hi.y), w4, r.a5);
+    r.a6 = fma(vec4<f32>(hi.z), w4, r.a6);
+    r.a7 = fma(vec4<f32>(hi.w), w4, r.a7);
     return r;
 }
 
@@ -634,16 +644,11 @@ fn window_value(k: u32, row: i32, row_ok: bool, ix: i32) -> f32 {
 
 // narrow_tap through window k: column ix0 + t for pixel t.
 fn window_tap(c: Acc, k: u32, row: i32, row_ok: bool, ix0: i32, w4: vec4<f32>) -> Acc {
-    var r = c;
-    r.a0 = fma(vec4<f32>(window_value(k, row, row_ok, ix0)), w4, r.a0);
-    r.a1 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 1)), w4, r.a1);
-    r.a2 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 2)), w4, r.a2);
-    r.a3 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 3)), w4, r.a3);
-    r.a4 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 4)), w4, r.a4);
-    r.a5 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 5)), w4, r.a5);
-    r.a6 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 6)), w4, r.a6);
-    r.a7 = fma(vec4<f32>(window_value(k, row, row_ok, ix0 + 7)), w4, r.a7);
-    return r;
+    let lo = vec4<f32>(window_value(k, row, row_ok, ix0), window_value(k, row, row_ok, ix0 + 1),
+                       window_value(k, row, row_ok, ix0 + 2), window_value(k, row, row_ok, ix0 + 3));
+    let hi = vec4<f32>(window_value(k, row, row_ok, ix0 + 4), window_value(k, row, row_ok, ix0 + 5),
+                       window_value(k, row, row_ok, ix0 + 6), window_value(k, row, row_ok, ix0 + 7));
+    return run_fma(c, lo, hi, w4);
 }
 
 // The 3 taps of kernel row ky (window k = ci * 3 + ky) for the run at

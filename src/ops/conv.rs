@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, reduction_parts, u32_of};
+use super::{ensure, ensure_apart, reduction_parts, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES, WORKGROUP};
 use crate::shape::Shape;
@@ -310,7 +310,7 @@ pub fn backward_data_with(
     dx: View,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    let label = format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w);
+    let label = data_label(&dx, w, dilation);
     let (k, mut p) = params(&label, &dx, w, &dy, dilation)?;
     p.accumulate = u32::from(accumulate);
     match variant {
@@ -323,6 +323,11 @@ pub fn backward_data_with(
         Variant::Tiled => tiled(gpu, label, Pass::Data, transposed(p), k, w, dy, None, dx),
         _ => blocked(gpu, variant, label, Pass::Data, transposed(p), k, w, dy, None, dx),
     }
+}
+
+/// The input gradient's launch label (its profile row).
+fn data_label(dx: &View, w: &Tensor, dilation: usize) -> String {
+    format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w)
 }
 
 /// `Params::accumulate` for a data gradient that also adds the layer's
@@ -356,8 +361,8 @@ pub fn backward_data_adding(
         list.extend(backward_data(gpu, dy, w, dilation, dx, true)?);
         return Ok(list);
     }
-    let label = format!("conv.backward_data {} {}x{} d{dilation}", dx.shape(), w.shape.h, w.shape.w);
-    ensure(residual.c_offset.abs_diff(dx.c_offset) >= dx.c, &label, || "the residual overlaps dx".to_string())?;
+    let label = data_label(&dx, w, dilation);
+    ensure_apart(&label, &residual, &dx)?;
     let (k, mut p) = params(&label, &dx, w, &dy, dilation)?;
     p.accumulate = ADD_RESIDUAL;
     p.res_coff = u32_of(residual.c_offset);
@@ -540,17 +545,20 @@ fn blocked(
     Ok(list)
 }
 
+/// The uniform offset alignment in floats. Window starts are rounded down
+/// to it; one that would run past its buffer ends at the buffer's end (the
+/// pool's buffers are whole multiples of the alignment and of a window).
+fn window_align(gpu: &Gpu) -> usize {
+    (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1)
+}
+
 /// Rows of the input one window holds (the band a windowed launch
 /// covers), or None where the windowed kernels cannot read `input`: a
 /// buffer under a window, a row wider than one.
 fn window_rows(gpu: &Gpu, input: &View, p: &Params) -> Option<usize> {
     let window = WINDOW_BYTES as usize / 4;
-    // Window starts are rounded down to the uniform offset alignment, so a
-    // window holds its rows after up to `align - 1` floats; one that would
-    // run past the buffer ends at its end (the pool's buffers are whole
-    // multiples of the alignment and of a window).
-    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
-    let rows = (window + 1).saturating_sub(align) / p.w as usize;
+    // A window holds its rows after up to `align - 1` floats (band_windows).
+    let rows = (window + 1).saturating_sub(window_align(gpu)) / p.w as usize;
     (input.tensor.buffer().size() as usize / 4 >= window && rows > 0).then(|| rows.min(p.h as usize))
 }
 
@@ -569,7 +577,7 @@ fn band_windows<'a>(
 ) -> (Params, Vec<Window<'a>>) {
     let (h, width, d) = (p.h as usize, p.w as usize, p.dilation as usize);
     let window = WINDOW_BYTES as usize / 4;
-    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let align = window_align(gpu);
     let buffer = input.tensor.buffer().size() as usize / 4;
     let (ctotal, coff) = (p.in_ctotal as usize, p.in_coff as usize);
     let band = rows.min(h - y0);

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_same, run_grid, u32_of};
+use super::{ensure_apart, ensure_same, run_grid, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Kernel, Result, View};
 use crate::nn::Activation;
@@ -60,7 +60,7 @@ pub fn add(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
     ensure_same(&label, &src, &dst)?;
     let within = src.tensor.same_buffer(dst.tensor);
     if within {
-        ensure(src.c_offset.abs_diff(dst.c_offset) >= src.c, &label, || "overlapping slices".to_string())?;
+        ensure_apart(&label, &src, &dst)?;
     }
     let (entry, bindings) = if within { ("add_within", vec![(2, dst)]) } else { ("add", vec![(1, src), (2, dst)]) };
     // Reads both operands and writes one.

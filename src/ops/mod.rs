@@ -27,6 +27,14 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
     ensure(a.shape() == b.shape(), kernel, || format!("shapes {} and {} differ", a.shape(), b.shape()))
 }
 
+/// Two slices of one buffer that do not overlap (an operand read from the
+/// buffer its result is written to).
+fn ensure_apart(kernel: &str, a: &View, b: &View) -> Result<()> {
+    ensure(a.c_offset.abs_diff(b.c_offset) >= a.c.max(b.c), kernel, || {
+        format!("channels {}.. and {}.. of one buffer overlap", a.c_offset, b.c_offset)
+    })
+}
+
 /// The grid of a run kernel over the planes of `v`: one invocation per run
 /// of `Gpu::run_length` pixels.
 fn run_grid(gpu: &Gpu, v: &View) -> Grid {

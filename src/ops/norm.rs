@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_same, reduction_parts, run_grid, u32_of};
+use super::{ensure, ensure_apart, ensure_same, reduction_parts, run_grid, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 use crate::nn::{Activation, NormStats, BN_MOMENTUM, NORM_EPS};
@@ -196,7 +196,7 @@ fn apply_with(
     let (mut kernel, mut p) = with_act(kernel("apply", stats), params(&x, &y), act);
     if let Some(res) = residual {
         ensure_same(&label, &res, &y)?;
-        ensure(res.c_offset.abs_diff(y.c_offset) >= y.c, &label, || "the residual overlaps the output".to_string())?;
+        ensure_apart(&label, &res, &y)?;
         p.res_coff = u32_of(res.c_offset);
         kernel = kernel.with("RESIDUAL", 1.0);
     }
