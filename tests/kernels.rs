@@ -687,6 +687,40 @@ fn mse_matches_cpu_for_batch_2() {
 
 // ------------------------------------------------------------------ optimiser
 
+/// Parts of one buffer (`tensors_in_one`) bind alone: a kernel on the middle
+/// part updates it like the CPU and leaves its neighbours and the zeroed
+/// gaps between parts as they were.
+#[test]
+fn a_part_of_a_shared_buffer_is_updated_alone() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(43);
+    let hp = nn::Adam::with_lr(1e-2);
+    let shapes = [Shape::vector(5), Shape::new(3, 1, 1, 11), Shape::vector(7)];
+    let (whole, parts) = gpu.tensors_in_one(&shapes).unwrap();
+    let (_, grads) = gpu.tensors_in_one(&shapes).unwrap();
+    let (_, first) = gpu.tensors_in_one(&shapes).unwrap();
+    let (_, second) = gpu.tensors_in_one(&shapes).unwrap();
+    let values: Vec<Vec<f64>> = shapes.iter().map(|s| rng.vec(s.numel(), -1.0, 1.0)).collect();
+    let g = rng.vec(33, -1.0, 1.0);
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    for (t, v) in parts.iter().zip(&values) {
+        gpu.write(t, &f32s(v)).unwrap();
+    }
+    gpu.write(&grads[1], &f32s(&g)).unwrap();
+    let update = ops::optim::adam(gpu, &parts[1], &grads[1], &first[1], &second[1], &hp).unwrap();
+    run(gpu, &[&update.dispatch]);
+    let mut want = values.clone();
+    let (mut m, mut v) = (vec![0.0; 33], vec![0.0; 33]);
+    cpu::optim::adam_step(&hp, 1, &mut want[1], &g, &mut m, &mut v);
+    for (i, (t, w)) in parts.iter().zip(&want).enumerate() {
+        assert_close(&format!("part {i}"), &gpu.read(t).unwrap(), w, 1e-6, 1e-5);
+    }
+    // Every value of the buffer is a part's or zero.
+    let all = gpu.read(&whole).unwrap();
+    let nonzero = all.iter().filter(|&&x| x != 0.0).count();
+    assert_eq!(nonzero, want.iter().flatten().filter(|&&x| x as f32 != 0.0).count(), "values outside the parts");
+}
+
 #[test]
 fn adam_with_weight_decay_matches_cpu_over_three_steps() {
     let gpu = gpu_or_skip!();

@@ -194,6 +194,44 @@ fn training_steps_lower_the_loss_on_a_fixed_batch() {
     assert!(last < first * 0.2, "loss went from {first} to {last} in 30 Adam steps");
 }
 
+/// The optimiser's one launch over the parameters' shared buffer: after two
+/// steps every trainable parameter and both its moments match the CPU's
+/// Adam fed the gradients the GPU computed (a part updated twice, or not at
+/// all, or another's values, would not).
+#[test]
+fn one_adam_launch_updates_every_parameter_like_cpu() {
+    let gpu = gpu_or_skip!();
+    let arch = Architecture::new(&narrow(ModelConfig::seo2018()));
+    let p = params(&arch, 9);
+    let hp = nn::Adam { weight_decay: 0.01, ..nn::Adam::with_lr(1e-2) };
+    let setup = TrainSetup { optimizer: Optimizer::Adam(hp), ..setup(9) };
+    let shape = Shape::new(2, 1, 21, 19);
+    let mut rng = Rng::new(9);
+    let x = rng.tensor(shape, 0.0, 1.0);
+    let target: Vec<f32> = (0..shape.numel()).map(|_| (rng.next_u64() % 2) as f32).collect();
+    let mut graph = Graph::new(gpu, &arch, &p, shape, Some(&setup)).unwrap();
+    graph.set_input(gpu, &x.to_f32()).unwrap();
+    graph.set_target(gpu, &target).unwrap();
+    let mut want: Vec<Vec<f64>> = p.values.iter().map(|v| v.iter().map(|&x| f64::from(x)).collect()).collect();
+    let mut moments: Vec<[Vec<f64>; 2]> = want.iter().map(|v| [vec![0.0; v.len()], vec![0.0; v.len()]]).collect();
+    for step in 1..=2 {
+        graph.step(gpu, step, true).unwrap();
+        for (i, g) in graph.read_grads(gpu).unwrap().into_iter().enumerate() {
+            let Some(g) = g else { continue };
+            let g: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+            let [m, v] = &mut moments[i];
+            cpu::optim::adam_step(&hp, step, &mut want[i], &g, m, v);
+        }
+    }
+    let got = graph.read_params(gpu).unwrap();
+    let mut state = graph.read_optimizer_state(gpu).unwrap().into_iter();
+    for (i, spec) in p.specs.iter().enumerate().filter(|(_, s)| s.kind.trainable()) {
+        assert_close(&spec.name, &got.values[i], &want[i], 1e-6, 1e-5);
+        assert_close(&format!("{} first moment", spec.name), &state.next().unwrap(), &moments[i][0], 1e-7, 1e-4);
+        assert_close(&format!("{} second moment", spec.name), &state.next().unwrap(), &moments[i][1], 1e-9, 1e-4);
+    }
+}
+
 // ------------------------------------------------ CPU reference vs finite differences
 
 fn check_reference_gradients(cfg: ModelConfig, seed: u64) {

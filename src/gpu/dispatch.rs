@@ -141,13 +141,14 @@ impl Gpu {
     ) -> Result<Dispatch> {
         let align = u64::from(self.limits.min_uniform_buffer_offset_alignment);
         for w in windows {
-            if let Some((b, _)) = bindings.iter().find(|(_, v)| v.tensor.same_buffer(w.tensor)) {
+            if let Some((b, _)) = bindings.iter().find(|(_, v)| v.tensor.shares_buffer(w.tensor)) {
                 return Err(GpuError::Shape {
                     kernel: label,
                     message: format!("window {} and binding {b} are one buffer", w.binding),
                 });
             }
-            if w.offset % align != 0 || w.offset + WINDOW_BYTES > w.tensor.buffer().size() {
+            let start = w.tensor.offset + w.offset;
+            if start % align != 0 || start + WINDOW_BYTES > w.tensor.buffer().size() {
                 return Err(GpuError::Shape {
                     kernel: label,
                     message: format!(
@@ -172,12 +173,12 @@ impl Gpu {
             }
         }
         for (i, (a, ta)) in bindings.iter().enumerate() {
-            if let Some((b, _)) = bindings[i + 1..].iter().find(|(_, tb)| ta.tensor.same_buffer(tb.tensor)) {
+            if let Some((b, _)) = bindings[i + 1..].iter().find(|(_, tb)| ta.tensor.overlaps(tb.tensor)) {
                 return Err(GpuError::Shape {
                     kernel: label,
                     message: format!(
-                        "bindings {a} and {b} are one buffer; a dispatch cannot read and write one buffer \
-                         through two bindings (read from another buffer, or use an in-place kernel)"
+                        "bindings {a} and {b} overlap in one buffer; a dispatch cannot read and write the same \
+                         memory through two bindings (read from another buffer, or use an in-place kernel)"
                     ),
                 });
             }
@@ -195,13 +196,13 @@ impl Gpu {
                     vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
                 entries.extend(bindings.iter().map(|(b, v)| wgpu::BindGroupEntry {
                     binding: *b,
-                    resource: v.tensor.buffer().as_entire_binding(),
+                    resource: v.tensor.binding(),
                 }));
                 entries.extend(windows.iter().map(|w| wgpu::BindGroupEntry {
                     binding: w.binding,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: w.tensor.buffer(),
-                        offset: w.offset,
+                        offset: w.tensor.offset + w.offset,
                         size: wgpu::BufferSize::new(WINDOW_BYTES),
                     }),
                 }));

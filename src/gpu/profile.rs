@@ -81,7 +81,7 @@ impl Gpu {
             self.queue.submit([encoder.finish()]);
         })?;
         // Copied in a submission of its own, after the resolve's.
-        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(resolved.buffer(), bytes)?);
+        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(resolved.buffer(), 0, bytes)?);
         let period_ns = self.queue.get_timestamp_period() as f64;
         let origin = stamps.iter().step_by(2).copied().min().unwrap_or(0);
         let ms = |ticks: u64| ticks as f64 * period_ns / 1e6;

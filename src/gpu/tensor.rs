@@ -13,11 +13,15 @@ const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// A tensor on the GPU. Cloning shares the buffer.
+/// A tensor on the GPU: its own buffer, or a part of a buffer holding
+/// several (`Gpu::tensors_in_one`). Cloning shares the buffer.
 #[derive(Clone)]
 pub struct Tensor {
     pub shape: Shape,
     pub(super) buffer: Arc<PooledBuffer>,
+    /// Where it starts in the buffer, in bytes (a multiple of the device's
+    /// storage offset alignment; 0 for a tensor with a buffer of its own).
+    pub(super) offset: u64,
 }
 
 impl Tensor {
@@ -29,9 +33,35 @@ impl Tensor {
         self.buffer.buffer()
     }
 
-    /// Whether both tensors share one buffer.
-    pub fn same_buffer(&self, other: &Tensor) -> bool {
+    /// Whether both are one tensor (e.g. two channel slices of one
+    /// concatenation buffer, which `ensure_apart` then tells apart).
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        self.shares_buffer(other) && self.offset == other.offset
+    }
+
+    /// Whether both lie in one wgpu buffer (one tensor, or parts of one).
+    pub fn shares_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buffer, &other.buffer)
+    }
+
+    /// Whether their bytes overlap.
+    pub fn overlaps(&self, other: &Tensor) -> bool {
+        self.shares_buffer(other)
+            && self.offset < other.offset + other.bytes().max(1)
+            && other.offset < self.offset + self.bytes().max(1)
+    }
+
+    /// The tensor as a binding: the whole buffer for a tensor with a buffer
+    /// of its own, else its part.
+    pub(super) fn binding(&self) -> wgpu::BindingResource<'_> {
+        if self.offset == 0 && self.bytes().next_multiple_of(256) == self.buffer().size() {
+            return self.buffer().as_entire_binding();
+        }
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer(),
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.bytes().max(4)),
+        })
     }
 
     /// The whole tensor as a view.
@@ -77,7 +107,28 @@ impl Gpu {
             });
         }
         let buffer = self.scoped(&format!("allocating a {shape} tensor"), || self.pool.take(bytes, TENSOR_USAGE))?;
-        Ok(Tensor { shape, buffer })
+        Ok(Tensor { shape, buffer, offset: 0 })
+    }
+
+    /// Tensors of `shapes` as parts of one zeroed buffer, and the whole
+    /// buffer as a vector over them: kernels bind each part alone, and one
+    /// launch can update them all (the optimiser). Each part starts at a
+    /// multiple of the storage offset alignment; the gaps stay zero.
+    pub fn tensors_in_one(&self, shapes: &[Shape]) -> Result<(Tensor, Vec<Tensor>)> {
+        let align = u64::from(self.limits.min_storage_buffer_offset_alignment).max(4);
+        let mut offsets = Vec::with_capacity(shapes.len());
+        let mut end = 0u64;
+        for s in shapes {
+            offsets.push(end);
+            end = (end + s.numel() as u64 * 4).next_multiple_of(align);
+        }
+        let whole = self.zeros(Shape::vector((end / 4) as usize))?;
+        let parts = shapes
+            .iter()
+            .zip(offsets)
+            .map(|(&shape, offset)| Tensor { shape, buffer: whole.buffer.clone(), offset })
+            .collect();
+        Ok((whole, parts))
     }
 
     /// A vector of `len` floats that kernels can also read as a uniform
@@ -87,7 +138,7 @@ impl Gpu {
         assert!(len <= 16384, "a uniform table of {len} floats exceeds 64 KiB");
         let shape = Shape::vector(len);
         let buffer = self.scoped("allocating a uniform table", || self.pool.take(len as u64 * 4, TENSOR_USAGE))?;
-        Ok(Tensor { shape, buffer })
+        Ok(Tensor { shape, buffer, offset: 0 })
     }
 
     pub fn zeros(&self, shape: Shape) -> Result<Tensor> {
@@ -99,28 +150,41 @@ impl Gpu {
     }
 
     pub fn upload(&self, shape: Shape, data: &[f32]) -> Result<Tensor> {
-        if data.len() != shape.numel() {
+        let t = self.tensor(shape)?;
+        self.write(&t, data)?;
+        Ok(t)
+    }
+
+    /// Overwrites a tensor's values (queued before the next submission).
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if data.len() != t.shape.numel() {
             return Err(GpuError::Shape {
-                kernel: "upload".into(),
-                message: format!("{} values for a {shape} tensor", data.len()),
+                kernel: "write".into(),
+                message: format!("{} values for a {} tensor", data.len(), t.shape),
             });
         }
-        let t = self.tensor(shape)?;
-        self.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
-        Ok(t)
+        self.write_bytes(t, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Writes `bytes` at byte `at` of tensor `t` (the caller keeps within it).
+    pub fn write_bytes(&self, t: &Tensor, at: u64, bytes: &[u8]) {
+        debug_assert!(at + bytes.len() as u64 <= t.bytes(), "a write past the end of a {} tensor", t.shape);
+        self.queue.write_buffer(t.buffer(), t.offset + at, bytes);
     }
 
     /// Copies a tensor back to the host (waits for the queue).
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t.buffer(), t.bytes())?))
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t.buffer(), t.offset, t.bytes())?))
     }
 
-    /// Copies the first `bytes` of `buffer` (COPY_SRC) back to the host, in
-    /// a submission of its own, and waits for it: the one read-back path.
-    pub(super) fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// Copies `bytes` from byte `offset` of `buffer` (COPY_SRC) back to the
+    /// host, in a submission of its own, and waits for it: the one read-back
+    /// path.
+    pub(super) fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         let staging = self.pool.take(bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, bytes);
+        encoder.copy_buffer_to_buffer(buffer, offset, staging.buffer(), 0, bytes);
         self.queue.submit([encoder.finish()]);
         let slice = staging.buffer().slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();

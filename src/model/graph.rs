@@ -96,7 +96,7 @@ fn views(parts: &[Slice]) -> Vec<View<'_>> {
     let mut out: Vec<View> = Vec::new();
     for p in parts {
         match out.last_mut() {
-            Some(last) if last.tensor.same_buffer(&p.tensor) && last.c_offset + last.c == p.offset => last.c += p.c,
+            Some(last) if last.tensor.same_storage(&p.tensor) && last.c_offset + last.c == p.offset => last.c += p.c,
             _ => out.push(p.view()),
         }
     }
@@ -137,6 +137,8 @@ pub struct Graph {
     /// The input shape (N x in_channels x H x W).
     pub shape: Shape,
     specs: Vec<ParamSpec>,
+    /// The trainable ones are parts of one buffer (`trainable_parts`), as
+    /// are their gradients and each optimiser moment: one launch updates all.
     params: Vec<Tensor>,
     /// Gradients of trainable parameters (None for running statistics).
     grads: Vec<Option<Tensor>>,
@@ -159,7 +161,8 @@ pub struct Graph {
     trunk_backward: Vec<Dispatch>,
     /// Every norm block's input, in forward order.
     norm_sites: Vec<NormSite>,
-    updates: Vec<Update>,
+    /// The optimiser's one launch over every trainable parameter.
+    update: Option<Update>,
     /// The loss's targets and sums (its dispatches are in `head_backward`).
     loss: Option<ops::loss::Loss>,
     optimizer: Option<Optimizer>,
@@ -300,6 +303,16 @@ enum InputGrad {
     Write(Vec<Slice>),
 }
 
+/// A part of one zeroed buffer for each trainable parameter of `specs` (None
+/// for running statistics), and that buffer.
+fn trainable_parts(gpu: &Gpu, specs: &[ParamSpec]) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+    let shapes: Vec<Shape> = specs.iter().filter(|s| s.kind.trainable()).map(|s| s.shape).collect();
+    let (whole, mut parts) = gpu.tensors_in_one(&shapes)?;
+    parts.reverse();
+    let placed = specs.iter().map(|s| if s.kind.trainable() { parts.pop() } else { None }).collect();
+    Ok((whole, placed))
+}
+
 /// Parameter gradients by name.
 struct Grads<'a> {
     specs: &'a [ParamSpec],
@@ -332,8 +345,20 @@ impl Graph {
             });
         }
         let specs = arch.params();
-        let params =
-            specs.iter().zip(&values.values).map(|(s, v)| gpu.upload(s.shape, v)).collect::<Result<Vec<_>>>()?;
+        let (trainable, parts) = trainable_parts(gpu, &specs)?;
+        let params = specs
+            .iter()
+            .zip(parts)
+            .zip(&values.values)
+            .map(|((s, part), v)| {
+                let t = match part {
+                    Some(t) => t,
+                    None => gpu.tensor(s.shape)?,
+                };
+                gpu.write(&t, v)?;
+                Ok(t)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let (n, h, w) = (shape.n, shape.h, shape.w);
         let act = cfg.activation();
         let training = train.is_some();
@@ -446,17 +471,14 @@ impl Graph {
             dropout_backward: Vec::new(),
             trunk_backward: Vec::new(),
             norm_sites,
-            updates: Vec::new(),
+            update: None,
             loss: None,
             optimizer: train.map(|t| t.optimizer),
         };
         let Some(setup) = train else { return Ok(graph) };
 
         // ---- loss and backward
-        let grads: Vec<Option<Tensor>> = specs
-            .iter()
-            .map(|s| if s.kind.trainable() { gpu.tensor(s.shape).map(Some) } else { Ok(None) })
-            .collect::<Result<_>>()?;
+        let (grad_all, grads) = trainable_parts(gpu, &specs)?;
         let g = Grads { specs: &specs, grads: &grads };
         let target = gpu.tensor(shape.with_c(1))?;
         let dlogits = gpu.tensor(graph.logits.shape)?;
@@ -538,25 +560,23 @@ impl Graph {
             bld.norm_backward(&mut trunk_backward, &g, prefix, bufs, graph.input.view(), None, dparts[0].view(), None)?;
         }
 
-        // ---- optimiser
-        let mut updates = Vec::new();
-        let mut state = Vec::new();
-        for (i, s) in specs.iter().enumerate() {
-            let Some(grad) = &grads[i] else { continue };
-            let st: Vec<Tensor> = match setup.optimizer {
-                Optimizer::Adam(_) => vec![gpu.zeros(s.shape)?, gpu.zeros(s.shape)?],
-                Optimizer::Sgd(_) => vec![gpu.zeros(s.shape)?],
-            };
-            updates.push(match &setup.optimizer {
-                Optimizer::Adam(hp) => ops::optim::adam(gpu, &params[i], grad, &st[0], &st[1], hp)?,
-                Optimizer::Sgd(hp) => ops::optim::sgd(gpu, &params[i], grad, &st[0], hp)?,
-            });
-            state.push(st);
-        }
+        // ---- optimiser: one launch over the parameters' buffer (its gaps
+        // between parts stay zero: a zero gradient and zero moments update
+        // a zero parameter by zero).
+        let moments = if matches!(setup.optimizer, Optimizer::Adam(_)) { 2 } else { 1 };
+        let per_moment: Vec<(Tensor, Vec<Option<Tensor>>)> =
+            (0..moments).map(|_| trainable_parts(gpu, &specs)).collect::<Result<_>>()?;
+        graph.update = Some(match &setup.optimizer {
+            Optimizer::Adam(hp) => ops::optim::adam(gpu, &trainable, &grad_all, &per_moment[0].0, &per_moment[1].0, hp)?,
+            Optimizer::Sgd(hp) => ops::optim::sgd(gpu, &trainable, &grad_all, &per_moment[0].0, hp)?,
+        });
+        // Per parameter, its moments' parts (checkpoints read them by name).
+        graph.state = (0..specs.len())
+            .filter(|&i| grads[i].is_some())
+            .map(|i| per_moment.iter().map(|(_, parts)| parts[i].clone().expect("a trainable part")).collect())
+            .collect();
         graph.head_backward = head_backward;
         graph.trunk_backward = trunk_backward;
-        graph.updates = updates;
-        graph.state = state;
         graph.grads = grads;
         graph.loss = Some(loss);
         Ok(graph)
@@ -648,7 +668,7 @@ impl Graph {
         }
         for (n, sample) in data.chunks(per_sample).enumerate() {
             let offset = (s.index(n, dst.offset, 0, 0) * 4) as u64;
-            gpu.queue.write_buffer(dst.tensor.buffer(), offset, bytemuck::cast_slice(sample));
+            gpu.write_bytes(&dst.tensor, offset, bytemuck::cast_slice(sample));
         }
         Ok(())
     }
@@ -683,10 +703,8 @@ impl Graph {
         for d in self.dropout_forward.iter_mut().chain(self.dropout_backward.iter_mut()) {
             d.set_step(gpu, step);
         }
-        if update {
-            for u in &mut self.updates {
-                u.set_step(gpu, step);
-            }
+        if let Some(u) = self.update.as_mut().filter(|_| update) {
+            u.set_step(gpu, step);
         }
         let mut list: Vec<(Phase, &Dispatch)> =
             self.forward_dispatches().into_iter().map(|d| (Phase::Forward, d)).collect();
@@ -694,7 +712,7 @@ impl Graph {
         list.extend(self.dropout_backward.iter().map(|d| (Phase::Backward, &d.dispatch)));
         list.extend(self.trunk_backward.iter().map(|d| (Phase::Backward, d)));
         if update {
-            list.extend(self.updates.iter().map(|u| (Phase::Optimizer, &u.dispatch)));
+            list.extend(self.update.iter().map(|u| (Phase::Optimizer, &u.dispatch)));
         }
         list
     }
@@ -753,7 +771,7 @@ impl Graph {
             });
         }
         for (t, v) in tensors.iter().zip(values) {
-            gpu.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(v));
+            gpu.write(t, v)?;
         }
         Ok(())
     }
@@ -762,13 +780,7 @@ impl Graph {
     /// inference graph of another shape).
     pub fn write_params(&self, gpu: &Gpu, values: &ParamSet) -> Result<()> {
         for (t, v) in self.params.iter().zip(&values.values) {
-            if t.shape.numel() != v.len() {
-                return Err(GpuError::Shape {
-                    kernel: "graph".into(),
-                    message: format!("{} values for {}", v.len(), t.shape),
-                });
-            }
-            gpu.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(v));
+            gpu.write(t, v)?;
         }
         Ok(())
     }

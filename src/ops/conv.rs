@@ -356,7 +356,7 @@ pub fn backward_data_adding(
 ) -> Result<Vec<Dispatch>> {
     let variant = Variant::choose(gpu, dy.c, dx.c, w.shape.h);
     let fusable = !matches!(variant, Variant::Baseline | Variant::Tiled);
-    if !fusable || !residual.tensor.same_buffer(dx.tensor) || residual.shape() != dx.shape() {
+    if !fusable || !residual.tensor.same_storage(dx.tensor) || residual.shape() != dx.shape() {
         let mut list = vec![super::elementwise::add(gpu, residual, dx)?];
         list.extend(backward_data(gpu, dy, w, dilation, dx, true)?);
         return Ok(list);

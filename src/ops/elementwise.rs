@@ -58,7 +58,7 @@ pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dis
 pub fn add(gpu: &Gpu, src: View, dst: View) -> Result<Dispatch> {
     let label = format!("residual.add {}", src.shape());
     ensure_same(&label, &src, &dst)?;
-    let within = src.tensor.same_buffer(dst.tensor);
+    let within = src.tensor.same_storage(dst.tensor);
     if within {
         ensure_apart(&label, &src, &dst)?;
     }

@@ -81,9 +81,9 @@ impl Loss {
                 ensure(valid, &label, || format!("target {at} is {t}, not a class index below {}", weights.len()))?;
                 sum += f64::from(weights[class]);
             }
-            gpu.queue.write_buffer(total.buffer(), 0, bytemuck::bytes_of(&(sum as f32)));
+            gpu.write(total, &[sum as f32])?;
         }
-        gpu.queue.write_buffer(self.target.buffer(), 0, bytemuck::cast_slice(data));
+        gpu.write(&self.target, data)?;
         Ok(())
     }
 }

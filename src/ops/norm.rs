@@ -173,7 +173,7 @@ pub fn apply_with_residual(
     y: View,
     residual: View,
 ) -> Result<Vec<Dispatch>> {
-    if residual.tensor.same_buffer(y.tensor) {
+    if residual.tensor.same_storage(y.tensor) {
         return Ok(vec![apply_with(gpu, x, stats, t, act, y, Some(residual))?]);
     }
     Ok(vec![apply(gpu, x, stats, t, act, y)?, super::elementwise::add(gpu, residual, y)?])
