@@ -63,6 +63,9 @@ struct Params {
 // moments_parts' and backward_sums_parts' results per (group, part), two
 // values each.
 @group(0) @binding(17) var<storage, read_write> part_out: array<f32>;
+// param_grads_and_bias: the gradient of the bias of the convolution before
+// the block.
+@group(0) @binding(18) var<storage, read_write> input_bias_grad: array<f32>;
 
 // Batch norm (a group per channel) or instance norm (a group per (n, c)),
 // fixed per pipeline: on llvmpipe a branch on a uniform runs both sides, and
@@ -384,6 +387,17 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
 }
 
+// Channel c's sums of dy and dy * xhat over its groups, in order.
+fn channel_sums(c: u32) -> vec2<f32> {
+    var s = vec2<f32>(0.0);
+    let samples = select(P.n, 1u, PER_CHANNEL);
+    for (var n = 0u; n < samples; n++) {
+        let g = select(n * P.c + c, c, PER_CHANNEL);
+        s += vec2<f32>(sums_in[2u * g], sums_in[2u * g + 1u]);
+    }
+    return s;
+}
+
 @compute @workgroup_size(WG)
 fn param_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -391,14 +405,25 @@ fn param_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (c >= P.c) {
         return;
     }
-    var s_dy = 0.0;
-    var s_dy_xhat = 0.0;
-    let samples = select(P.n, 1u, PER_CHANNEL);
-    for (var n = 0u; n < samples; n++) {
-        let g = select(n * P.c + c, c, PER_CHANNEL);
-        s_dy += sums_in[2u * g];
-        s_dy_xhat += sums_in[2u * g + 1u];
+    let s = channel_sums(c);
+    dgamma[c] = s.y;
+    dbeta[c] = s.x;
+}
+
+// param_grads_and_bias: param_grads, and the same sum of dy as the gradient
+// of the bias of the convolution whose output is x: that bias's gradient is
+// the sum of the block's input gradient, and the block's normalised term
+// contributes nothing to it (the xhat of a group sum to zero), leaving the
+// identity's, the sum of dy: dbeta. It replaces a pass over dx.
+@compute @workgroup_size(WG)
+fn param_grads_and_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = element_index(wid, lid, nwg);
+    if (c >= P.c) {
+        return;
     }
-    dgamma[c] = s_dy_xhat;
-    dbeta[c] = s_dy;
+    let s = channel_sums(c);
+    dgamma[c] = s.y;
+    dbeta[c] = s.x;
+    input_bias_grad[c] = s.x;
 }

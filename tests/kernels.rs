@@ -337,7 +337,7 @@ fn check_norm(
     d.push(ops::norm::apply(gpu, xv, stats, &t, act, yv).unwrap());
     d.extend(ops::norm::backward_sums(gpu, xv, dyv, stats, &t, act, &sums).unwrap());
     d.push(ops::norm::backward_data(gpu, xv, dyv, stats, &t, act, &sums, gdx.channels(2, c)).unwrap());
-    d.push(ops::norm::param_grads(gpu, xv, stats, &sums, &dgamma, &dbeta).unwrap());
+    d.push(ops::norm::param_grads(gpu, xv, stats, &sums, &dgamma, &dbeta, None).unwrap());
     run(gpu, &d.iter().collect::<Vec<_>>());
 
     // Variances of uniform(0, 1) are 1/12; f32 inputs near `offset` carry

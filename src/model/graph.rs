@@ -235,8 +235,9 @@ impl Builder<'_> {
     }
 
     /// Backward of the norm block (and `act` after it) on `x` given `dy`,
-    /// the gradient of the block's (activation's) output; writes dx (when
-    /// wanted) and the gamma and beta gradients.
+    /// the gradient of the block's (activation's) output; writes the gamma
+    /// and beta gradients, and with `dx` (where x is a convolution's output)
+    /// x's gradient and the gradient of that convolution's bias.
     #[allow(clippy::too_many_arguments)]
     fn norm_backward(
         &self,
@@ -247,22 +248,23 @@ impl Builder<'_> {
         x: View,
         act: Option<Activation>,
         dy: View,
-        dx: Option<View>,
+        dx: Option<(View, &Tensor)>,
     ) -> Result<()> {
         let gpu = self.gpu;
         let sums = gpu.tensor(Shape::vector(2 * self.stats.groups(self.n, x.c)))?;
         let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
         out.extend(ops::norm::backward_sums(gpu, x, dy, self.stats, &t, act, &sums)?);
-        if let Some(dx) = dx {
+        if let Some((dx, _)) = dx {
             out.push(ops::norm::backward_data(gpu, x, dy, self.stats, &t, act, &sums, dx)?);
         }
         let (dgamma, dbeta) = (grads.of(&format!("{prefix}.weight")), grads.of(&format!("{prefix}.bias")));
-        out.push(ops::norm::param_grads(gpu, x, self.stats, &sums, &dgamma, &dbeta)?);
+        let conv_bias = dx.map(|(_, db)| db);
+        out.push(ops::norm::param_grads(gpu, x, self.stats, &sums, &dgamma, &dbeta, conv_bias)?);
         Ok(())
     }
 
-    /// Weight, bias and (when wanted) input gradients of block `b`'s
-    /// convolution, given the gradient `dy` of its output.
+    /// Weight and (when wanted) input gradients of block `b`'s convolution,
+    /// given the gradient `dy` of its output (its bias's: the caller's).
     fn conv_backward(
         &self,
         out: &mut Vec<Dispatch>,
@@ -273,9 +275,8 @@ impl Builder<'_> {
         dx: Option<InputGrad>,
     ) -> Result<()> {
         let gpu = self.gpu;
-        let (dw, db) = (grads.of(&format!("{}.weight", b.conv)), grads.of(&format!("{}.bias", b.conv)));
+        let dw = grads.of(&format!("{}.weight", b.conv));
         out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw)?);
-        out.extend(ops::conv::backward_bias(gpu, dy, &db)?);
         let w = self.param(&format!("{}.weight", b.conv));
         match dx {
             Some(InputGrad::Add { dx, residual: None }) => {
@@ -500,6 +501,8 @@ impl Graph {
         }
         let out_block = arch.blocks.last().expect("output block");
         let d_out_input = douts.last().map_or_else(|| dhead_input.clone(), |d| vec![d.clone()]);
+        let d_out_bias = g.of(&format!("{}.bias", out_block.conv));
+        head_backward.extend(ops::conv::backward_bias(gpu, dlogits.view(), &d_out_bias)?);
         bld.conv_backward(
             &mut head_backward,
             &g,
@@ -623,16 +626,19 @@ impl Graph {
     ) -> Result<()> {
         let act = self.arch.config.activation();
         let dt_tensor;
+        let db = g.of(&format!("{}.bias", b.conv));
         let dt = match &bb.norm {
             Some((prefix, bufs)) => {
                 dt_tensor = bld.gpu.tensor(bb.t.shape)?;
-                bld.norm_backward(out, g, prefix, bufs, bb.t.view(), Some(act), dout, Some(dt_tensor.view()))?;
+                let dx = Some((dt_tensor.view(), &db));
+                bld.norm_backward(out, g, prefix, bufs, bb.t.view(), Some(act), dout, dx)?;
                 dt_tensor.view()
             }
             None => {
                 // The activation's derivative depends only on the sign of
                 // its input, the convolution's output here; in place.
                 out.push(ops::elementwise::act_backward(bld.gpu, bb.t.view(), act, dout)?);
+                out.extend(ops::conv::backward_bias(bld.gpu, dout, &db)?);
                 dout
             }
         };

@@ -275,7 +275,10 @@ pub fn backward_data(
     gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
 }
 
-/// dgamma and dbeta (overwritten) from the per-group sums.
+/// dgamma and dbeta (overwritten) from the per-group sums, and with
+/// `input_bias` the gradient of the bias of the convolution whose output is
+/// `x` (equal to dbeta, see norm.wgsl's param_grads_and_bias), so that no
+/// pass over the block's input gradient sums it.
 pub fn param_grads(
     gpu: &Gpu,
     x: View,
@@ -283,9 +286,18 @@ pub fn param_grads(
     sums: &Tensor,
     dgamma: &Tensor,
     dbeta: &Tensor,
+    input_bias: Option<&Tensor>,
 ) -> Result<Dispatch> {
     let label = format!("norm.param_grads {} {stats:?}", x.shape());
     ensure_channels(&label, x.c, &[dgamma, dbeta])?;
-    let bindings = [(12, sums.view()), (13, dgamma.view()), (14, dbeta.view())];
-    gpu.dispatch(label, &kernel("param_grads", stats), &params(&x, &x), &bindings, Grid::Elements(x.c))
+    let mut bindings = vec![(12, sums.view()), (13, dgamma.view()), (14, dbeta.view())];
+    let entry = match input_bias {
+        Some(db) => {
+            ensure_channels(&label, x.c, &[db])?;
+            bindings.push((18, db.view()));
+            "param_grads_and_bias"
+        }
+        None => "param_grads",
+    };
+    gpu.dispatch(label, &kernel(entry, stats), &params(&x, &x), &bindings, Grid::Elements(x.c))
 }
