@@ -840,18 +840,22 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (9u * b + 8u < ckk) { store_block(base + 8u, ckk, 0u, c8); }
 }
 
-// pack_dy: chunk P.chunk of dy for output-channel group P.group, as
-// blocked_weight reads it: [pixel][block] vec4s of 4 output channels, zero
-// past the last pixel or channel.
+// pack_dy: chunks P.chunk, P.chunk + 1, ... of dy for output-channel group
+// P.group, as many as `wpack_out` holds tables of PACK_LEN vec4s (one
+// launch for several chunks: each launch costs about as much as packing a
+// chunk on lavapipe), each as blocked_weight reads it through a window:
+// [pixel][block] vec4s of 4 output channels, zero past the last pixel or
+// channel.
 @compute @workgroup_size(WG)
 fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
-    if (i >= CHUNK * COB) {
+    let within = i % PACK_LEN;
+    if (i >= arrayLength(&wpack_out) || within >= CHUNK * COB) {
         return;
     }
-    let b = i % COB;
-    let q = P.chunk * CHUNK + i / COB;
+    let b = within % COB;
+    let q = (P.chunk + i / PACK_LEN) * CHUNK + within / COB;
     let hw = P.h * P.w;
     let qc = min(q, P.n * hw - 1u);
     let base = slice_index(qc / hw, 0u, qc % hw, hw, P.out_ctotal, P.out_coff);
@@ -871,9 +875,9 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 // is deterministic without atomics.
 // With SPLIT > 1 (few input channels: Cin * K * K invocations would leave
 // threads idle) SPLIT invocations share a (ci, tap), each summing an equal
-// part of the chunk into `y` bound to a partials buffer
-// [part][VALID channels][ci, tap]; reduce_partials then adds the parts in
-// order.
+// part of each chunk into `y` bound to a partials buffer
+// [part][VALID channels][ci, tap] (chunk 0 overwriting it, later chunks
+// adding); reduce_partials then adds the parts in order, once.
 @compute @workgroup_size(WG_WEIGHT)
 fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,

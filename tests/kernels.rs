@@ -249,6 +249,14 @@ fn conv3x3_dilation_55_reaches_across_a_large_image() {
 }
 
 #[test]
+fn conv3x3_weight_gradient_over_many_chunks_matches_cpu() {
+    // The blocked weight gradient with 9 output channels (tables of 1365
+    // pixels) over 2 x 97 x 131 pixels: 19 chunks, packed 16 and then 3 per
+    // launch, each summed by 14 parts per (ci, tap) that are reduced once.
+    check_conv(2, 2, 9, 97, 131, 3, 8, 11);
+}
+
+#[test]
 fn conv1x1_matches_cpu_for_33_to_5_channels_batch_3() {
     check_conv(3, 33, 5, 37, 53, 1, 1, 6);
 }

@@ -188,31 +188,29 @@ impl Gpu {
         let bytes = bytemuck::bytes_of(params);
         debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");
         let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-        let (pipeline, bind_group) =
-            self.scoped(&label, || {
-                self.queue.write_buffer(params_buf.buffer(), 0, bytes);
-                let pipeline = self.pipelines.get(&self.device, kernel);
-                let mut entries =
-                    vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
-                entries.extend(bindings.iter().map(|(b, v)| wgpu::BindGroupEntry {
-                    binding: *b,
-                    resource: v.tensor.binding(),
-                }));
-                entries.extend(windows.iter().map(|w| wgpu::BindGroupEntry {
-                    binding: w.binding,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: w.tensor.buffer(),
-                        offset: w.tensor.offset + w.offset,
-                        size: wgpu::BufferSize::new(WINDOW_BYTES),
-                    }),
-                }));
-                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&label),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                });
-                (pipeline, bind_group)
-            })?;
+        let (pipeline, bind_group) = self.scoped(&label, || {
+            self.queue.write_buffer(params_buf.buffer(), 0, bytes);
+            let pipeline = self.pipelines.get(&self.device, kernel);
+            let mut entries =
+                vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
+            entries.extend(
+                bindings.iter().map(|(b, v)| wgpu::BindGroupEntry { binding: *b, resource: v.tensor.binding() }),
+            );
+            entries.extend(windows.iter().map(|w| wgpu::BindGroupEntry {
+                binding: w.binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: w.tensor.buffer(),
+                    offset: w.tensor.offset + w.offset,
+                    size: wgpu::BufferSize::new(WINDOW_BYTES),
+                }),
+            }));
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            (pipeline, bind_group)
+        })?;
         let bytes = bindings.iter().map(|(_, v)| v.shape().numel() as f64 * 4.0).sum();
         Ok(Dispatch {
             label,

@@ -570,7 +570,9 @@ impl Graph {
         let per_moment: Vec<(Tensor, Vec<Option<Tensor>>)> =
             (0..moments).map(|_| trainable_parts(gpu, &specs)).collect::<Result<_>>()?;
         graph.update = Some(match &setup.optimizer {
-            Optimizer::Adam(hp) => ops::optim::adam(gpu, &trainable, &grad_all, &per_moment[0].0, &per_moment[1].0, hp)?,
+            Optimizer::Adam(hp) => {
+                ops::optim::adam(gpu, &trainable, &grad_all, &per_moment[0].0, &per_moment[1].0, hp)?
+            }
             Optimizer::Sgd(hp) => ops::optim::sgd(gpu, &trainable, &grad_all, &per_moment[0].0, hp)?,
         });
         // Per parameter, its moments' parts (checkpoints read them by name).

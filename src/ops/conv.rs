@@ -163,6 +163,12 @@ const WINDOW_BINDINGS: u32 = 3 * WINDOW_CIN as u32 + 2;
 /// parts of the pixels (seo2018's 3 -> 3 layers have 3 blocks).
 const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
 
+/// Chunks of dy the blocked weight gradient packs per launch (their tables
+/// in one buffer, each read through a window), where a storage binding can
+/// hold them: fixed per device, so that a graph's memory stays affine in
+/// its pixel count (`Graph::memory_need`).
+const PACK_BATCH: usize = 16;
+
 /// Entries of dw per workgroup of reduce_partials (`REDUCE_ENTRIES`).
 const REDUCE_ENTRIES: usize = 32;
 
@@ -819,50 +825,58 @@ fn blocked_weight(
     let pixels = x.shape().n * x.shape().h * x.shape().w;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
     let split = weight_split(cin * k * k);
+    let chunks = pixels.div_ceil(chunk);
+    // Tables packed per launch: PACK_BATCH, or what one binding can hold.
+    let table_size = (PACK_LEN * 16) as u64;
+    let batch_len =
+        (PACK_BATCH as u64).min(u64::from(gpu.limits.max_storage_buffer_binding_size) / table_size).max(1) as usize;
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
-        let table = gpu.uniform_table(PACK_LEN * 4)?;
+        let tables = gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))?;
         let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, 4 * cob, 1))?) } else { None };
         let group_cout = (4 * cob).min(cout - 4 * cob * group);
-        for c in 0..pixels.div_ceil(chunk) {
+        for c in 0..chunks {
             let gp = Params { group: u32_of(group), chunk: u32_of(c), ..p };
             let count = chunk.min(pixels - c * chunk);
             // Traffic of one chunk, not of the whole bound tensors.
             let table_bytes = (count * cob * 16) as f64;
-            let pack = gpu.dispatch(
-                format!("conv.pack_dy {} group {group}", dy.shape()),
-                &kernel("pack_dy"),
-                &gp,
-                &[(5, dy), (10, table.view())],
-                Grid::Elements(chunk * cob),
-            )?;
-            list.push(pack.with_bytes((count * group_cout * 4) as f64 + table_bytes));
+            if c % batch_len == 0 {
+                let batch = batch_len.min(chunks - c);
+                let packed = pixels.min((c + batch) * chunk) - c * chunk;
+                let pack = gpu.dispatch(
+                    format!("conv.pack_dy {} group {group}", dy.shape()),
+                    &kernel("pack_dy"),
+                    &gp,
+                    &[(5, dy), (10, tables.view())],
+                    Grid::Elements(batch * PACK_LEN),
+                )?;
+                list.push(pack.with_bytes((packed * group_cout * 4) as f64 + (packed * cob * 16) as f64));
+            }
             let grid = Grid::Groups(split * (cin * k * k).div_ceil(WEIGHT_WORKGROUP));
             let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
-            let accumulate = c > 0 && split == 1;
             let weight = kernel("blocked_weight")
                 .with("VALID", group_cout as f64)
-                .with("ACCUMULATE", f64::from(u8::from(accumulate)))
+                .with("ACCUMULATE", f64::from(u8::from(c > 0)))
                 .with("SPLIT", split as f64);
-            let bindings = [(1, x), (9, table.view()), (4, sums)];
-            let d = gpu.dispatch(format!("{label} group {group}"), &weight, &gp, &bindings, grid)?;
+            let bindings = [(1, x), (4, sums)];
+            let window = Window { binding: 9, tensor: &tables, offset: (c % batch_len) as u64 * table_size };
+            let d =
+                gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &[window], grid)?;
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
             list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
-            if let Some(partials) = &partials {
-                let reduce = kernel("reduce_partials")
-                    .with("VALID", group_cout as f64)
-                    .with("ACCUMULATE", f64::from(u8::from(c > 0)))
-                    .with("SPLIT", split as f64);
-                let bindings = [(1, partials.view()), (4, dw.view())];
-                let grid = Grid::Groups((group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
-                list.push(gpu.dispatch(
-                    format!("conv.reduce_partials {} group {group}", dw.shape),
-                    &reduce,
-                    &gp,
-                    &bindings,
-                    grid,
-                )?);
-            }
+        }
+        if let Some(partials) = &partials {
+            let gp = Params { group: u32_of(group), ..p };
+            let reduce = kernel("reduce_partials").with("VALID", group_cout as f64).with("SPLIT", split as f64);
+            let bindings = [(1, partials.view()), (4, dw.view())];
+            let grid = Grid::Groups((group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
+            list.push(gpu.dispatch(
+                format!("conv.reduce_partials {} group {group}", dw.shape),
+                &reduce,
+                &gp,
+                &bindings,
+                grid,
+            )?);
         }
     }
     Ok(list)
