@@ -35,9 +35,12 @@ fn error_for(edit: impl FnOnce(&mut serde_json::Value)) -> String {
     ModelConfig::from_json(&v.to_string()).expect_err("invalid config accepted").to_string()
 }
 
+/// A change that makes a valid config invalid.
+type Breakage = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 #[test]
 fn invalid_values_are_refused_naming_the_field() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Breakage)> = vec![
         ("width", Box::new(|v| v["width"] = 0.into())),
         ("dilations", Box::new(|v| v["dilations"] = serde_json::json!([]))),
         ("dilations", Box::new(|v| v["dilations"] = serde_json::json!([1, 0, 2]))),

@@ -95,7 +95,7 @@ fn check_act(act: Activation, seed: u64) {
     // Away from the kink at 0, where the derivative is not defined.
     let x = Tensor::new(
         Shape::new(2, 3, 4, 5),
-        (0..120).map(|_| rng.uniform(0.1, 1.0) * if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 }).collect(),
+        (0..120).map(|_| rng.uniform(0.1, 1.0) * if rng.next_u64().is_multiple_of(2) { 1.0 } else { -1.0 }).collect(),
     );
     let r = rng.tensor(x.shape, -1.0, 1.0);
     let dx = cpu::act::backward(&cpu::act::forward(&x, act), &r, act);

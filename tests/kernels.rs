@@ -45,6 +45,7 @@ fn embed(rng: &mut Rng, t: &Tensor, c0: usize, extra: usize) -> Tensor {
 
 // ---------------------------------------------------------------- convolution
 
+#[allow(clippy::too_many_arguments)]
 fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, dilation: usize, seed: u64) {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(seed);

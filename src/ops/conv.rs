@@ -828,8 +828,7 @@ fn blocked_weight(
     let chunks = pixels.div_ceil(chunk);
     // Tables packed per launch: PACK_BATCH, or what one binding can hold.
     let table_size = (PACK_LEN * 16) as u64;
-    let batch_len =
-        (PACK_BATCH as u64).min(u64::from(gpu.limits.max_storage_buffer_binding_size) / table_size).max(1) as usize;
+    let batch_len = (PACK_BATCH as u64).min(gpu.limits.max_storage_buffer_binding_size / table_size).max(1) as usize;
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
         let tables = gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))?;
