@@ -404,6 +404,14 @@ fn channel_sums(c: u32) -> vec2<f32> {
     return s;
 }
 
+// Writes channel c's dgamma and dbeta; returns dbeta.
+fn store_param_grads(c: u32) -> f32 {
+    let s = channel_sums(c);
+    dgamma[c] = s.y;
+    dbeta[c] = s.x;
+    return s.x;
+}
+
 @compute @workgroup_size(WG)
 fn param_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -411,9 +419,7 @@ fn param_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (c >= P.c) {
         return;
     }
-    let s = channel_sums(c);
-    dgamma[c] = s.y;
-    dbeta[c] = s.x;
+    store_param_grads(c);
 }
 
 // param_grads_and_bias: param_grads, and the same sum of dy as the gradient
@@ -428,8 +434,5 @@ fn param_grads_and_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     if (c >= P.c) {
         return;
     }
-    let s = channel_sums(c);
-    dgamma[c] = s.y;
-    dbeta[c] = s.x;
-    input_bias_grad[c] = s.x;
+    input_bias_grad[c] = store_param_grads(c);
 }
