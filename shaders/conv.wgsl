@@ -297,19 +297,10 @@ fn pack_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     wpack_out[i] = v;
 }
 
-// The pixel (n, p) of invocation `lid` in workgroup `g`, clamped into range,
-// and whether it exists.
-fn blocked_pixel(g: u32, lid: u32) -> vec3<u32> {
-    let pixels = P.n * P.h * P.w;
-    let q = g * WG + lid;
-    let qc = min(q, pixels - 1u);
-    return vec3<u32>(qc / (P.h * P.w), qc % (P.h * P.w), select(0u, 1u, q < pixels));
-}
-
-// The 4 * COB output channels of one invocation in registers. Named
-// fields, not an array: llvmpipe keeps an array indexed in a loop in memory
-// (through a helper taking a pointer to an array, blocked_weight ran 1.7x
-// slower on lavapipe, measured 2026-11-27).
+// The 4 * COB output channels of one pixel in registers. Named fields, not
+// an array: llvmpipe keeps an array indexed in a loop in memory (through a
+// helper taking a pointer to an array, blocked_weight ran 1.7x slower on
+// lavapipe, measured 2026-11-27).
 struct Acc {
     a0: vec4<f32>,
     a1: vec4<f32>,
@@ -321,73 +312,175 @@ struct Acc {
     a7: vec4<f32>,
 }
 
-// One multiply-add step of the register-blocked kernels: `c` plus the one
-// per-invocation value `v` times the COB vec4s of the table at `wb` (4 * COB
-// output channels), which every invocation reads at the same address. With
-// subgroups each of 8 lanes reads one vec4 and broadcasts it to the others.
-fn acc_step(c: Acc, v: f32, wb: u32, lane: u32) -> Acc {
+// Table row wb: the 4 * COB weights (COB vec4s) one multiply-add step takes,
+// the same for every invocation. With subgroups each of 8 lanes reads one
+// vec4 and a subgroup broadcast hands it to the others.
+fn table_row(wb: u32, lane: u32) -> Acc {
+    var t: Acc;
+    let mine = wpack[wb + min(lane % 8u, COB - 1u)]; // @subgroup
+    t.a0 = subgroupBroadcast(mine, 0u); // @subgroup
+    t.a0 = wpack[wb]; // @plain
+    if (COB > 1u) { t.a1 = subgroupBroadcast(mine, 1u); } // @subgroup
+    if (COB > 1u) { t.a1 = wpack[wb + 1u]; } // @plain
+    if (COB > 2u) { t.a2 = subgroupBroadcast(mine, 2u); } // @subgroup
+    if (COB > 2u) { t.a2 = wpack[wb + 2u]; } // @plain
+    if (COB > 3u) { t.a3 = subgroupBroadcast(mine, 3u); } // @subgroup
+    if (COB > 3u) { t.a3 = wpack[wb + 3u]; } // @plain
+    if (COB > 4u) { t.a4 = subgroupBroadcast(mine, 4u); } // @subgroup
+    if (COB > 4u) { t.a4 = wpack[wb + 4u]; } // @plain
+    if (COB > 5u) { t.a5 = subgroupBroadcast(mine, 5u); } // @subgroup
+    if (COB > 5u) { t.a5 = wpack[wb + 5u]; } // @plain
+    if (COB > 6u) { t.a6 = subgroupBroadcast(mine, 6u); } // @subgroup
+    if (COB > 6u) { t.a6 = wpack[wb + 6u]; } // @plain
+    if (COB > 7u) { t.a7 = subgroupBroadcast(mine, 7u); } // @subgroup
+    if (COB > 7u) { t.a7 = wpack[wb + 7u]; } // @plain
+    return t;
+}
+
+// `c` plus the value v times the table row t.
+fn row_fma(c: Acc, v: f32, t: Acc) -> Acc {
     let s = vec4<f32>(v);
     var r = c;
-    let mine = wpack[wb + min(lane % 8u, COB - 1u)]; // @subgroup
-    r.a0 = fma(s, subgroupBroadcast(mine, 0u), r.a0); // @subgroup
-    r.a0 = fma(s, wpack[wb], r.a0); // @plain
-    if (COB > 1u) { r.a1 = fma(s, subgroupBroadcast(mine, 1u), r.a1); } // @subgroup
-    if (COB > 1u) { r.a1 = fma(s, wpack[wb + 1u], r.a1); } // @plain
-    if (COB > 2u) { r.a2 = fma(s, subgroupBroadcast(mine, 2u), r.a2); } // @subgroup
-    if (COB > 2u) { r.a2 = fma(s, wpack[wb + 2u], r.a2); } // @plain
-    if (COB > 3u) { r.a3 = fma(s, subgroupBroadcast(mine, 3u), r.a3); } // @subgroup
-    if (COB > 3u) { r.a3 = fma(s, wpack[wb + 3u], r.a3); } // @plain
-    if (COB > 4u) { r.a4 = fma(s, subgroupBroadcast(mine, 4u), r.a4); } // @subgroup
-    if (COB > 4u) { r.a4 = fma(s, wpack[wb + 4u], r.a4); } // @plain
-    if (COB > 5u) { r.a5 = fma(s, subgroupBroadcast(mine, 5u), r.a5); } // @subgroup
-    if (COB > 5u) { r.a5 = fma(s, wpack[wb + 5u], r.a5); } // @plain
-    if (COB > 6u) { r.a6 = fma(s, subgroupBroadcast(mine, 6u), r.a6); } // @subgroup
-    if (COB > 6u) { r.a6 = fma(s, wpack[wb + 6u], r.a6); } // @plain
-    if (COB > 7u) { r.a7 = fma(s, subgroupBroadcast(mine, 7u), r.a7); } // @subgroup
-    if (COB > 7u) { r.a7 = fma(s, wpack[wb + 7u], r.a7); } // @plain
+    r.a0 = fma(s, t.a0, r.a0);
+    if (COB > 1u) { r.a1 = fma(s, t.a1, r.a1); }
+    if (COB > 2u) { r.a2 = fma(s, t.a2, r.a2); }
+    if (COB > 3u) { r.a3 = fma(s, t.a3, r.a3); }
+    if (COB > 4u) { r.a4 = fma(s, t.a4, r.a4); }
+    if (COB > 5u) { r.a5 = fma(s, t.a5, r.a5); }
+    if (COB > 6u) { r.a6 = fma(s, t.a6, r.a6); }
+    if (COB > 7u) { r.a7 = fma(s, t.a7, r.a7); }
     return r;
 }
 
-// The register-blocked convolution: one invocation per pixel computes 4 * COB
-// output channels. The weights come from the uniform table at addresses
-// shared by every invocation; the one per-invocation load is the input
-// pixel, reused by 4 * COB multiply-adds. The taps' rows, columns and
-// padding are worked out once, outside the channel loop, and the 3x3 taps
-// are spelled out: llvmpipe runs a loop as masked SIMD code, and the index
-// arithmetic and nested tap loops inside the channel loop made this kernel
-// 1.8x slower (2026-11-28, docs/KERNELS.md). No early return before the
-// loop: a CPU adapter runs the workgroup as SIMD lanes and inactive lanes
-// would only add masks.
-fn blocked_sums(n: u32, p: u32, lane: u32) -> Acc {
+// One multiply-add step of blocked_weight: `c` plus the value v times table
+// row wb.
+fn acc_step(c: Acc, v: f32, wb: u32, lane: u32) -> Acc {
+    return row_fma(c, v, table_row(wb, lane));
+}
+
+// Pixels per invocation of blocked_forward and blocked_data, 1 to 3: a
+// chain of pixels chain_stride() apart along a row. One pixel (hardware
+// GPUs: more invocations, fewer registers each) or three (CPU adapters):
+// a 3x3 tap row of the chain reads 5 input columns instead of 9 (the
+// column the right tap of one pixel reads is the centre of the next and
+// the left of the one after), and every table row, fetched and broadcast
+// once, feeds three pixels. On lavapipe a 32 -> 32 3x3 layer at 256x256
+// went from 174-198 to 100-122 ms (2026-11-28, docs/KERNELS.md).
+override CHAIN: u32 = 1u;
+
+// The distance between a chain's pixels: the dilation for 3x3 kernels, 1
+// for 1x1 (only the table rows are shared there).
+fn chain_stride() -> u32 {
+    return select(1u, P.dilation, K == 3u);
+}
+
+// The chain of invocation q as (sample, row, first column, whether it
+// exists), clamped into range. With CHAIN > 1 each row is cut into blocks
+// of CHAIN * s columns (s = chain_stride()), each holding min(s, w) chains
+// (ox, ox + s, ...): per row `chains_per_row` in src/ops/conv.rs.
+fn chain_start(q: u32) -> vec4<u32> {
     let hw = P.h * P.w;
-    let oy = i32(p / P.w);
-    let ox = i32(p % P.w);
+    if (CHAIN == 1u) {
+        let qc = min(q, P.n * hw - 1u);
+        let p = qc % hw;
+        return vec4<u32>(qc / hw, p / P.w, p % P.w, select(0u, 1u, q < P.n * hw));
+    }
+    let s = chain_stride();
+    let span = min(s, P.w);
+    let per_row = (P.w + CHAIN * s - 1u) / (CHAIN * s) * span;
+    let total = P.n * P.h * per_row;
+    let qc = min(q, total - 1u);
+    let row = qc / per_row;
+    let j = qc % per_row;
+    let ox = CHAIN * s * (j / span) + j % span;
+    return vec4<u32>(row / P.h, row % P.h, ox, select(0u, 1u, q < total && ox < P.w));
+}
+
+// A chain's sums: pixel m's 4 * COB channels in p<m>.
+struct Chain {
+    p0: Acc,
+    p1: Acc,
+    p2: Acc,
+}
+
+// `c` plus the chain's values v (pixel m: v[m]) times table row wb.
+fn chain_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
+    let t = table_row(wb, lane);
+    var r = c;
+    r.p0 = row_fma(r.p0, v.x, t);
+    if (CHAIN > 1u) { r.p1 = row_fma(r.p1, v.y, t); }
+    if (CHAIN > 2u) { r.p2 = row_fma(r.p2, v.z, t); }
+    return r;
+}
+
+// The input columns a chain reads, ox + (j - 1) * s for j = 0..4 (at: the
+// column clamped into the row, ok: inside it): the j-th of them is tap kx
+// of pixel j - kx (3x3) and pixel j - 1's own column (1x1).
+struct Cols {
+    at: vec4<u32>,
+    ok: vec4<bool>,
+    at4: u32,
+    ok4: bool,
+}
+
+// The three taps of one kernel row for the chain, the row starting at
+// element `row` of x (`ok`: the row is inside the image), table rows from
+// wb: the chain's 2 + CHAIN columns loaded once each.
+fn chain_row(c: Chain, row: u32, ok: bool, k: Cols, wb: u32, lane: u32) -> Chain {
+    let v0 = select(0.0, x[row + k.at.x], ok && k.ok.x);
+    let v1 = select(0.0, x[row + k.at.y], ok && k.ok.y);
+    let v2 = select(0.0, x[row + k.at.z], ok && k.ok.z);
+    var v3 = 0.0;
+    var v4 = 0.0;
+    if (CHAIN > 1u) { v3 = select(0.0, x[row + k.at.w], ok && k.ok.w); }
+    if (CHAIN > 2u) { v4 = select(0.0, x[row + k.at4], ok && k.ok4); }
+    var r = chain_step(c, vec3<f32>(v0, v1, v2), wb, lane);
+    r = chain_step(r, vec3<f32>(v1, v2, v3), wb + COB, lane);
+    return chain_step(r, vec3<f32>(v2, v3, v4), wb + 2u * COB, lane);
+}
+
+// The register-blocked convolution: an invocation computes 4 * COB output
+// channels of its chain's pixels. The weights come from the uniform table
+// at addresses shared by every invocation; the per-invocation loads are the
+// input values, each reused by 4 * COB multiply-adds per pixel it feeds.
+// The rows, columns and padding are worked out once, outside the channel
+// loop, and the taps are spelled out: llvmpipe runs a loop as masked SIMD
+// code, and the index arithmetic and nested tap loops inside the channel
+// loop made this kernel 1.8x slower (2026-11-28, docs/KERNELS.md). No early
+// return before the loop: a CPU adapter runs the workgroup as SIMD lanes
+// and inactive lanes would only add masks.
+fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
+    let hw = P.h * P.w;
+    let s = i32(chain_stride());
     let d = i32(P.dilation);
-    let last = vec3<i32>(i32(P.h) - 1, i32(P.w) - 1, 0);
-    // Input rows and columns of taps 0, 1, 2 (K = 3: offsets -d, 0, +d).
+    let last = vec2<i32>(i32(P.h) - 1, i32(P.w) - 1);
+    let oy = i32(start.y);
+    let ox = i32(start.z);
+    // Input rows of the taps (K = 3: offsets -d, 0, +d).
     let iy = vec3<i32>(oy - d, oy, oy + d);
-    let ix = vec3<i32>(ox - d, ox, ox + d);
     let ry = iy >= vec3<i32>(0) & iy <= vec3<i32>(last.x);
-    let rx = ix >= vec3<i32>(0) & ix <= vec3<i32>(last.y);
     let row = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(last.x))) * P.w;
-    let col = vec3<u32>(clamp(ix, vec3<i32>(0), vec3<i32>(last.y)));
-    let base = (n * P.in_ctotal + P.in_coff) * hw;
-    var c: Acc;
+    let cx = vec4<i32>(ox - s, ox, ox + s, ox + 2 * s);
+    let c4 = ox + 3 * s;
+    let k = Cols(vec4<u32>(clamp(cx, vec4<i32>(0), vec4<i32>(last.y))),
+                 cx >= vec4<i32>(0) & cx <= vec4<i32>(last.y), u32(min(c4, last.y)), c4 <= last.y);
+    let base = (start.x * P.in_ctotal + P.in_coff) * hw;
+    var c: Chain;
     for (var ci = 0u; ci < P.cin; ci++) {
         let plane = base + ci * hw;
         let wb = ci * K * K * COB;
         if (K == 1u) {
-            c = acc_step(c, x[plane + p], wb, lane);
+            // Columns past the row are clamped into it: their pixels are
+            // not stored.
+            let at = plane + row.y;
+            var v = vec3<f32>(x[at + k.at.y], 0.0, 0.0);
+            if (CHAIN > 1u) { v.y = x[at + k.at.z]; }
+            if (CHAIN > 2u) { v.z = x[at + k.at.w]; }
+            c = chain_step(c, v, wb, lane);
         } else {
-            c = acc_step(c, select(0.0, x[plane + row.x + col.x], ry.x && rx.x), wb, lane);
-            c = acc_step(c, select(0.0, x[plane + row.x + col.y], ry.x && rx.y), wb + COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.x + col.z], ry.x && rx.z), wb + 2u * COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.y + col.x], ry.y && rx.x), wb + 3u * COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.y + col.y], ry.y && rx.y), wb + 4u * COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.y + col.z], ry.y && rx.z), wb + 5u * COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.z + col.x], ry.z && rx.x), wb + 6u * COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.z + col.y], ry.z && rx.y), wb + 7u * COB, lane);
-            c = acc_step(c, select(0.0, x[plane + row.z + col.z], ry.z && rx.z), wb + 8u * COB, lane);
+            c = chain_row(c, plane + row.x, ry.x, k, wb, lane);
+            c = chain_row(c, plane + row.y, ry.y, k, wb + 3u * COB, lane);
+            c = chain_row(c, plane + row.z, ry.z, k, wb + 6u * COB, lane);
         }
     }
     return c;
@@ -430,11 +523,6 @@ fn blocked_store(base: u32, stride: u32, c: Acc) {
     if (COB > 7u) { store_block(base, stride, 7u, c.a7); }
 }
 
-// The output channels of pixel px: blocked_store's base and stride.
-fn pixel_base(px: vec3<u32>) -> u32 {
-    return slice_index(px.x, P.group * COB * 4u, px.y, P.h * P.w, P.out_ctotal, P.out_coff);
-}
-
 // The biases of block b of this group (the last channel's repeated past the
 // end).
 fn bias_block(b: u32) -> vec4<f32> {
@@ -442,6 +530,34 @@ fn bias_block(b: u32) -> vec4<f32> {
     let last = P.cout - 1u;
     return vec4<f32>(bias[min(first, last)], bias[min(first + 1u, last)], bias[min(first + 2u, last)],
                      bias[min(first + 3u, last)]);
+}
+
+// The group's biases, block by block.
+fn biases() -> Acc {
+    var b: Acc;
+    b.a0 = bias_block(0u);
+    if (COB > 1u) { b.a1 = bias_block(1u); }
+    if (COB > 2u) { b.a2 = bias_block(2u); }
+    if (COB > 3u) { b.a3 = bias_block(3u); }
+    if (COB > 4u) { b.a4 = bias_block(4u); }
+    if (COB > 5u) { b.a5 = bias_block(5u); }
+    if (COB > 6u) { b.a6 = bias_block(6u); }
+    if (COB > 7u) { b.a7 = bias_block(7u); }
+    return b;
+}
+
+// Stores the chain's pixels that exist, each plus b, into y (the group's
+// output channels, blocked_store).
+fn chain_store(start: vec4<u32>, c: Chain, b: Acc) {
+    if (start.w == 0u) {
+        return;
+    }
+    let hw = P.h * P.w;
+    let s = chain_stride();
+    let base = slice_index(start.x, P.group * COB * 4u, start.y * P.w + start.z, hw, P.out_ctotal, P.out_coff);
+    blocked_store(base, hw, row_fma(c.p0, 1.0, b));
+    if (CHAIN > 1u && start.z + s < P.w) { blocked_store(base + s, hw, row_fma(c.p1, 1.0, b)); }
+    if (CHAIN > 2u && start.z + 2u * s < P.w) { blocked_store(base + 2u * s, hw, row_fma(c.p2, 1.0, b)); }
 }
 
 // blocked_forward: y = conv(x) + bias for one output-channel group, or with
@@ -452,22 +568,13 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                    @builtin(subgroup_invocation_id) lane: u32, // @subgroup
                    ) {
     let lane = 0u; // @plain
-    let px = blocked_pixel(group_index(wid, nwg), lid.x);
-    var c = blocked_sums(px.x, px.y, lane);
-    if (px.z == 0u) {
-        return;
-    }
+    let start = chain_start(element_index(wid, lid, nwg));
+    let c = blocked_sums(start, lane);
+    var b: Acc;
     if (!ACCUMULATE) {
-        c.a0 += bias_block(0u);
-        if (COB > 1u) { c.a1 += bias_block(1u); }
-        if (COB > 2u) { c.a2 += bias_block(2u); }
-        if (COB > 3u) { c.a3 += bias_block(3u); }
-        if (COB > 4u) { c.a4 += bias_block(4u); }
-        if (COB > 5u) { c.a5 += bias_block(5u); }
-        if (COB > 6u) { c.a6 += bias_block(6u); }
-        if (COB > 7u) { c.a7 += bias_block(7u); }
+        b = biases();
     }
-    blocked_store(pixel_base(px), P.h * P.w, c);
+    chain_store(start, c, b);
 }
 
 // blocked_data: the input gradient (the convolution of dy, bound as `x`,
@@ -478,12 +585,10 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                 @builtin(subgroup_invocation_id) lane: u32, // @subgroup
                 ) {
     let lane = 0u; // @plain
-    let px = blocked_pixel(group_index(wid, nwg), lid.x);
-    let c = blocked_sums(px.x, px.y, lane);
-    if (px.z == 0u) {
-        return;
-    }
-    blocked_store(pixel_base(px), P.h * P.w, c);
+    let start = chain_start(element_index(wid, lid, nwg));
+    let c = blocked_sums(start, lane);
+    var b: Acc;
+    chain_store(start, c, b);
 }
 
 // The narrow kernels (narrow_forward, narrow_data; one group of at most 4

@@ -58,10 +58,17 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
     let y_ref = cpu::conv::forward(&x, &wt, &b, dilation);
     let g_ref = cpu::conv::backward(&x, &wt, &dy, dilation);
 
-    for variant in Variant::ALL {
-        if variant == Variant::BlockedSubgroup && !gpu.has_subgroups(8) {
-            continue;
-        }
+    // Every variant, and the blocked one as hardware GPUs run it (one pixel
+    // per invocation instead of chains of three).
+    let mut runs: Vec<(&Gpu, Variant)> = Variant::ALL
+        .into_iter()
+        .filter(|&v| v != Variant::BlockedSubgroup || gpu.has_subgroups(8))
+        .map(|v| (gpu, v))
+        .collect();
+    if let Some(tuned) = common::gpu_tuned_for_gpus() {
+        runs.push((tuned, Variant::blocked(tuned)));
+    }
+    for (gpu, variant) in runs {
         // x at channel 1 of cin + 2, y and dy at channel 2 of cout + 3.
         let gx = upload(gpu, &embed(&mut rng, &x, 1, 2));
         let gdy = upload(gpu, &embed(&mut rng, &dy, 2, 3));
@@ -89,7 +96,7 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
 
         // Sums of up to 9 * 33 products of magnitude <= 0.5 (forward, data
         // gradient) and of up to 3 * 37 * 53 products (weight, bias gradients).
-        let what = |op: &str| format!("conv {op} ({variant:?})");
+        let what = |op: &str| format!("conv {op} ({variant:?}, {:?} tuning)", gpu.tuning());
         assert_close(&what("forward"), &read_channels(gpu, &gy, 2, cout), &y_ref.data, 1e-5, 1e-5);
         let dx_ref: Vec<f64> = dx0.data.iter().zip(&g_ref.dx.data).map(|(a, b)| a + b).collect();
         assert_close(&what("backward_data, accumulated"), &read_channels(gpu, &gdx, 1, cin), &dx_ref, 1e-5, 1e-5);

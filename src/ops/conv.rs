@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, ensure_apart, reduction_parts, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES, WORKGROUP};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
 use crate::shape::Shape;
 
 #[repr(C)]
@@ -187,6 +187,28 @@ const BLOCKED_K: [usize; 2] = [1, 3];
 /// Output channels per invocation of the blocked kernels, in vec4 blocks.
 fn blocks(cout: usize) -> usize {
     cout.div_ceil(4).min(8)
+}
+
+/// Pixels per invocation of the blocked forward and data kernels (`CHAIN`
+/// in conv.wgsl): chains of three on CPU adapters, where they share input
+/// loads and table rows (lavapipe: 1.6x faster), one pixel on hardware
+/// GPUs, which want many invocations with few registers each.
+fn chain(gpu: &Gpu) -> usize {
+    match gpu.tuning() {
+        Tuning::Cpu => 3,
+        Tuning::Gpu => 1,
+    }
+}
+
+/// Invocations per row of the blocked forward and data kernels for chains
+/// of `chain` pixels `stride` apart (`chain_start` in conv.wgsl): blocks of
+/// chain * stride columns, min(stride, w) chains each.
+fn chains_per_row(w: usize, stride: usize, chain: usize) -> usize {
+    if chain == 1 {
+        w
+    } else {
+        w.div_ceil(chain * stride) * stride.min(w)
+    }
 }
 
 impl Variant {
@@ -508,7 +530,10 @@ fn blocked(
         }
         return blocked(gpu, Variant::Narrow, label, pass, p, k, w, input, bias, output);
     }
-    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
+    let chain = if narrow { 1 } else { chain(gpu) };
+    let kernel = |entry| {
+        Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64).with("CHAIN", chain as f64)
+    };
     let s = output.shape();
     let pixels = s.n * s.h * s.w;
     let entry = match (variant, pass) {
@@ -517,11 +542,12 @@ fn blocked(
         (_, Pass::Forward) => "blocked_forward",
         (_, Pass::Data) => "blocked_data",
     };
-    // Narrow: an invocation per run of a row; blocked: one per pixel.
+    // Narrow: an invocation per run of a row; blocked: one per chain.
     let grid = if narrow {
         Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))
     } else {
-        Grid::Groups(pixels.div_ceil(WORKGROUP))
+        let stride = if k == 3 { p.dilation as usize } else { 1 };
+        Grid::Elements(s.n * s.h * chains_per_row(s.w, stride, chain))
     };
     let mut list = Vec::new();
     for group in 0..cout.div_ceil(4 * cob) {
