@@ -352,12 +352,6 @@ fn row_fma(c: Acc, v: f32, t: Acc) -> Acc {
     return r;
 }
 
-// One multiply-add step of blocked_weight: `c` plus the value v times table
-// row wb.
-fn acc_step(c: Acc, v: f32, wb: u32, lane: u32) -> Acc {
-    return row_fma(c, v, table_row(wb, lane));
-}
-
 // Pixels per invocation of blocked_forward and blocked_data, 1 to 3: a
 // chain of pixels chain_stride() apart along a row. One pixel (hardware
 // GPUs: more invocations, fewer registers each) or three (CPU adapters):
@@ -972,17 +966,27 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     wpack_out[i] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout) & vec4<bool>(q < P.n * hw));
 }
 
-// blocked_weight: one invocation per (ci, tap) adds, for the 4 * COB output
-// channels of its group, the products over one chunk of pixels: dy from the
-// uniform table (shared addresses), x the one per-invocation load. dw is
-// bound as `y` (so it shares blocked_store). Chunk 0 overwrites dw, later
-// chunks add (ACCUMULATE): the chunks' dispatches run in order, so the sum
-// is deterministic without atomics.
-// With SPLIT > 1 (few input channels: Cin * K * K invocations would leave
-// threads idle) SPLIT invocations share a (ci, tap), each summing an equal
-// part of each chunk into `y` bound to a partials buffer
-// [part][VALID channels][ci, tap] (chunk 0 overwriting it, later chunks
-// adding); reduce_partials then adds the parts in order, once.
+// blocked_weight: one invocation per trio of (ci, tap) rows adds, for the
+// 4 * COB output channels of its group, the products over one chunk of
+// pixels: dy from the uniform table (shared addresses), x the
+// per-invocation loads. A trio is the three taps of one kernel row (K = 3)
+// or three input channels (K = 1), its sums the three accumulators of a
+// Chain (CHAIN = 3), so that each table row, fetched and broadcast once,
+// feeds three rows. K = 3 walks each row of pixels along its chains (r,
+// r + d, r + 2d, ... for each r < d), carrying the input values: the one
+// the right tap reads at one pixel is the centre at the next and the left
+// at the one after, 1 load per pixel instead of 3 (as narrow_weight). On
+// lavapipe the weight gradient of a 32 -> 32 3x3 layer at 256x256,
+// dilation 13, with its packing went from 255-263 to 142-161 ms
+// (2026-11-28, docs/KERNELS.md). dw is bound as `y` (so it shares
+// blocked_store). Chunk 0 overwrites dw, later chunks add (ACCUMULATE): the
+// chunks' dispatches run in order, so the sum is deterministic without
+// atomics.
+// With SPLIT > 1 (few input channels: the trios would leave threads idle)
+// SPLIT invocations share a trio, each summing an equal part of each chunk
+// into `y` bound to a partials buffer [part][VALID channels][ci, tap]
+// (chunk 0 overwriting it, later chunks adding); reduce_partials then adds
+// the parts in order, once.
 @compute @workgroup_size(WG_WEIGHT)
 fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
@@ -991,53 +995,77 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let lane = 0u; // @plain
     let kk = K * K;
     let ckk = P.cin * kk;
+    let trios = select((P.cin + 2u) / 3u, P.cin * 3u, K == 3u);
     // Each part has whole workgroups: a subgroup's lanes must walk the same
     // pixels, as they share table rows through subgroup broadcasts.
-    let groups_per_part = (ckk + WG_WEIGHT - 1u) / WG_WEIGHT;
+    let groups_per_part = (trios + WG_WEIGHT - 1u) / WG_WEIGHT;
     let g = group_index(wid, nwg);
     let part = min(g / groups_per_part, SPLIT - 1u);
-    let r = (g % groups_per_part) * WG_WEIGHT + lid.x;
-    let rc = min(r, ckk - 1u);
-    let ci = rc / kk;
-    let t = rc % kk;
-    let half = i32(K / 2u);
-    let dy_off = (i32(t / K) - half) * i32(P.dilation);
-    let dx_off = (i32(t % K) - half) * i32(P.dilation);
+    let i = (g % groups_per_part) * WG_WEIGHT + lid.x;
+    let ic = min(i, trios - 1u);
+    // The trio's first (ci, tap) row, and (K = 3) its kernel row's offset.
+    let r0 = 3u * ic;
+    let dy_off = select(0, (i32(ic % 3u) - 1) * i32(P.dilation), K == 3u);
     let hw = P.h * P.w;
     let pixels = P.n * hw;
     let q0 = P.chunk * CHUNK;
     let count = min(CHUNK, pixels - q0);
     let share = (count + SPLIT - 1u) / SPLIT;
     let q1 = q0 + min((part + 1u) * share, count);
-    var c: Acc;
+    let last = i32(P.w) - 1;
+    let d = P.dilation;
+    // K = 1: the trio's input channels (the last repeated past Cin; those
+    // rows are not stored).
+    let ch = min(vec3<u32>(r0, r0 + 1u, r0 + 2u), vec3<u32>(P.cin - 1u)) * hw;
+    var c: Chain;
     // Row by row: the divisions that find a row, its validity and its base
     // are paid once per row, not per pixel (llvmpipe runs a division as
     // eight scalar ones).
     var q = q0 + min(part * share, count);
     while (q < q1) {
         let p = q % hw;
-        let py = p / P.w;
         let px0 = p % P.w;
         let len = min(P.w - px0, q1 - q);
-        let iy = i32(py) + dy_off;
-        let row_ok = iy >= 0 && iy < i32(P.h);
-        let row = slice_index(q / hw, ci, u32(clamp(iy, 0, i32(P.h) - 1)) * P.w, hw, P.in_ctotal, P.in_coff);
-        let last = i32(P.w) - 1;
-        for (var t = 0u; t < len; t++) {
-            let ix = i32(px0 + t) + dx_off;
-            let v = select(0.0, x[row + u32(clamp(ix, 0, last))], row_ok && ix >= 0 && ix <= last);
-            c = acc_step(c, v, (q - q0 + t) * COB, lane);
+        let at = q - q0 - px0;
+        if (K == 1u) {
+            let row = slice_index(q / hw, 0u, p - px0, hw, P.in_ctotal, P.in_coff);
+            for (var ox = px0; ox < px0 + len; ox++) {
+                let v = vec3<f32>(x[row + ch.x + ox], x[row + ch.y + ox], x[row + ch.z + ox]);
+                c = chain_step(c, v, (at + ox) * COB, lane);
+            }
+        } else {
+            let iy = i32(p / P.w) + dy_off;
+            let row_ok = iy >= 0 && iy < i32(P.h);
+            let row = slice_index(q / hw, ic / 3u, u32(clamp(iy, 0, i32(P.h) - 1)) * P.w, hw, P.in_ctotal,
+                                  P.in_coff);
+            for (var r = 0u; r < min(d, len); r++) {
+                // Columns ox - d, ox, ox + d of the chain's pixel ox.
+                var ix = i32(px0 + r) - i32(d);
+                var left = select(0.0, x[row + u32(clamp(ix, 0, last))], row_ok && ix >= 0);
+                var centre = select(0.0, x[row + px0 + r], row_ok);
+                for (var ox = px0 + r; ox < px0 + len; ox += d) {
+                    ix = i32(ox + d);
+                    let right = select(0.0, x[row + u32(min(ix, last))], row_ok && ix <= last);
+                    c = chain_step(c, vec3<f32>(left, centre, right), (at + ox) * COB, lane);
+                    left = centre;
+                    centre = right;
+                }
+            }
         }
         q += len;
     }
-    if (r >= ckk) {
+    if (i >= trios) {
         return;
     }
+    var base = (P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r0;
+    var stride = P.w_ctotal * kk;
     if (SPLIT > 1u) {
-        blocked_store(part * VALID * ckk + r, ckk, c);
-    } else {
-        blocked_store((P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r, P.w_ctotal * kk, c);
+        base = part * VALID * ckk + r0;
+        stride = ckk;
     }
+    blocked_store(base, stride, c.p0);
+    if (r0 + 1u < ckk) { blocked_store(base + 1u, stride, c.p1); }
+    if (r0 + 2u < ckk) { blocked_store(base + 2u, stride, c.p2); }
 }
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum

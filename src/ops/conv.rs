@@ -824,11 +824,22 @@ fn narrow_weight(
     Ok(vec![d.with_flops(flops(&p, k)), reduce_partials(gpu, p, k, &partials, dw)?])
 }
 
-/// blocked_weight's invocations per (ci, tap) for `taps` = Cin * K * K:
-/// enough to give lavapipe's threads about 256 invocations (seo2018's 3 -> 3
-/// layers have 27 taps, one workgroup for two threads), at most 16 parts.
-fn weight_split(taps: usize) -> usize {
-    (256 / taps).clamp(1, 16)
+/// blocked_weight's invocations per trio of (ci, tap) rows: enough to give
+/// lavapipe's threads about 256 invocations (a 32 -> 32 3x3 layer has 96
+/// trios, three workgroups: alone they would keep one of two threads idle
+/// a third of the time), at most 16 parts.
+fn weight_split(trios: usize) -> usize {
+    (256 / trios).clamp(1, 16)
+}
+
+/// blocked_weight's trios of (ci, tap) rows: the three taps of a kernel row
+/// (3x3), three input channels (1x1).
+fn weight_trios(cin: usize, k: usize) -> usize {
+    if k == 3 {
+        3 * cin
+    } else {
+        cin.div_ceil(3)
+    }
 }
 
 /// The blocked weight gradient: per output-channel group, chunk by chunk,
@@ -846,11 +857,13 @@ fn blocked_weight(
     dw: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let (cin, cout) = (x.c, dy.c);
+    ensure(BLOCKED_K.contains(&k), &label, || format!("the blocked kernels take 1x1 and 3x3 kernels, not {k}x{k}"))?;
     let cob = blocks(cout);
     let chunk = PACK_LEN / cob;
     let pixels = x.shape().n * x.shape().h * x.shape().w;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
-    let split = weight_split(cin * k * k);
+    let trios = weight_trios(cin, k);
+    let split = weight_split(trios);
     let chunks = pixels.div_ceil(chunk);
     // Tables packed per launch: PACK_BATCH, or what one binding can hold.
     let table_size = (PACK_LEN * 16) as u64;
@@ -877,9 +890,10 @@ fn blocked_weight(
                 )?;
                 list.push(pack.with_bytes((packed * group_cout * 4) as f64 + (packed * cob * 16) as f64));
             }
-            let grid = Grid::Groups(split * (cin * k * k).div_ceil(WEIGHT_WORKGROUP));
+            let grid = Grid::Groups(split * trios.div_ceil(WEIGHT_WORKGROUP));
             let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
             let weight = kernel("blocked_weight")
+                .with("CHAIN", 3.0)
                 .with("VALID", group_cout as f64)
                 .with("ACCUMULATE", f64::from(u8::from(c > 0)))
                 .with("SPLIT", split as f64);
