@@ -76,6 +76,9 @@ struct Params {
 // minimum uniform binding size.
 @group(0) @binding(9) var<uniform> wpack: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(10) var<storage, read_write> wpack_out: array<vec4<f32>>;
+// The second table of blocked kernels with TABLES = 2 (the next 4 * COB
+// output channels).
+@group(0) @binding(23) var<uniform> wpack1: array<vec4<f32>, PACK_LEN>;
 
 // window_*: up to 4 input channels x 3 kernel rows, each a 64 KiB window
 // into the input bound as a uniform buffer (see window_sums). WGSL cannot
@@ -95,6 +98,14 @@ struct Params {
 
 // Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
 override COB: u32 = 8u;
+// Uniform tables of the blocked kernels, 1 or 2, each the weights (or dy)
+// of 4 * COB output channels: a launch computes TABLES * 4 * COB channels,
+// from P.group's block of 4 * COB on. Two on CPU adapters for more than 32
+// output channels: each input value loaded then feeds twice as many
+// multiply-adds (a 321 -> 128 1x1 layer on lavapipe: two launches of 64
+// channels 620-650 ms against four of 32 885-930, scratch kernels,
+// 2026-11-28, docs/KERNELS.md).
+override TABLES: u32 = 1u;
 // The blocked kernels' stores, fixed per pipeline rather than read from P:
 // on llvmpipe a branch on a uniform still runs both sides under masks, and
 // the two tests at each of 32 stores made the whole 3x3 forward kernel 1.7x
@@ -312,29 +323,37 @@ struct Acc {
     a7: vec4<f32>,
 }
 
-// Table row wb: the 4 * COB weights (COB vec4s) one multiply-add step takes,
+// Row wb of table tbl: the 4 * COB weights (COB vec4s) one multiply-add step takes,
 // the same for every invocation. With subgroups each of 8 lanes reads one
 // vec4 and a subgroup broadcast hands it to the others.
-fn table_row(wb: u32, lane: u32) -> Acc {
+fn table_row(tbl: u32, wb: u32, lane: u32) -> Acc {
     var t: Acc;
-    let mine = wpack[wb + min(lane % 8u, COB - 1u)]; // @subgroup
+    let mine = table_load(tbl, wb + min(lane % 8u, COB - 1u)); // @subgroup
     t.a0 = subgroupBroadcast(mine, 0u); // @subgroup
-    t.a0 = wpack[wb]; // @plain
+    t.a0 = table_load(tbl, wb); // @plain
     if (COB > 1u) { t.a1 = subgroupBroadcast(mine, 1u); } // @subgroup
-    if (COB > 1u) { t.a1 = wpack[wb + 1u]; } // @plain
+    if (COB > 1u) { t.a1 = table_load(tbl, wb + 1u); } // @plain
     if (COB > 2u) { t.a2 = subgroupBroadcast(mine, 2u); } // @subgroup
-    if (COB > 2u) { t.a2 = wpack[wb + 2u]; } // @plain
+    if (COB > 2u) { t.a2 = table_load(tbl, wb + 2u); } // @plain
     if (COB > 3u) { t.a3 = subgroupBroadcast(mine, 3u); } // @subgroup
-    if (COB > 3u) { t.a3 = wpack[wb + 3u]; } // @plain
+    if (COB > 3u) { t.a3 = table_load(tbl, wb + 3u); } // @plain
     if (COB > 4u) { t.a4 = subgroupBroadcast(mine, 4u); } // @subgroup
-    if (COB > 4u) { t.a4 = wpack[wb + 4u]; } // @plain
+    if (COB > 4u) { t.a4 = table_load(tbl, wb + 4u); } // @plain
     if (COB > 5u) { t.a5 = subgroupBroadcast(mine, 5u); } // @subgroup
-    if (COB > 5u) { t.a5 = wpack[wb + 5u]; } // @plain
+    if (COB > 5u) { t.a5 = table_load(tbl, wb + 5u); } // @plain
     if (COB > 6u) { t.a6 = subgroupBroadcast(mine, 6u); } // @subgroup
-    if (COB > 6u) { t.a6 = wpack[wb + 6u]; } // @plain
+    if (COB > 6u) { t.a6 = table_load(tbl, wb + 6u); } // @plain
     if (COB > 7u) { t.a7 = subgroupBroadcast(mine, 7u); } // @subgroup
-    if (COB > 7u) { t.a7 = wpack[wb + 7u]; } // @plain
+    if (COB > 7u) { t.a7 = table_load(tbl, wb + 7u); } // @plain
     return t;
+}
+
+// Vec4 i of table tbl (a constant at every call, so the branch folds away).
+fn table_load(tbl: u32, i: u32) -> vec4<f32> {
+    if (tbl == 0u) {
+        return wpack[i];
+    }
+    return wpack1[i];
 }
 
 // `c` plus the value v times the table row t.
@@ -390,20 +409,30 @@ fn chain_start(q: u32) -> vec4<u32> {
     return vec4<u32>(row / P.h, row % P.h, ox, select(0u, 1u, q < total && ox < P.w));
 }
 
-// A chain's sums: pixel m's 4 * COB channels in p<m>.
+// A chain's sums: pixel m's 4 * COB channels of the first table in p<m>,
+// of the second in q<m>.
 struct Chain {
     p0: Acc,
     p1: Acc,
     p2: Acc,
+    q0: Acc,
+    q1: Acc,
+    q2: Acc,
 }
 
-// `c` plus the chain's values v (pixel m: v[m]) times table row wb.
+// `c` plus the chain's values v (pixel m: v[m]) times row wb of each table.
 fn chain_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
-    let t = table_row(wb, lane);
+    let t = table_row(0u, wb, lane);
     var r = c;
     r.p0 = row_fma(r.p0, v.x, t);
     if (CHAIN > 1u) { r.p1 = row_fma(r.p1, v.y, t); }
     if (CHAIN > 2u) { r.p2 = row_fma(r.p2, v.z, t); }
+    if (TABLES > 1u) {
+        let u = table_row(1u, wb, lane);
+        r.q0 = row_fma(r.q0, v.x, u);
+        if (CHAIN > 1u) { r.q1 = row_fma(r.q1, v.y, u); }
+        if (CHAIN > 2u) { r.q2 = row_fma(r.q2, v.z, u); }
+    }
     return r;
 }
 
@@ -494,7 +523,8 @@ fn store_one(at: u32, k: u32, v: f32) {
     }
 }
 
-// The four output channels of block b, channel k at base + k * stride.
+// The four output channels 4b .. 4b + 3 of a group, channel k at base + k *
+// stride.
 fn store_block(base: u32, stride: u32, b: u32, v: vec4<f32>) {
     store_one(base + 4u * b * stride, 4u * b, v.x);
     store_one(base + (4u * b + 1u) * stride, 4u * b + 1u, v.y);
@@ -502,19 +532,21 @@ fn store_block(base: u32, stride: u32, b: u32, v: vec4<f32>) {
     store_one(base + (4u * b + 3u) * stride, 4u * b + 3u, v.w);
 }
 
-// Writes (or, with ACCUMULATE, adds) the VALID output channels of a group
-// into y, channel k at base + k * stride, block by named block: the same
-// stores from an array indexed in loops made the whole 2 -> 32 channel 1x1
-// forward kernel 4.5x slower on lavapipe (89 against 20 ms, 2026-11-28).
-fn blocked_store(base: u32, stride: u32, c: Acc) {
-    store_block(base, stride, 0u, c.a0);
-    if (COB > 1u) { store_block(base, stride, 1u, c.a1); }
-    if (COB > 2u) { store_block(base, stride, 2u, c.a2); }
-    if (COB > 3u) { store_block(base, stride, 3u, c.a3); }
-    if (COB > 4u) { store_block(base, stride, 4u, c.a4); }
-    if (COB > 5u) { store_block(base, stride, 5u, c.a5); }
-    if (COB > 6u) { store_block(base, stride, 6u, c.a6); }
-    if (COB > 7u) { store_block(base, stride, 7u, c.a7); }
+// Writes (or, with ACCUMULATE, adds) the output channels of table tbl's
+// part of a group (those of the VALID that exist) into y, channel k at
+// base + k * stride, block by named block: the same stores from an array
+// indexed in loops made the whole 2 -> 32 channel 1x1 forward kernel 4.5x
+// slower on lavapipe (89 against 20 ms, 2026-11-28).
+fn blocked_store(base: u32, stride: u32, tbl: u32, c: Acc) {
+    let b0 = tbl * COB;
+    store_block(base, stride, b0, c.a0);
+    if (COB > 1u) { store_block(base, stride, b0 + 1u, c.a1); }
+    if (COB > 2u) { store_block(base, stride, b0 + 2u, c.a2); }
+    if (COB > 3u) { store_block(base, stride, b0 + 3u, c.a3); }
+    if (COB > 4u) { store_block(base, stride, b0 + 4u, c.a4); }
+    if (COB > 5u) { store_block(base, stride, b0 + 5u, c.a5); }
+    if (COB > 6u) { store_block(base, stride, b0 + 6u, c.a6); }
+    if (COB > 7u) { store_block(base, stride, b0 + 7u, c.a7); }
 }
 
 // The biases of block b of this group (the last channel's repeated past the
@@ -526,32 +558,40 @@ fn bias_block(b: u32) -> vec4<f32> {
                      bias[min(first + 3u, last)]);
 }
 
-// The group's biases, block by block.
-fn biases() -> Acc {
+// The biases of table tbl's part of the group, block by block.
+fn biases(tbl: u32) -> Acc {
+    let b0 = tbl * COB;
     var b: Acc;
-    b.a0 = bias_block(0u);
-    if (COB > 1u) { b.a1 = bias_block(1u); }
-    if (COB > 2u) { b.a2 = bias_block(2u); }
-    if (COB > 3u) { b.a3 = bias_block(3u); }
-    if (COB > 4u) { b.a4 = bias_block(4u); }
-    if (COB > 5u) { b.a5 = bias_block(5u); }
-    if (COB > 6u) { b.a6 = bias_block(6u); }
-    if (COB > 7u) { b.a7 = bias_block(7u); }
+    b.a0 = bias_block(b0);
+    if (COB > 1u) { b.a1 = bias_block(b0 + 1u); }
+    if (COB > 2u) { b.a2 = bias_block(b0 + 2u); }
+    if (COB > 3u) { b.a3 = bias_block(b0 + 3u); }
+    if (COB > 4u) { b.a4 = bias_block(b0 + 4u); }
+    if (COB > 5u) { b.a5 = bias_block(b0 + 5u); }
+    if (COB > 6u) { b.a6 = bias_block(b0 + 6u); }
+    if (COB > 7u) { b.a7 = bias_block(b0 + 7u); }
     return b;
 }
 
-// Stores the chain's pixels that exist, each plus b, into y (the group's
-// output channels, blocked_store).
-fn chain_store(start: vec4<u32>, c: Chain, b: Acc) {
+// Stores the chain's pixels that exist into y (the group's output
+// channels, blocked_store), the first table's channels plus b, the
+// second's plus b1.
+fn chain_store(start: vec4<u32>, c: Chain, b: Acc, b1: Acc) {
     if (start.w == 0u) {
         return;
     }
     let hw = P.h * P.w;
     let s = chain_stride();
     let base = slice_index(start.x, P.group * COB * 4u, start.y * P.w + start.z, hw, P.out_ctotal, P.out_coff);
-    blocked_store(base, hw, row_fma(c.p0, 1.0, b));
-    if (CHAIN > 1u && start.z + s < P.w) { blocked_store(base + s, hw, row_fma(c.p1, 1.0, b)); }
-    if (CHAIN > 2u && start.z + 2u * s < P.w) { blocked_store(base + 2u * s, hw, row_fma(c.p2, 1.0, b)); }
+    let more = vec2<bool>((CHAIN > 1u) && (start.z + s < P.w), (CHAIN > 2u) && (start.z + 2u * s < P.w));
+    blocked_store(base, hw, 0u, row_fma(c.p0, 1.0, b));
+    if (more.x) { blocked_store(base + s, hw, 0u, row_fma(c.p1, 1.0, b)); }
+    if (more.y) { blocked_store(base + 2u * s, hw, 0u, row_fma(c.p2, 1.0, b)); }
+    if (TABLES > 1u) {
+        blocked_store(base, hw, 1u, row_fma(c.q0, 1.0, b1));
+        if (more.x) { blocked_store(base + s, hw, 1u, row_fma(c.q1, 1.0, b1)); }
+        if (more.y) { blocked_store(base + 2u * s, hw, 1u, row_fma(c.q2, 1.0, b1)); }
+    }
 }
 
 // blocked_forward: y = conv(x) + bias for one output-channel group, or with
@@ -565,10 +605,12 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let start = chain_start(element_index(wid, lid, nwg));
     let c = blocked_sums(start, lane);
     var b: Acc;
+    var b1: Acc;
     if (!ACCUMULATE) {
-        b = biases();
+        b = biases(0u);
+        if (TABLES > 1u) { b1 = biases(1u); }
     }
-    chain_store(start, c, b);
+    chain_store(start, c, b, b1);
 }
 
 // blocked_data: the input gradient (the convolution of dy, bound as `x`,
@@ -582,7 +624,7 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let start = chain_start(element_index(wid, lid, nwg));
     let c = blocked_sums(start, lane);
     var b: Acc;
-    chain_store(start, c, b);
+    chain_store(start, c, b, b);
 }
 
 // The narrow kernels (narrow_forward, narrow_data; one group of at most 4
@@ -1063,9 +1105,14 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         base = part * VALID * ckk + r0;
         stride = ckk;
     }
-    blocked_store(base, stride, c.p0);
-    if (r0 + 1u < ckk) { blocked_store(base + 1u, stride, c.p1); }
-    if (r0 + 2u < ckk) { blocked_store(base + 2u, stride, c.p2); }
+    blocked_store(base, stride, 0u, c.p0);
+    if (r0 + 1u < ckk) { blocked_store(base + 1u, stride, 0u, c.p1); }
+    if (r0 + 2u < ckk) { blocked_store(base + 2u, stride, 0u, c.p2); }
+    if (TABLES > 1u) {
+        blocked_store(base, stride, 1u, c.q0);
+        if (r0 + 1u < ckk) { blocked_store(base + 1u, stride, 1u, c.q1); }
+        if (r0 + 2u < ckk) { blocked_store(base + 2u, stride, 1u, c.q2); }
+    }
 }
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum

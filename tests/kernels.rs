@@ -232,6 +232,13 @@ fn conv1x1_with_31_to_3_channels_matches_cpu_for_batch_2() {
 }
 
 #[test]
+fn conv1x1_matches_cpu_for_5_to_70_channels_batch_2() {
+    // 70 channels: a group of two 32-channel tables and one of a single
+    // table with 6 channels (CPU adapters), or three groups of one.
+    check_conv(2, 5, 70, 13, 11, 1, 1, 12);
+}
+
+#[test]
 fn conv3x3_matches_cpu_on_37x53_single_input_channel() {
     check_conv(1, 1, 3, 37, 53, 3, 1, 1);
 }

@@ -200,6 +200,19 @@ fn chain(gpu: &Gpu) -> usize {
     }
 }
 
+/// Uniform tables (of 4 * COB output channels each) per launch of the
+/// blocked kernels (`TABLES` in conv.wgsl): two on CPU adapters where more
+/// than one table's channels are computed (each loaded input value then
+/// feeds twice the multiply-adds; lavapipe: 1.4x faster for a 321 -> 128
+/// 1x1 layer), else one (GPUs: fewer registers per invocation).
+fn tables(gpu: &Gpu, cout: usize, cob: usize) -> usize {
+    if gpu.tuning() == Tuning::Cpu && cout > 4 * cob {
+        2
+    } else {
+        1
+    }
+}
+
 /// Invocations per row of the blocked forward and data kernels for chains
 /// of `chain` pixels `stride` apart (`chain_start` in conv.wgsl): blocks of
 /// chain * stride columns, min(stride, w) chains each.
@@ -549,26 +562,43 @@ fn blocked(
         let stride = if k == 3 { p.dilation as usize } else { 1 };
         Grid::Elements(s.n * s.h * chains_per_row(s.w, stride, chain))
     };
+    // A launch per group of `tables` blocks of 4 * COB output channels
+    // (the last may hold fewer), each block's weights packed in a table.
+    let per_table = 4 * cob;
+    let tables = if narrow { 1 } else { tables(gpu, cout, cob) };
+    let blocks = cout.div_ceil(per_table);
     let mut list = Vec::new();
-    for group in 0..cout.div_ceil(4 * cob) {
-        let gp = Params { group: u32_of(group), ..p };
-        let table = gpu.uniform_table(PACK_LEN * 4)?;
-        let packed = cin * k * k * cob;
-        list.push(gpu.dispatch(
-            format!("conv.pack_weights {} group {group}", w.shape),
-            &kernel("pack_weights"),
-            &gp,
-            &[(2, w.view()), (10, table.view())],
-            Grid::Elements(packed),
-        )?);
-        let mut bindings = vec![(1, input), (9, table.view()), (4, output)];
+    for group in 0..blocks.div_ceil(tables) {
+        let first = group * tables;
+        let mut packed = Vec::new();
+        for block in first..blocks.min(first + tables) {
+            let table = gpu.uniform_table(PACK_LEN * 4)?;
+            list.push(gpu.dispatch(
+                format!("conv.pack_weights {} group {block}", w.shape),
+                &kernel("pack_weights"),
+                &Params { group: u32_of(block), ..p },
+                &[(2, w.view()), (10, table.view())],
+                Grid::Elements(cin * k * k * cob),
+            )?);
+            packed.push(table);
+        }
+        // The blocked kernels name the second table whatever TABLES is: a
+        // one-table launch binds an unread one.
+        let tables_bound = packed.len();
+        if !narrow && tables_bound == 1 {
+            packed.push(gpu.uniform_table(PACK_LEN * 4)?);
+        }
+        let mut bindings = vec![(1, input), (9, packed[0].view()), (4, output)];
+        if !narrow {
+            bindings.push((23, packed[1].view()));
+        }
         bindings.extend(bias.map(|b| (3, b.view())));
-        let valid = (4 * cob).min(cout - 4 * cob * group);
+        let valid = (tables_bound * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
         let d = gpu.dispatch(
             format!("{label} group {group}"),
-            &stores(kernel(entry).with("VALID", valid as f64), &p),
-            &gp,
+            &stores(kernel(entry).with("VALID", valid as f64).with("TABLES", tables_bound as f64), &p),
+            &Params { group: u32_of(first), ..p },
             &bindings,
             grid,
         )?;
@@ -868,44 +898,61 @@ fn blocked_weight(
     // Tables packed per launch: PACK_BATCH, or what one binding can hold.
     let table_size = (PACK_LEN * 16) as u64;
     let batch_len = (PACK_BATCH as u64).min(gpu.limits.max_storage_buffer_binding_size / table_size).max(1) as usize;
+    // A launch per group of `tables` blocks of 4 * COB output channels, each
+    // block's chunks of dy packed into its own tables.
+    let per_table = 4 * cob;
+    let tables = tables(gpu, cout, cob);
+    let blocks = cout.div_ceil(per_table);
     let mut list = Vec::new();
-    for group in 0..cout.div_ceil(4 * cob) {
-        let tables = gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))?;
-        let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, 4 * cob, 1))?) } else { None };
-        let group_cout = (4 * cob).min(cout - 4 * cob * group);
+    for group in 0..blocks.div_ceil(tables) {
+        let first = group * tables;
+        let bound = blocks.min(first + tables) - first;
+        let packs = (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
+        let group_cout = (bound * per_table).min(cout - per_table * first);
+        let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
         for c in 0..chunks {
-            let gp = Params { group: u32_of(group), chunk: u32_of(c), ..p };
+            let gp = Params { group: u32_of(first), chunk: u32_of(c), ..p };
             let count = chunk.min(pixels - c * chunk);
             // Traffic of one chunk, not of the whole bound tensors.
-            let table_bytes = (count * cob * 16) as f64;
+            let table_bytes = (bound * count * cob * 16) as f64;
             if c % batch_len == 0 {
                 let batch = batch_len.min(chunks - c);
                 let packed = pixels.min((c + batch) * chunk) - c * chunk;
-                let pack = gpu.dispatch(
-                    format!("conv.pack_dy {} group {group}", dy.shape()),
-                    &kernel("pack_dy"),
-                    &gp,
-                    &[(5, dy), (10, tables.view())],
-                    Grid::Elements(batch * PACK_LEN),
-                )?;
-                list.push(pack.with_bytes((packed * group_cout * 4) as f64 + (packed * cob * 16) as f64));
+                for (t, pack) in packs.iter().enumerate() {
+                    let block = first + t;
+                    let block_cout = per_table.min(cout - per_table * block);
+                    let d = gpu.dispatch(
+                        format!("conv.pack_dy {} group {block}", dy.shape()),
+                        &kernel("pack_dy"),
+                        &Params { group: u32_of(block), ..gp },
+                        &[(5, dy), (10, pack.view())],
+                        Grid::Elements(batch * PACK_LEN),
+                    )?;
+                    list.push(d.with_bytes((packed * block_cout * 4) as f64 + (packed * cob * 16) as f64));
+                }
             }
             let grid = Grid::Groups(split * trios.div_ceil(WEIGHT_WORKGROUP));
             let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
             let weight = kernel("blocked_weight")
                 .with("CHAIN", 3.0)
+                .with("TABLES", bound as f64)
                 .with("VALID", group_cout as f64)
                 .with("ACCUMULATE", f64::from(u8::from(c > 0)))
                 .with("SPLIT", split as f64);
             let bindings = [(1, x), (4, sums)];
-            let window = Window { binding: 9, tensor: &tables, offset: (c % batch_len) as u64 * table_size };
-            let d =
-                gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &[window], grid)?;
+            // The kernel names the second table whatever TABLES is: a
+            // one-table launch binds its table there too (unread).
+            let offset = (c % batch_len) as u64 * table_size;
+            let windows = [
+                Window { binding: 9, tensor: &packs[0], offset },
+                Window { binding: 23, tensor: packs.last().expect("a group has a block"), offset },
+            ];
+            let d = gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &windows, grid)?;
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
             list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
         }
         if let Some(partials) = &partials {
-            let gp = Params { group: u32_of(group), ..p };
+            let gp = Params { group: u32_of(first), ..p };
             let reduce = kernel("reduce_partials").with("VALID", group_cout as f64).with("SPLIT", split as f64);
             let bindings = [(1, partials.view()), (4, dw.view())];
             let grid = Grid::Groups((group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
