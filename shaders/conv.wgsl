@@ -76,9 +76,11 @@ struct Params {
 // minimum uniform binding size.
 @group(0) @binding(9) var<uniform> wpack: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(10) var<storage, read_write> wpack_out: array<vec4<f32>>;
-// The second table of blocked kernels with TABLES = 2 (the next 4 * COB
-// output channels).
+// The blocked kernels' further tables (TABLES > 1), each for the next 4 *
+// COB output channels.
 @group(0) @binding(23) var<uniform> wpack1: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(24) var<uniform> wpack2: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(25) var<uniform> wpack3: array<vec4<f32>, PACK_LEN>;
 
 // window_*: up to 4 input channels x 3 kernel rows, each a 64 KiB window
 // into the input bound as a uniform buffer (see window_sums). WGSL cannot
@@ -98,13 +100,13 @@ struct Params {
 
 // Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
 override COB: u32 = 8u;
-// Uniform tables of the blocked kernels, 1 or 2, each the weights (or dy)
+// Uniform tables of the blocked kernels, 1 to 4, each the weights (or dy)
 // of 4 * COB output channels: a launch computes TABLES * 4 * COB channels,
-// from P.group's block of 4 * COB on. Two on CPU adapters for more than 32
-// output channels: each input value loaded then feeds twice as many
-// multiply-adds (a 321 -> 128 1x1 layer on lavapipe: two launches of 64
-// channels 620-650 ms against four of 32 885-930, scratch kernels,
-// 2026-11-28, docs/KERNELS.md).
+// from P.group's block of 4 * COB on. Up to 4 on CPU adapters for more
+// than 32 output channels: each input value loaded then feeds up to 128
+// channels' multiply-adds (a 321 -> 128 1x1 layer on lavapipe, scratch
+// kernels, 2026-11-28: four launches of one table 885-930 ms, two of two
+// 566-635, one of four 445-496; docs/KERNELS.md).
 override TABLES: u32 = 1u;
 // The blocked kernels' stores, fixed per pipeline rather than read from P:
 // on llvmpipe a branch on a uniform still runs both sides under masks, and
@@ -348,12 +350,14 @@ fn table_row(tbl: u32, wb: u32, lane: u32) -> Acc {
     return t;
 }
 
-// Vec4 i of table tbl (a constant at every call, so the branch folds away).
+// Vec4 i of table tbl (a constant at every call, so the switch folds away).
 fn table_load(tbl: u32, i: u32) -> vec4<f32> {
-    if (tbl == 0u) {
-        return wpack[i];
+    switch tbl {
+        case 0u: { return wpack[i]; }
+        case 1u: { return wpack1[i]; }
+        case 2u: { return wpack2[i]; }
+        default: { return wpack3[i]; }
     }
-    return wpack1[i];
 }
 
 // `c` plus the value v times the table row t.
@@ -409,30 +413,37 @@ fn chain_start(q: u32) -> vec4<u32> {
     return vec4<u32>(row / P.h, row % P.h, ox, select(0u, 1u, q < total && ox < P.w));
 }
 
-// A chain's sums: pixel m's 4 * COB channels of the first table in p<m>,
-// of the second in q<m>.
-struct Chain {
+// A chain's sums for one table: pixel m's 4 * COB channels in p<m>.
+struct Trip {
     p0: Acc,
     p1: Acc,
     p2: Acc,
-    q0: Acc,
-    q1: Acc,
-    q2: Acc,
 }
 
-// `c` plus the chain's values v (pixel m: v[m]) times row wb of each table.
-fn chain_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
-    let t = table_row(0u, wb, lane);
+// A chain's sums: table t's in t<t>.
+struct Chain {
+    t0: Trip,
+    t1: Trip,
+    t2: Trip,
+    t3: Trip,
+}
+
+// `c` plus the chain's values v (pixel m: v[m]) times the table row t.
+fn trip_fma(c: Trip, v: vec3<f32>, t: Acc) -> Trip {
     var r = c;
     r.p0 = row_fma(r.p0, v.x, t);
     if (CHAIN > 1u) { r.p1 = row_fma(r.p1, v.y, t); }
     if (CHAIN > 2u) { r.p2 = row_fma(r.p2, v.z, t); }
-    if (TABLES > 1u) {
-        let u = table_row(1u, wb, lane);
-        r.q0 = row_fma(r.q0, v.x, u);
-        if (CHAIN > 1u) { r.q1 = row_fma(r.q1, v.y, u); }
-        if (CHAIN > 2u) { r.q2 = row_fma(r.q2, v.z, u); }
-    }
+    return r;
+}
+
+// `c` plus the chain's values v times row wb of each table.
+fn chain_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
+    var r = c;
+    r.t0 = trip_fma(r.t0, v, table_row(0u, wb, lane));
+    if (TABLES > 1u) { r.t1 = trip_fma(r.t1, v, table_row(1u, wb, lane)); }
+    if (TABLES > 2u) { r.t2 = trip_fma(r.t2, v, table_row(2u, wb, lane)); }
+    if (TABLES > 3u) { r.t3 = trip_fma(r.t3, v, table_row(3u, wb, lane)); }
     return r;
 }
 
@@ -573,25 +584,27 @@ fn biases(tbl: u32) -> Acc {
     return b;
 }
 
-// Stores the chain's pixels that exist into y (the group's output
-// channels, blocked_store), the first table's channels plus b, the
-// second's plus b1.
-fn chain_store(start: vec4<u32>, c: Chain, b: Acc, b1: Acc) {
-    if (start.w == 0u) {
-        return;
-    }
+// Stores table tbl's channels of the chain's pixels that exist into y
+// (blocked_store), each plus b.
+fn trip_store(start: vec4<u32>, tbl: u32, c: Trip, b: Acc) {
     let hw = P.h * P.w;
     let s = chain_stride();
     let base = slice_index(start.x, P.group * COB * 4u, start.y * P.w + start.z, hw, P.out_ctotal, P.out_coff);
-    let more = vec2<bool>((CHAIN > 1u) && (start.z + s < P.w), (CHAIN > 2u) && (start.z + 2u * s < P.w));
-    blocked_store(base, hw, 0u, row_fma(c.p0, 1.0, b));
-    if (more.x) { blocked_store(base + s, hw, 0u, row_fma(c.p1, 1.0, b)); }
-    if (more.y) { blocked_store(base + 2u * s, hw, 0u, row_fma(c.p2, 1.0, b)); }
-    if (TABLES > 1u) {
-        blocked_store(base, hw, 1u, row_fma(c.q0, 1.0, b1));
-        if (more.x) { blocked_store(base + s, hw, 1u, row_fma(c.q1, 1.0, b1)); }
-        if (more.y) { blocked_store(base + 2u * s, hw, 1u, row_fma(c.q2, 1.0, b1)); }
+    blocked_store(base, hw, tbl, row_fma(c.p0, 1.0, b));
+    if ((CHAIN > 1u) && (start.z + s < P.w)) { blocked_store(base + s, hw, tbl, row_fma(c.p1, 1.0, b)); }
+    if ((CHAIN > 2u) && (start.z + 2u * s < P.w)) { blocked_store(base + 2u * s, hw, tbl, row_fma(c.p2, 1.0, b)); }
+}
+
+// Stores the chain's sums, if it exists, table t's plus b.t<t>.p0
+// (trip_store, table by table).
+fn chain_store(start: vec4<u32>, c: Chain, b: Chain) {
+    if (start.w == 0u) {
+        return;
     }
+    trip_store(start, 0u, c.t0, b.t0.p0);
+    if (TABLES > 1u) { trip_store(start, 1u, c.t1, b.t1.p0); }
+    if (TABLES > 2u) { trip_store(start, 2u, c.t2, b.t2.p0); }
+    if (TABLES > 3u) { trip_store(start, 3u, c.t3, b.t3.p0); }
 }
 
 // blocked_forward: y = conv(x) + bias for one output-channel group, or with
@@ -603,14 +616,15 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                    ) {
     let lane = 0u; // @plain
     let start = chain_start(element_index(wid, lid, nwg));
-    let c = blocked_sums(start, lane);
-    var b: Acc;
-    var b1: Acc;
+    // The biases of each table's channels (zero with ACCUMULATE).
+    var b: Chain;
     if (!ACCUMULATE) {
-        b = biases(0u);
-        if (TABLES > 1u) { b1 = biases(1u); }
+        b.t0.p0 = biases(0u);
+        if (TABLES > 1u) { b.t1.p0 = biases(1u); }
+        if (TABLES > 2u) { b.t2.p0 = biases(2u); }
+        if (TABLES > 3u) { b.t3.p0 = biases(3u); }
     }
-    chain_store(start, c, b, b1);
+    chain_store(start, blocked_sums(start, lane), b);
 }
 
 // blocked_data: the input gradient (the convolution of dy, bound as `x`,
@@ -622,9 +636,8 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                 ) {
     let lane = 0u; // @plain
     let start = chain_start(element_index(wid, lid, nwg));
-    let c = blocked_sums(start, lane);
-    var b: Acc;
-    chain_store(start, c, b, b);
+    var zero: Chain;
+    chain_store(start, blocked_sums(start, lane), zero);
 }
 
 // The narrow kernels (narrow_forward, narrow_data; one group of at most 4
@@ -1008,6 +1021,14 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     wpack_out[i] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout) & vec4<bool>(q < P.n * hw));
 }
 
+// blocked_weight's stores of table tbl's channels for its trio's rows
+// (those of the `rows` left), row m at base + m.
+fn trio_store(base: u32, stride: u32, rows: u32, tbl: u32, c: Trip) {
+    blocked_store(base, stride, tbl, c.p0);
+    if (rows > 1u) { blocked_store(base + 1u, stride, tbl, c.p1); }
+    if (rows > 2u) { blocked_store(base + 2u, stride, tbl, c.p2); }
+}
+
 // blocked_weight: one invocation per trio of (ci, tap) rows adds, for the
 // 4 * COB output channels of its group, the products over one chunk of
 // pixels: dy from the uniform table (shared addresses), x the
@@ -1105,14 +1126,11 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         base = part * VALID * ckk + r0;
         stride = ckk;
     }
-    blocked_store(base, stride, 0u, c.p0);
-    if (r0 + 1u < ckk) { blocked_store(base + 1u, stride, 0u, c.p1); }
-    if (r0 + 2u < ckk) { blocked_store(base + 2u, stride, 0u, c.p2); }
-    if (TABLES > 1u) {
-        blocked_store(base, stride, 1u, c.q0);
-        if (r0 + 1u < ckk) { blocked_store(base + 1u, stride, 1u, c.q1); }
-        if (r0 + 2u < ckk) { blocked_store(base + 2u, stride, 1u, c.q2); }
-    }
+    let rows = ckk - r0;
+    trio_store(base, stride, rows, 0u, c.t0);
+    if (TABLES > 1u) { trio_store(base, stride, rows, 1u, c.t1); }
+    if (TABLES > 2u) { trio_store(base, stride, rows, 2u, c.t2); }
+    if (TABLES > 3u) { trio_store(base, stride, rows, 3u, c.t3); }
 }
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum

@@ -232,10 +232,10 @@ fn conv1x1_with_31_to_3_channels_matches_cpu_for_batch_2() {
 }
 
 #[test]
-fn conv1x1_matches_cpu_for_5_to_70_channels_batch_2() {
-    // 70 channels: a group of two 32-channel tables and one of a single
-    // table with 6 channels (CPU adapters), or three groups of one.
-    check_conv(2, 5, 70, 13, 11, 1, 1, 12);
+fn conv1x1_matches_cpu_for_5_to_140_channels_batch_2() {
+    // 140 channels: on CPU adapters a launch of four 32-channel tables and
+    // one of a single table with 12 channels; on GPUs five of one.
+    check_conv(2, 5, 140, 13, 11, 1, 1, 12);
 }
 
 #[test]

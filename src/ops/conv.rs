@@ -201,17 +201,21 @@ fn chain(gpu: &Gpu) -> usize {
 }
 
 /// Uniform tables (of 4 * COB output channels each) per launch of the
-/// blocked kernels (`TABLES` in conv.wgsl): two on CPU adapters where more
-/// than one table's channels are computed (each loaded input value then
-/// feeds twice the multiply-adds; lavapipe: 1.4x faster for a 321 -> 128
-/// 1x1 layer), else one (GPUs: fewer registers per invocation).
+/// blocked kernels (`TABLES` in conv.wgsl): on CPU adapters as many as the
+/// computed channels fill, up to 4 (each loaded input value then feeds up
+/// to 4x the multiply-adds; lavapipe: 1.9x faster for a 321 -> 128 1x1
+/// layer), one on GPUs (fewer registers per invocation).
 fn tables(gpu: &Gpu, cout: usize, cob: usize) -> usize {
-    if gpu.tuning() == Tuning::Cpu && cout > 4 * cob {
-        2
-    } else {
-        1
+    match gpu.tuning() {
+        Tuning::Cpu => cout.div_ceil(4 * cob).min(TABLE_BINDINGS.len()),
+        Tuning::Gpu => 1,
     }
 }
+
+/// The blocked kernels' table bindings (`wpack`, `wpack1`..`wpack3`). They
+/// name every one whatever `TABLES` is: a launch with fewer binds its last
+/// table again in the others (unread).
+const TABLE_BINDINGS: [u32; 4] = [9, 23, 24, 25];
 
 /// Invocations per row of the blocked forward and data kernels for chains
 /// of `chain` pixels `stride` apart (`chain_start` in conv.wgsl): blocks of
@@ -570,7 +574,7 @@ fn blocked(
     let mut list = Vec::new();
     for group in 0..blocks.div_ceil(tables) {
         let first = group * tables;
-        let mut packed = Vec::new();
+        let mut packed: Vec<Tensor> = Vec::new();
         for block in first..blocks.min(first + tables) {
             let table = gpu.uniform_table(PACK_LEN * 4)?;
             list.push(gpu.dispatch(
@@ -582,24 +586,22 @@ fn blocked(
             )?);
             packed.push(table);
         }
-        // The blocked kernels name the second table whatever TABLES is: a
-        // one-table launch binds an unread one.
-        let tables_bound = packed.len();
-        if !narrow && tables_bound == 1 {
-            packed.push(gpu.uniform_table(PACK_LEN * 4)?);
-        }
-        let mut bindings = vec![(1, input), (9, packed[0].view()), (4, output)];
-        if !narrow {
-            bindings.push((23, packed[1].view()));
-        }
+        let mut bindings = vec![(1, input), (4, output)];
         bindings.extend(bias.map(|b| (3, b.view())));
-        let valid = (tables_bound * per_table).min(cout - per_table * first);
+        let bound = if narrow { 1 } else { TABLE_BINDINGS.len() };
+        let windows: Vec<Window> = TABLE_BINDINGS[..bound]
+            .iter()
+            .enumerate()
+            .map(|(t, &binding)| Window { binding, tensor: &packed[t.min(packed.len() - 1)], offset: 0 })
+            .collect();
+        let valid = (packed.len() * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
-        let d = gpu.dispatch(
+        let d = gpu.dispatch_windowed(
             format!("{label} group {group}"),
-            &stores(kernel(entry).with("VALID", valid as f64).with("TABLES", tables_bound as f64), &p),
+            &stores(kernel(entry).with("VALID", valid as f64).with("TABLES", packed.len() as f64), &p),
             &Params { group: u32_of(first), ..p },
             &bindings,
+            &windows,
             grid,
         )?;
         list.push(d.with_flops(group_flops));
@@ -940,13 +942,12 @@ fn blocked_weight(
                 .with("ACCUMULATE", f64::from(u8::from(c > 0)))
                 .with("SPLIT", split as f64);
             let bindings = [(1, x), (4, sums)];
-            // The kernel names the second table whatever TABLES is: a
-            // one-table launch binds its table there too (unread).
             let offset = (c % batch_len) as u64 * table_size;
-            let windows = [
-                Window { binding: 9, tensor: &packs[0], offset },
-                Window { binding: 23, tensor: packs.last().expect("a group has a block"), offset },
-            ];
+            let windows: Vec<Window> = TABLE_BINDINGS
+                .iter()
+                .enumerate()
+                .map(|(t, &binding)| Window { binding, tensor: &packs[t.min(bound - 1)], offset })
+                .collect();
             let d = gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &windows, grid)?;
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
             list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
