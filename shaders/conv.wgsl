@@ -385,6 +385,15 @@ fn row_fma(c: Acc, v: f32, t: Acc) -> Acc {
 // went from 174-198 to 100-122 ms (2026-11-28, docs/KERNELS.md).
 override CHAIN: u32 = 1u;
 
+// Output rows per chain of the 3x3 blocked forward and data kernels with
+// one table, 1 or 2: with 2 the chain is also repeated chain_stride() rows
+// lower, the two sharing the middle kernel rows' input rows (4 rows of 5
+// columns loaded for 6 pixels' 54 taps, not 2 x 3 rows) and every table
+// row. On lavapipe a 32 -> 32 3x3 layer at 256x256, dilation 13, took 92
+// against 122 ms (scratch kernels, 2026-11-28). Its chains sit in Chain's
+// t0 (row oy) and t1 (row oy + d).
+override ROWS: u32 = 1u;
+
 // The distance between a chain's pixels: the dilation for 3x3 kernels, 1
 // for 1x1 (only the table rows are shared there).
 fn chain_stride() -> u32 {
@@ -394,7 +403,9 @@ fn chain_stride() -> u32 {
 // The chain of invocation q as (sample, row, first column, whether it
 // exists), clamped into range. With CHAIN > 1 each row is cut into blocks
 // of CHAIN * s columns (s = chain_stride()), each holding min(s, w) chains
-// (ox, ox + s, ...): per row `chains_per_row` in src/ops/conv.rs.
+// (ox, ox + s, ...): per row `chains_per_row` in src/ops/conv.rs; with
+// ROWS = 2 the rows likewise into blocks of 2s rows, each holding min(s, h)
+// pairs (oy, oy + s): `row_slots` there.
 fn chain_start(q: u32) -> vec4<u32> {
     let hw = P.h * P.w;
     if (CHAIN == 1u) {
@@ -405,12 +416,21 @@ fn chain_start(q: u32) -> vec4<u32> {
     let s = chain_stride();
     let span = min(s, P.w);
     let per_row = (P.w + CHAIN * s - 1u) / (CHAIN * s) * span;
-    let total = P.n * P.h * per_row;
+    let span_y = min(s, P.h);
+    var rows = P.h;
+    if (ROWS > 1u) {
+        rows = (P.h + 2u * s - 1u) / (2u * s) * span_y;
+    }
+    let total = P.n * rows * per_row;
     let qc = min(q, total - 1u);
-    let row = qc / per_row;
+    let slot = qc / per_row;
     let j = qc % per_row;
     let ox = CHAIN * s * (j / span) + j % span;
-    return vec4<u32>(row / P.h, row % P.h, ox, select(0u, 1u, q < total && ox < P.w));
+    var oy = slot % rows;
+    if (ROWS > 1u) {
+        oy = 2u * s * (oy / span_y) + oy % span_y;
+    }
+    return vec4<u32>(slot / rows, oy, ox, select(0u, 1u, q < total && ox < P.w && oy < P.h));
 }
 
 // A chain's sums for one table: pixel m's 4 * COB channels in p<m>.
@@ -457,20 +477,57 @@ struct Cols {
     ok4: bool,
 }
 
-// The three taps of one kernel row for the chain, the row starting at
-// element `row` of x (`ok`: the row is inside the image), table rows from
-// wb: the chain's 2 + CHAIN columns loaded once each.
-fn chain_row(c: Chain, row: u32, ok: bool, k: Cols, wb: u32, lane: u32) -> Chain {
-    let v0 = select(0.0, x[row + k.at.x], ok && k.ok.x);
-    let v1 = select(0.0, x[row + k.at.y], ok && k.ok.y);
-    let v2 = select(0.0, x[row + k.at.z], ok && k.ok.z);
-    var v3 = 0.0;
-    var v4 = 0.0;
-    if (CHAIN > 1u) { v3 = select(0.0, x[row + k.at.w], ok && k.ok.w); }
-    if (CHAIN > 2u) { v4 = select(0.0, x[row + k.at4], ok && k.ok4); }
-    var r = chain_step(c, vec3<f32>(v0, v1, v2), wb, lane);
-    r = chain_step(r, vec3<f32>(v1, v2, v3), wb + COB, lane);
-    return chain_step(r, vec3<f32>(v2, v3, v4), wb + 2u * COB, lane);
+// The chain's 2 + CHAIN columns of the input row starting at element `row`
+// of x (`ok`: the row is inside the image), each loaded once; 0 in the
+// padding.
+struct Vals {
+    v: vec4<f32>,
+    v4: f32,
+}
+
+fn chain_values(row: u32, ok: bool, k: Cols) -> Vals {
+    var r: Vals;
+    r.v.x = select(0.0, x[row + k.at.x], ok && k.ok.x);
+    r.v.y = select(0.0, x[row + k.at.y], ok && k.ok.y);
+    r.v.z = select(0.0, x[row + k.at.z], ok && k.ok.z);
+    if (CHAIN > 1u) { r.v.w = select(0.0, x[row + k.at.w], ok && k.ok.w); }
+    if (CHAIN > 2u) { r.v4 = select(0.0, x[row + k.at4], ok && k.ok4); }
+    return r;
+}
+
+// The values tap kx of the chain's pixels reads.
+fn tap_values(r: Vals, kx: u32) -> vec3<f32> {
+    switch kx {
+        case 0u: { return r.v.xyz; }
+        case 1u: { return r.v.yzw; }
+        default: { return vec3<f32>(r.v.zw, r.v4); }
+    }
+}
+
+// The three taps of one kernel row for the chain, from input row values
+// u, table rows from wb.
+fn chain_row(c: Chain, u: Vals, wb: u32, lane: u32) -> Chain {
+    var r = chain_step(c, tap_values(u, 0u), wb, lane);
+    r = chain_step(r, tap_values(u, 1u), wb + COB, lane);
+    return chain_step(r, tap_values(u, 2u), wb + 2u * COB, lane);
+}
+
+// chain_row for ROWS = 2: the upper chain's taps read input row values u,
+// the lower's v, both times the same table rows.
+fn pair_row(c: Chain, u: Vals, v: Vals, wb: u32, lane: u32) -> Chain {
+    var r = pair_tap(c, tap_values(u, 0u), tap_values(v, 0u), wb, lane);
+    r = pair_tap(r, tap_values(u, 1u), tap_values(v, 1u), wb + COB, lane);
+    return pair_tap(r, tap_values(u, 2u), tap_values(v, 2u), wb + 2u * COB, lane);
+}
+
+// One tap of pair_row: the upper chain's values u and the lower's v times
+// table row wb.
+fn pair_tap(c: Chain, u: vec3<f32>, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
+    let t = table_row(0u, wb, lane);
+    var r = c;
+    r.t0 = trip_fma(r.t0, u, t);
+    r.t1 = trip_fma(r.t1, v, t);
+    return r;
 }
 
 // The register-blocked convolution: an invocation computes 4 * COB output
@@ -490,10 +547,11 @@ fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
     let last = vec2<i32>(i32(P.h) - 1, i32(P.w) - 1);
     let oy = i32(start.y);
     let ox = i32(start.z);
-    // Input rows of the taps (K = 3: offsets -d, 0, +d).
-    let iy = vec3<i32>(oy - d, oy, oy + d);
-    let ry = iy >= vec3<i32>(0) & iy <= vec3<i32>(last.x);
-    let row = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(last.x))) * P.w;
+    // Input rows of the taps (K = 3: offsets -d, 0, +d; with ROWS = 2 also
+    // +2d, the lower chain's last).
+    let iy = vec4<i32>(oy - d, oy, oy + d, oy + 2 * d);
+    let ry = iy >= vec4<i32>(0) & iy <= vec4<i32>(last.x);
+    let row = vec4<u32>(clamp(iy, vec4<i32>(0), vec4<i32>(last.x))) * P.w;
     let cx = vec4<i32>(ox - s, ox, ox + s, ox + 2 * s);
     let c4 = ox + 3 * s;
     let k = Cols(vec4<u32>(clamp(cx, vec4<i32>(0), vec4<i32>(last.y))),
@@ -511,10 +569,17 @@ fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
             if (CHAIN > 1u) { v.y = x[at + k.at.z]; }
             if (CHAIN > 2u) { v.z = x[at + k.at.w]; }
             c = chain_step(c, v, wb, lane);
+        } else if (ROWS > 1u) {
+            let u0 = chain_values(plane + row.x, ry.x, k);
+            let u1 = chain_values(plane + row.y, ry.y, k);
+            c = pair_row(c, u0, u1, wb, lane);
+            let u2 = chain_values(plane + row.z, ry.z, k);
+            c = pair_row(c, u1, u2, wb + 3u * COB, lane);
+            c = pair_row(c, u2, chain_values(plane + row.w, ry.w, k), wb + 6u * COB, lane);
         } else {
-            c = chain_row(c, plane + row.x, ry.x, k, wb, lane);
-            c = chain_row(c, plane + row.y, ry.y, k, wb + 3u * COB, lane);
-            c = chain_row(c, plane + row.z, ry.z, k, wb + 6u * COB, lane);
+            c = chain_row(c, chain_values(plane + row.x, ry.x, k), wb, lane);
+            c = chain_row(c, chain_values(plane + row.y, ry.y, k), wb + 3u * COB, lane);
+            c = chain_row(c, chain_values(plane + row.z, ry.z, k), wb + 6u * COB, lane);
         }
     }
     return c;
@@ -602,6 +667,10 @@ fn chain_store(start: vec4<u32>, c: Chain, b: Chain) {
         return;
     }
     trip_store(start, 0u, c.t0, b.t0.p0);
+    if (ROWS > 1u) {
+        let s = chain_stride();
+        if (start.y + s < P.h) { trip_store(start + vec4<u32>(0u, s, 0u, 0u), 0u, c.t1, b.t0.p0); }
+    }
     if (TABLES > 1u) { trip_store(start, 1u, c.t1, b.t1.p0); }
     if (TABLES > 2u) { trip_store(start, 2u, c.t2, b.t2.p0); }
     if (TABLES > 3u) { trip_store(start, 3u, c.t3, b.t3.p0); }

@@ -239,6 +239,13 @@ fn conv1x1_matches_cpu_for_5_to_140_channels_batch_2() {
 }
 
 #[test]
+fn conv3x3_matches_cpu_for_batch_2_when_the_last_row_ends_a_pair() {
+    // 40 rows at dilation 2 in blocks of 4: on CPU adapters rows 37 and 39
+    // are the lower rows of the pairs (36, 38) and (37, 39) (`ROWS`).
+    check_conv(2, 3, 8, 40, 29, 3, 2, 13);
+}
+
+#[test]
 fn conv3x3_matches_cpu_on_37x53_single_input_channel() {
     check_conv(1, 1, 3, 37, 53, 3, 1, 1);
 }

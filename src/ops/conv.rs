@@ -212,6 +212,29 @@ fn tables(gpu: &Gpu, cout: usize, cob: usize) -> usize {
     }
 }
 
+/// Row slots per sample of the blocked forward and data kernels for chains
+/// `stride` apart in `rows` (1 or 2) output rows (`chain_start` in
+/// conv.wgsl): blocks of 2 * stride rows, min(stride, h) pairs each.
+fn row_slots(h: usize, stride: usize, rows: usize) -> usize {
+    if rows == 1 {
+        h
+    } else {
+        h.div_ceil(2 * stride) * stride.min(h)
+    }
+}
+
+/// Output rows per chain (`ROWS` in conv.wgsl): two for 3x3 one-table
+/// launches on CPU adapters where the pairs, each about 1.5x the work of a
+/// single row on lavapipe, cost less than single rows (not where a large
+/// dilation leaves most rows without a partner).
+fn rows(chain: usize, k: usize, tables: usize, h: usize, stride: usize) -> usize {
+    if chain > 1 && k == 3 && tables == 1 && 3 * row_slots(h, stride, 2) < 2 * h {
+        2
+    } else {
+        1
+    }
+}
+
 /// The blocked kernels' table bindings (`wpack`, `wpack1`..`wpack3`). They
 /// name every one whatever `TABLES` is: a launch with fewer binds its last
 /// table again in the others (unread).
@@ -559,13 +582,7 @@ fn blocked(
         (_, Pass::Forward) => "blocked_forward",
         (_, Pass::Data) => "blocked_data",
     };
-    // Narrow: an invocation per run of a row; blocked: one per chain.
-    let grid = if narrow {
-        Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))
-    } else {
-        let stride = if k == 3 { p.dilation as usize } else { 1 };
-        Grid::Elements(s.n * s.h * chains_per_row(s.w, stride, chain))
-    };
+    let stride = if k == 3 { p.dilation as usize } else { 1 };
     // A launch per group of `tables` blocks of 4 * COB output channels
     // (the last may hold fewer), each block's weights packed in a table.
     let per_table = 4 * cob;
@@ -596,9 +613,17 @@ fn blocked(
             .collect();
         let valid = (packed.len() * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
+        // Narrow: an invocation per run of a row; blocked: one per chain.
+        let rows = rows(chain, k, packed.len(), s.h, stride);
+        let grid = if narrow {
+            Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))
+        } else {
+            Grid::Elements(s.n * row_slots(s.h, stride, rows) * chains_per_row(s.w, stride, chain))
+        };
+        let launch = kernel(entry).with("VALID", valid as f64).with("TABLES", packed.len() as f64);
         let d = gpu.dispatch_windowed(
             format!("{label} group {group}"),
-            &stores(kernel(entry).with("VALID", valid as f64).with("TABLES", packed.len() as f64), &p),
+            &stores(launch.with("ROWS", rows as f64), &p),
             &Params { group: u32_of(first), ..p },
             &bindings,
             &windows,
