@@ -934,7 +934,8 @@ fn blocked_weight(
     for group in 0..blocks.div_ceil(tables) {
         let first = group * tables;
         let bound = blocks.min(first + tables) - first;
-        let packs = (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
+        let packs =
+            (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
         let group_cout = (bound * per_table).min(cout - per_table * first);
         let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
         for c in 0..chunks {
