@@ -56,9 +56,15 @@ var<workgroup> reduce_scratch: array<f32, WG>;
 // Sum of `v` over the workgroup, in a fixed tree order: deterministic and
 // free of float atomics. Every invocation of the workgroup must call it.
 fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    return lanes_sum(lid, v, WG);
+}
+
+// workgroup_sum for a workgroup of `lanes` invocations (a power of two, at
+// most WG).
+fn lanes_sum(lid: u32, v: f32, lanes: u32) -> f32 {
     reduce_scratch[lid] = v;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
+    for (var stride = lanes / 2u; stride > 0u; stride = stride >> 1u) {
         if (lid < stride) {
             reduce_scratch[lid] = reduce_scratch[lid] + reduce_scratch[lid + stride];
         }

@@ -41,6 +41,10 @@ struct Params {
     // With ACT: the slope of the activation after the block (0 for ReLU).
     slope: f32,
     _pad1: u32,
+    // The windowed reductions' windows k = 0..3: (first element of x's
+    // window holding the parts, likewise for dy, part_out index of the
+    // first part, elements in its parts; 0 for a window left empty).
+    win: array<vec4<u32>, 4>,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -119,6 +123,10 @@ fn part_range(w: u32) -> vec3<u32> {
 
 // Elements in part `part` of a group.
 fn part_size(part: u32) -> u32 {
+    if (WINDOWED) {
+        let j = part % ((P.hw + PART_LEN - 1u) / PART_LEN);
+        return min(PART_LEN, P.hw - j * PART_LEN);
+    }
     let r = part_range(part);
     return (r.z - r.y) * select(1u, P.n, PER_CHANNEL);
 }
@@ -140,6 +148,19 @@ fn run_at(i: u32) -> Run {
     let c = r.x % P.c;
     return Run(select(r.x, c, PER_CHANNEL), c, slice_index(n, c, r.y, P.hw, P.x_ctotal, P.x_coff),
                slice_index(n, c, r.y, P.hw, P.y_ctotal, P.y_coff), min(RUN, P.hw - r.y));
+}
+
+// An invocation's moments, from its `count` values' sums s and ss of
+// deviations from `shift`, merged with the workgroup's as Chan et al. do
+// in two fixed-order tree sums into the mean and sum of squared
+// deviations of the `size` values the workgroup summed (every invocation
+// of the workgroup must call it).
+fn merge_moments(lid: u32, lanes: u32, shift: f32, s: f32, ss: f32, count: u32, size: u32) -> vec2<f32> {
+    let k = f32(max(count, 1u));
+    let mine = shift + s / k;
+    let mean = lanes_sum(lid, f32(count) * mine, lanes) / f32(max(size, 1u));
+    let dev = mine - mean;
+    return vec2<f32>(mean, lanes_sum(lid, max(ss - s * s / k, 0.0) + f32(count) * dev * dev, lanes));
 }
 
 // Part w's mean and sum of squared deviations from it (every invocation of
@@ -173,11 +194,7 @@ fn part_moments(w: u32, lid: u32) -> vec2<f32> {
             }
         }
     }
-    let k = f32(max(count, 1u));
-    let mine = shift + s / k;
-    let mean = workgroup_sum(lid, f32(count) * mine) / f32(max(part_size(w), 1u));
-    let dev = mine - mean;
-    return vec2<f32>(mean, workgroup_sum(lid, max(ss - s * s / k, 0.0) + f32(count) * dev * dev));
+    return merge_moments(lid, WG, shift, s, ss, count, part_size(w));
 }
 
 // moments: one workgroup per group (PARTS = 1).
@@ -435,4 +452,140 @@ fn param_grads_and_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
         return;
     }
     input_bias_grad[c] = store_param_grads(c);
+}
+
+// The windowed reductions (moments_windows, backward_sums_windows) for CPU
+// adapters. llvmpipe loads storage memory lane by lane, a uniform buffer by
+// gathers: a scratch reduction of 32 planes of 256x256 took 3.4-4.1 ms
+// through 64 KiB windows against 14-15 ms from storage (2026-11-28,
+// docs/KERNELS.md). So a launch binds four windows of x (and four of dy),
+// each holding up to WINDOW_PARTS consecutive parts of PART_LEN elements of
+// one plane (P.win), and its workgroup w sums part w of every window into
+// part_out; combine_moments and combine_sums then merge a group's parts
+// (PARTS: its planes' parts, plane by plane) in order. PART_LEN leaves room
+// in a window for the start's rounding down to the offset alignment.
+override WINDOWED: bool = false;
+const PART_LEN: u32 = 4080u;
+const WINDOW_PARTS: u32 = 4u;
+// Invocations of a windowed workgroup: each sums 64 vec4s of a part, and
+// a tree sum over 256 invocations cost more than the loads (a lungnet step
+// spent 2.3x as long in moments as from storage, 2026-11-28).
+const WIN_WG: u32 = 32u;
+@group(0) @binding(19) var<uniform> xw0: array<vec4<f32>, 4096>;
+@group(0) @binding(20) var<uniform> xw1: array<vec4<f32>, 4096>;
+@group(0) @binding(21) var<uniform> xw2: array<vec4<f32>, 4096>;
+@group(0) @binding(22) var<uniform> xw3: array<vec4<f32>, 4096>;
+@group(0) @binding(23) var<uniform> dyw0: array<vec4<f32>, 4096>;
+@group(0) @binding(24) var<uniform> dyw1: array<vec4<f32>, 4096>;
+@group(0) @binding(25) var<uniform> dyw2: array<vec4<f32>, 4096>;
+@group(0) @binding(26) var<uniform> dyw3: array<vec4<f32>, 4096>;
+
+// Vec4 q of x's window k (a constant at every call: the switch folds away).
+fn x_window(k: u32, q: u32) -> vec4<f32> {
+    switch k {
+        case 0u: { return xw0[q]; }
+        case 1u: { return xw1[q]; }
+        case 2u: { return xw2[q]; }
+        default: { return xw3[q]; }
+    }
+}
+
+fn dy_window(k: u32, q: u32) -> vec4<f32> {
+    switch k {
+        case 0u: { return dyw0[q]; }
+        case 1u: { return dyw1[q]; }
+        case 2u: { return dyw2[q]; }
+        default: { return dyw3[q]; }
+    }
+}
+
+// Part w of window k: its elements [x, y) in x's window and its index in
+// part_out (empty where the window has fewer parts).
+fn window_part(k: u32, w: u32) -> vec3<u32> {
+    let s = P.win[k];
+    let a = s.x + min(w * PART_LEN, s.w);
+    return vec3<u32>(a, s.x + min((w + 1u) * PART_LEN, s.w), s.z + w);
+}
+
+// Which of vec4 q's elements lie in [r.x, r.y).
+fn in_part(q: u32, r: vec3<u32>) -> vec4<bool> {
+    let e = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+    return e >= vec4<u32>(r.x) & e < vec4<u32>(r.y);
+}
+
+// The moments of part w of window k into part_out.
+fn window_moments(k: u32, w: u32, lid: u32) {
+    let r = window_part(k, w);
+    let shift = x_window(k, min(r.x / 4u, 4095u))[r.x % 4u];
+    var s = vec4<f32>(0.0);
+    var ss = vec4<f32>(0.0);
+    var count = vec4<u32>(0u);
+    for (var q = r.x / 4u + lid; 4u * q < r.y; q += WIN_WG) {
+        let ok = in_part(q, r);
+        let d = select(vec4<f32>(0.0), x_window(k, q) - shift, ok);
+        s += d;
+        ss += d * d;
+        count += select(vec4<u32>(0u), vec4<u32>(1u), ok);
+    }
+    let m = merge_moments(lid, WIN_WG, shift, dot(s, vec4<f32>(1.0)), dot(ss, vec4<f32>(1.0)),
+                          count.x + count.y + count.z + count.w, r.y - r.x);
+    if (lid == 0u && r.y > r.x) {
+        part_out[2u * r.z] = m.x;
+        part_out[2u * r.z + 1u] = m.y;
+    }
+}
+
+@compute @workgroup_size(WIN_WG)
+fn moments_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = group_index(wid, nwg);
+    window_moments(0u, w, lid.x);
+    window_moments(1u, w, lid.x);
+    window_moments(2u, w, lid.x);
+    window_moments(3u, w, lid.x);
+}
+
+// dy masked by the activation's derivative at the block's output for x's
+// values v (part_sums' and backward_data's factor, element by element).
+fn masked_dy(v: vec4<f32>, d: vec4<f32>, mean: f32, k: f32, beta_c: f32) -> vec4<f32> {
+    return d * vec4<f32>(act_factor(block_value(v.x, mean, k, beta_c)), act_factor(block_value(v.y, mean, k, beta_c)),
+                         act_factor(block_value(v.z, mean, k, beta_c)), act_factor(block_value(v.w, mean, k, beta_c)));
+}
+
+// sum(dy) and sum(dy * xhat) of part w of window k into part_out. x's and
+// dy's windows start at the same offset within a vec4 (the host's check).
+fn window_sums(k: u32, w: u32, lid: u32) {
+    let r = window_part(k, w);
+    let g = P.win[k].z / PARTS;
+    let c = select(g % P.c, g, PER_CHANNEL);
+    let inv = inverseSqrt(var_in[g] + P.eps);
+    let mean = mean_in[g];
+    let kc = gamma[c] * inv;
+    let beta_c = beta[c];
+    // dy's vec4 for x's vec4 q (u32 arithmetic wraps; the sum is in range).
+    let dq = P.win[k].y / 4u - P.win[k].x / 4u;
+    var s_dy = vec4<f32>(0.0);
+    var s_dy_xhat = vec4<f32>(0.0);
+    for (var q = r.x / 4u + lid; 4u * q < r.y; q += WIN_WG) {
+        let v = x_window(k, q);
+        let d = select(vec4<f32>(0.0), masked_dy(v, dy_window(k, q + dq), mean, kc, beta_c), in_part(q, r));
+        s_dy += d;
+        s_dy_xhat += d * (v - mean) * inv;
+    }
+    let t_dy = lanes_sum(lid, dot(s_dy, vec4<f32>(1.0)), WIN_WG);
+    let t_dy_xhat = lanes_sum(lid, dot(s_dy_xhat, vec4<f32>(1.0)), WIN_WG);
+    if (lid == 0u && r.y > r.x) {
+        part_out[2u * r.z] = t_dy;
+        part_out[2u * r.z + 1u] = t_dy_xhat;
+    }
+}
+
+@compute @workgroup_size(WIN_WG)
+fn backward_sums_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = group_index(wid, nwg);
+    window_sums(0u, w, lid.x);
+    window_sums(1u, w, lid.x);
+    window_sums(2u, w, lid.x);
+    window_sums(3u, w, lid.x);
 }

@@ -321,7 +321,8 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
 // ----------------------------------------------------------------------- norm
 
 /// The norm block, with `act` fused after it where given, against the CPU
-/// oracle composed of the block and the activation.
+/// oracle composed of the block and the activation. Returns the launches'
+/// labels.
 #[allow(clippy::too_many_arguments)]
 fn check_norm(
     gpu: &Gpu,
@@ -333,7 +334,7 @@ fn check_norm(
     act: Option<Activation>,
     offset: f64,
     seed: u64,
-) {
+) -> Vec<String> {
     let mut rng = Rng::new(seed);
     // Post-ReLU-like activations: a large mean and a small spread defeat
     // E[x^2] - E[x]^2 in f32; the kernel must compute them soundly.
@@ -379,6 +380,24 @@ fn check_norm(
     assert_close("norm backward_data", &read_channels(gpu, &gdx, 2, c), &g_ref.dx.data, 1e-3, 1e-3);
     assert_close("norm dgamma", &gpu.read(&dgamma).unwrap(), &g_ref.dgamma, 1e-2, 1e-3);
     assert_close("norm dbeta", &gpu.read(&dbeta).unwrap(), &g_ref.dbeta, 1e-3, 1e-4);
+    d.iter().map(|d| d.label().to_string()).collect()
+}
+
+/// The windowed reductions of CPU adapters on shapes they take (x and dy
+/// windows at one offset within a vec4: planes of a multiple of 4 pixels):
+/// planes of two parts, the second shorter; batch norm's groups over three
+/// samples; large means.
+#[test]
+fn norm_reductions_through_windows_match_cpu() {
+    let gpu = gpu_or_skip!();
+    let mut labels = check_norm(gpu, 2, 6, 64, 68, NormStats::PerSample, Some(Activation::RELU), -0.5, 41);
+    labels.extend(check_norm(gpu, 3, 4, 36, 52, NormStats::PerChannel, None, 1000.0, 42));
+    if gpu.tuning() == Tuning::Cpu {
+        for kernel in ["norm.moments", "norm.backward_sums"] {
+            let windowed = labels.iter().filter(|l| l.starts_with(kernel) && l.ends_with("windowed")).count();
+            assert!(windowed >= 2, "{kernel}: {windowed} windowed launches in {labels:?}");
+        }
+    }
 }
 
 #[test]

@@ -33,6 +33,11 @@ impl Tensor {
         self.buffer.buffer()
     }
 
+    /// Where it starts in `buffer()`, in bytes.
+    pub fn byte_offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Whether both are one tensor (e.g. two channel slices of one
     /// concatenation buffer, which `ensure_apart` then tells apart).
     pub fn same_storage(&self, other: &Tensor) -> bool {

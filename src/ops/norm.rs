@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, ensure_apart, ensure_same, reduction_parts, run_grid, u32_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
 use crate::nn::{Activation, NormStats, BN_MOMENTUM, NORM_EPS};
 use crate::shape::Shape;
 
@@ -24,6 +24,7 @@ pub(super) struct Params {
     momentum: f32,
     slope: f32,
     _pad1: u32,
+    win: [[u32; 4]; 4],
 }
 
 /// Parameters for input `x` and output (or output-gradient) view `y`.
@@ -42,6 +43,7 @@ fn params(x: &View, y: &View) -> Params {
         momentum: BN_MOMENTUM,
         slope: 0.0,
         _pad1: 0,
+        win: [[0; 4]; 4],
     }
 }
 
@@ -135,16 +137,148 @@ fn in_parts(
     Ok(vec![sums, combined])
 }
 
+/// Elements per part of the windowed reductions, parts per window and
+/// windows (of x; as many of dy) per launch: norm.wgsl's PART_LEN,
+/// WINDOW_PARTS and the four windows of moments_windows.
+const PART_LEN: usize = 4080;
+const WINDOW_PARTS: usize = 4;
+const LAUNCH_WINDOWS: usize = 4;
+/// The first binding of x's windows, and of dy's.
+const X_WINDOWS: u32 = 19;
+const DY_WINDOWS: u32 = 23;
+
+/// One window of the windowed reductions: up to WINDOW_PARTS parts of one
+/// plane, read through a 64 KiB window of each input.
+struct PartWindow {
+    /// Per input: the window's offset in its tensor (bytes) and where the
+    /// parts start in it (elements).
+    at: Vec<(u64, u32)>,
+    /// part_out's index of the first part, and the parts' elements.
+    first: u32,
+    len: u32,
+}
+
+/// The 64 KiB window of view `v` holding the `len` elements of plane
+/// (n, c) from element `from`: its offset in the tensor (bytes) and where
+/// they start in it. None where no window can: a buffer under 64 KiB, an
+/// alignment that would leave them past its end, a start before the
+/// tensor's (a tensor sharing a buffer).
+fn window_of(gpu: &Gpu, v: &View, n: usize, c: usize, from: usize, len: usize) -> Option<(u64, u32)> {
+    let window = WINDOW_BYTES as usize / 4;
+    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let s = v.shape();
+    let origin = v.tensor.byte_offset() as usize / 4;
+    let at = origin + ((n * v.tensor.shape.c + v.c_offset + c) * s.plane() + from);
+    let start = (at / align * align).min((v.tensor.buffer().size() as usize / 4).checked_sub(window)?);
+    (start >= origin && at + len <= start + window).then(|| (((start - origin) * 4) as u64, u32_of(at - start)))
+}
+
+/// The windows of the windowed reductions over `inputs` (x, and dy for
+/// the backward sums), group by group, plane by plane, and the parts per
+/// group; None where the windowed kernels cannot be used (a hardware GPU,
+/// too few uniform bindings, an input no window can hold, or x and dy
+/// windows starting at different offsets within a vec4).
+fn part_windows(gpu: &Gpu, inputs: &[View], stats: NormStats) -> Option<(Vec<PartWindow>, usize)> {
+    let bindings = 1 + (LAUNCH_WINDOWS * inputs.len()) as u32;
+    if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < bindings {
+        return None;
+    }
+    let s = inputs[0].shape();
+    let per_plane = s.plane().div_ceil(PART_LEN);
+    let samples = if stats == NormStats::PerChannel { s.n } else { 1 };
+    let mut windows = Vec::new();
+    for g in 0..stats.groups(s.n, s.c) {
+        let (n0, c) = if stats == NormStats::PerChannel { (0, g) } else { (g / s.c, g % s.c) };
+        for n in n0..n0 + samples {
+            for j in (0..per_plane).step_by(WINDOW_PARTS) {
+                let from = j * PART_LEN;
+                let len = (WINDOW_PARTS * PART_LEN).min(s.plane() - from);
+                let at = inputs.iter().map(|v| window_of(gpu, v, n, c, from, len)).collect::<Option<Vec<_>>>()?;
+                if at.iter().any(|&(_, lo)| lo % 4 != at[0].1 % 4) {
+                    return None;
+                }
+                let first = (g * samples + n - n0) * per_plane + j;
+                windows.push(PartWindow { at, first: u32_of(first), len: u32_of(len) });
+            }
+        }
+    }
+    Some((windows, samples * per_plane))
+}
+
+/// A windowed reduction (`entry`, norm.wgsl's moments_windows or
+/// backward_sums_windows) over `inputs` (x; dy), LAUNCH_WINDOWS windows a
+/// launch writing per-part values, then `combine` merging each group's
+/// parts in order into `results`; None where `part_windows` refuses.
+#[allow(clippy::too_many_arguments)]
+fn in_windows(
+    gpu: &Gpu,
+    label: &str,
+    kernel: &Kernel,
+    stats: NormStats,
+    p: Params,
+    inputs: &[View],
+    bindings: &[(u32, View)],
+    results: &[(u32, View)],
+    (entry, combine): (&'static str, &'static str),
+    groups: usize,
+) -> Result<Option<Vec<Dispatch>>> {
+    let Some((windows, parts)) = part_windows(gpu, inputs, stats) else { return Ok(None) };
+    let kernel = kernel.clone().with("PARTS", parts as f64).with("WINDOWED", 1.0);
+    let part_values = gpu.tensor(Shape::new(groups, parts, 2, 1))?;
+    let mut launch_bindings = bindings.to_vec();
+    launch_bindings.push((17, part_values.view()));
+    let mut list = Vec::new();
+    for launch in windows.chunks(LAUNCH_WINDOWS) {
+        let mut lp = p;
+        let mut bound = Vec::new();
+        for k in 0..LAUNCH_WINDOWS {
+            // Bindings past the last window repeat it, with no elements.
+            let w = &launch[k.min(launch.len() - 1)];
+            let len = if k < launch.len() { w.len } else { 0 };
+            lp.win[k] = [w.at[0].1, w.at.last().map_or(0, |a| a.1), w.first, len];
+            for (i, (input, &(offset, _))) in inputs.iter().zip(&w.at).enumerate() {
+                let binding = if i == 0 { X_WINDOWS } else { DY_WINDOWS } + k as u32;
+                bound.push(Window { binding, tensor: input.tensor, offset });
+            }
+        }
+        let d = gpu.dispatch_windowed(
+            format!("{label} windowed"),
+            &Kernel { entry, ..kernel.clone() },
+            &lp,
+            &launch_bindings,
+            &bound,
+            Grid::Groups(WINDOW_PARTS),
+        )?;
+        let elements: u32 = launch.iter().map(|w| w.len).sum();
+        list.push(d.with_bytes(f64::from(elements) * 4.0 * inputs.len() as f64));
+    }
+    let mut merge = vec![(17, part_values.view())];
+    merge.extend_from_slice(results);
+    list.push(gpu.dispatch(
+        label.replacen(kernel.entry, combine, 1),
+        &Kernel { entry: combine, ..kernel },
+        &p,
+        &merge,
+        Grid::Elements(groups),
+    )?);
+    Ok(Some(list))
+}
+
 /// Mean and biased variance of every group of `x` into `mean`, `var`.
 pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor) -> Result<Vec<Dispatch>> {
     let label = format!("norm.moments {} {stats:?}", x.shape());
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
     let groups = stats.groups(x.shape().n, x.c);
-    let parts = reduction_parts(gpu, groups, x.shape().plane());
-    let results = [(6, mean.view()), (7, var.view())];
     let k = kernel("moments", stats);
+    let results = [(6, mean.view()), (7, var.view())];
+    let p = params(&x, &x);
+    let entries = ("moments_windows", "combine_moments");
+    if let Some(list) = in_windows(gpu, &label, &k, stats, p, &[x], &[], &results, entries, groups)? {
+        return Ok(list);
+    }
+    let parts = reduction_parts(gpu, groups, x.shape().plane());
     let entries = ("moments_parts", "combine_moments");
-    in_parts(gpu, label, k, params(&x, &x), vec![(1, x)], &results, entries, groups, parts)
+    in_parts(gpu, label, k, p, vec![(1, x)], &results, entries, groups, parts)
 }
 
 /// `y = x + gamma * (x - mean) / sqrt(var + eps) + beta`, then `act(y)`
@@ -239,9 +373,15 @@ pub fn backward_sums(
     t.ensure_fits(&label, &x, stats)?;
     let groups = stats.groups(x.shape().n, x.c);
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
+    let (kernel, p) = with_act(kernel("backward_sums", stats), params(&x, &dy), act);
+    let results = [(11, sums.view())];
+    let entries = ("backward_sums_windows", "combine_sums");
+    if let Some(list) = in_windows(gpu, &label, &kernel, stats, p, &[x, dy], &t.bindings(), &results, entries, groups)?
+    {
+        return Ok(list);
+    }
     let mut bindings = vec![(1, x), (9, dy)];
     bindings.extend(t.bindings());
-    let (kernel, p) = with_act(kernel("backward_sums", stats), params(&x, &dy), act);
     let parts = reduction_parts(gpu, groups, x.shape().plane());
     let entries = ("backward_sums_parts", "combine_sums");
     in_parts(gpu, label, kernel, p, bindings, &[(11, sums.view())], entries, groups, parts)
