@@ -467,10 +467,12 @@ fn param_grads_and_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
 override WINDOWED: bool = false;
 const PART_LEN: u32 = 4080u;
 const WINDOW_PARTS: u32 = 4u;
-// Invocations of a windowed workgroup: each sums 64 vec4s of a part, and
-// a tree sum over 256 invocations cost more than the loads (a lungnet step
-// spent 2.3x as long in moments as from storage, 2026-11-28).
-const WIN_WG: u32 = 32u;
+// Invocations of a windowed workgroup: one SIMD batch on llvmpipe, each
+// summing 128 vec4s of a part. The tree sums cost more than the loads with
+// more: lungnet step profiles, moments and backward sums per step, 78 and
+// 83 ms with 8, 89 and 110 with 16, 114 and 143 with 32, 164 and 181 with
+// 64, 456 and 550 with 256 (storage: 196 and 340; lavapipe, 2026-11-28).
+const WIN_WG: u32 = 8u;
 @group(0) @binding(19) var<uniform> xw0: array<vec4<f32>, 4096>;
 @group(0) @binding(20) var<uniform> xw1: array<vec4<f32>, 4096>;
 @group(0) @binding(21) var<uniform> xw2: array<vec4<f32>, 4096>;
