@@ -175,15 +175,18 @@ fn window_of(gpu: &Gpu, v: &View, n: usize, c: usize, from: usize, len: usize) -
 
 /// The windows of the windowed reductions over `inputs` (x, and dy for
 /// the backward sums), group by group, plane by plane, and the parts per
-/// group; None where the windowed kernels cannot be used (a hardware GPU,
-/// too few uniform bindings, an input no window can hold, or x and dy
-/// windows starting at different offsets within a vec4).
+/// group; None where the windowed kernels cannot be used or would not pay
+/// (a hardware GPU, too few uniform bindings, planes under one part: a
+/// launch per four planes, where the storage kernels take every group in
+/// one; an input no window can hold; x and dy windows starting at
+/// different offsets within a vec4).
 fn part_windows(gpu: &Gpu, inputs: &[View], stats: NormStats) -> Option<(Vec<PartWindow>, usize)> {
     let bindings = 1 + (LAUNCH_WINDOWS * inputs.len()) as u32;
-    if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < bindings {
+    let s = inputs[0].shape();
+    if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < bindings || s.plane() < PART_LEN
+    {
         return None;
     }
-    let s = inputs[0].shape();
     let per_plane = s.plane().div_ceil(PART_LEN);
     let samples = if stats == NormStats::PerChannel { s.n } else { 1 };
     let mut windows = Vec::new();
