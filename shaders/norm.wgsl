@@ -483,6 +483,9 @@ const WIN_WG: u32 = 8u;
 @group(0) @binding(26) var<uniform> dyw3: array<vec4<f32>, 4096>;
 
 // Vec4 q of x's window k (a constant at every call: the switch folds away).
+// x's and dy's windows have an accessor each: a pipeline's bindings are
+// every variable its entry's code names, so one accessor for both would
+// make moments_windows bind dy's windows too.
 fn x_window(k: u32, q: u32) -> vec4<f32> {
     switch k {
         case 0u: { return xw0[q]; }

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_apart, reduction_parts, u32_of};
+use super::{ensure, ensure_apart, reduction_parts, u32_of, window_align};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
 use crate::shape::Shape;
@@ -632,13 +632,6 @@ fn blocked(
         list.push(d.with_flops(group_flops));
     }
     Ok(list)
-}
-
-/// The uniform offset alignment in floats. Window starts are rounded down
-/// to it; one that would run past its buffer ends at the buffer's end (the
-/// pool's buffers are whole multiples of the alignment and of a window).
-fn window_align(gpu: &Gpu) -> usize {
-    (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1)
 }
 
 /// Rows of the input one window holds (the band a windowed launch

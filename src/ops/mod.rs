@@ -65,6 +65,13 @@ fn reduction_parts(gpu: &Gpu, groups: usize, plane: usize) -> usize {
     target.div_ceil(groups).min(most).max(1)
 }
 
+/// The uniform offset alignment in floats. Window starts are rounded down
+/// to it; one that would run past its buffer ends at the buffer's end (the
+/// pool's buffers are whole multiples of the alignment and of a window).
+fn window_align(gpu: &Gpu) -> usize {
+    (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1)
+}
+
 fn u32_of(v: usize) -> u32 {
     u32::try_from(v).expect("tensor dimensions are bounded by the binding-size check")
 }

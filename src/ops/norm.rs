@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_apart, ensure_same, reduction_parts, run_grid, u32_of};
+use super::{ensure, ensure_apart, ensure_same, reduction_parts, run_grid, u32_of, window_align};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
 use crate::nn::{Activation, NormStats, BN_MOMENTUM, NORM_EPS};
@@ -125,16 +125,27 @@ fn in_parts(
     let grid = Grid::Groups(groups * parts);
     let sums =
         gpu.dispatch(format!("{label} {parts} parts"), &Kernel { entry: parted, ..kernel.clone() }, &p, &first, grid)?;
+    let combined = combine_parts(gpu, &label, kernel, combine, p, &part_values, results, groups)?;
+    Ok(vec![sums, combined])
+}
+
+/// The `combine` entry merging each group's per-part values
+/// (`part_values`) in order into `results`.
+#[allow(clippy::too_many_arguments)]
+fn combine_parts(
+    gpu: &Gpu,
+    label: &str,
+    kernel: Kernel,
+    combine: &'static str,
+    p: Params,
+    part_values: &Tensor,
+    results: &[(u32, View)],
+    groups: usize,
+) -> Result<Dispatch> {
     let mut merge = vec![(17, part_values.view())];
     merge.extend_from_slice(results);
-    let combined = gpu.dispatch(
-        label.replacen(kernel.entry, combine, 1),
-        &Kernel { entry: combine, ..kernel },
-        &p,
-        &merge,
-        Grid::Elements(groups),
-    )?;
-    Ok(vec![sums, combined])
+    let label = label.replacen(kernel.entry, combine, 1);
+    gpu.dispatch(label, &Kernel { entry: combine, ..kernel }, &p, &merge, Grid::Elements(groups))
 }
 
 /// Elements per part of the windowed reductions, parts per window and
@@ -165,7 +176,7 @@ struct PartWindow {
 /// tensor's (a tensor sharing a buffer).
 fn window_of(gpu: &Gpu, v: &View, n: usize, c: usize, from: usize, len: usize) -> Option<(u64, u32)> {
     let window = WINDOW_BYTES as usize / 4;
-    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let align = window_align(gpu);
     let s = v.shape();
     let origin = v.tensor.byte_offset() as usize / 4;
     let at = origin + ((n * v.tensor.shape.c + v.c_offset + c) * s.plane() + from);
@@ -255,15 +266,7 @@ fn in_windows(
         let elements: u32 = launch.iter().map(|w| w.len).sum();
         list.push(d.with_bytes(f64::from(elements) * 4.0 * inputs.len() as f64));
     }
-    let mut merge = vec![(17, part_values.view())];
-    merge.extend_from_slice(results);
-    list.push(gpu.dispatch(
-        label.replacen(kernel.entry, combine, 1),
-        &Kernel { entry: combine, ..kernel },
-        &p,
-        &merge,
-        Grid::Elements(groups),
-    )?);
+    list.push(combine_parts(gpu, label, kernel, combine, p, &part_values, results, groups)?);
     Ok(Some(list))
 }
 
@@ -387,7 +390,7 @@ pub fn backward_sums(
     bindings.extend(t.bindings());
     let parts = reduction_parts(gpu, groups, x.shape().plane());
     let entries = ("backward_sums_parts", "combine_sums");
-    in_parts(gpu, label, kernel, p, bindings, &[(11, sums.view())], entries, groups, parts)
+    in_parts(gpu, label, kernel, p, bindings, &results, entries, groups, parts)
 }
 
 /// The input gradient of the norm block into the view `dx` (x's layout);
