@@ -41,10 +41,11 @@ struct Params {
     // With ACT: the slope of the activation after the block (0 for ReLU).
     slope: f32,
     _pad1: u32,
-    // The windowed reductions' windows k = 0..3: (first element of x's
+    // The windowed reductions' windows k < WINDOWS (for the backward sums
+    // k < SUMS_WINDOWS, dy's k + SUMS_WINDOWS): (first element of x's
     // window holding the parts, likewise for dy, part_out index of the
     // first part, elements in its parts; 0 for a window left empty).
-    win: array<vec4<u32>, 4>,
+    win: array<vec4<u32>, 14>,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -458,9 +459,10 @@ fn param_grads_and_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
 // adapters. llvmpipe loads storage memory lane by lane, a uniform buffer by
 // gathers: a scratch reduction of 32 planes of 256x256 took 3.4-4.1 ms
 // through 64 KiB windows against 14-15 ms from storage (2026-11-28,
-// docs/KERNELS.md). So a launch binds four windows of x (and four of dy),
-// each holding up to WINDOW_PARTS consecutive parts of PART_LEN elements of
-// one plane (P.win), and its workgroup w sums part w of every window into
+// docs/KERNELS.md). So a launch binds fourteen windows of x (the backward
+// sums: seven of x, seven of dy), each holding up to WINDOW_PARTS
+// consecutive parts of PART_LEN elements of one plane (P.win), and its
+// workgroup w sums part w of every window into
 // part_out; combine_moments and combine_sums then merge a group's parts
 // (PARTS: its planes' parts, plane by plane) in order. PART_LEN leaves room
 // in a window for the start's rounding down to the offset alignment.
@@ -473,34 +475,48 @@ const WINDOW_PARTS: u32 = 4u;
 // 83 ms with 8, 89 and 110 with 16, 114 and 143 with 32, 164 and 181 with
 // 64, 456 and 550 with 256 (storage: 196 and 340; lavapipe, 2026-11-28).
 const WIN_WG: u32 = 8u;
-@group(0) @binding(19) var<uniform> xw0: array<vec4<f32>, 4096>;
-@group(0) @binding(20) var<uniform> xw1: array<vec4<f32>, 4096>;
-@group(0) @binding(21) var<uniform> xw2: array<vec4<f32>, 4096>;
-@group(0) @binding(22) var<uniform> xw3: array<vec4<f32>, 4096>;
-@group(0) @binding(23) var<uniform> dyw0: array<vec4<f32>, 4096>;
-@group(0) @binding(24) var<uniform> dyw1: array<vec4<f32>, 4096>;
-@group(0) @binding(25) var<uniform> dyw2: array<vec4<f32>, 4096>;
-@group(0) @binding(26) var<uniform> dyw3: array<vec4<f32>, 4096>;
+// Windows a launch binds (with P, the fifteen uniform buffers a stage may
+// have on lavapipe), and backward_sums_windows' windows of x (as many of
+// dy). Per launch about 0.05 ms go to the launch itself, about half of a
+// four-window launch (lavapipe, 2026-11-28).
+const WINDOWS: u32 = 14u;
+const SUMS_WINDOWS: u32 = 7u;
+@group(0) @binding(19) var<uniform> ww0: array<vec4<f32>, 4096>;
+@group(0) @binding(20) var<uniform> ww1: array<vec4<f32>, 4096>;
+@group(0) @binding(21) var<uniform> ww2: array<vec4<f32>, 4096>;
+@group(0) @binding(22) var<uniform> ww3: array<vec4<f32>, 4096>;
+@group(0) @binding(23) var<uniform> ww4: array<vec4<f32>, 4096>;
+@group(0) @binding(24) var<uniform> ww5: array<vec4<f32>, 4096>;
+@group(0) @binding(25) var<uniform> ww6: array<vec4<f32>, 4096>;
+@group(0) @binding(26) var<uniform> ww7: array<vec4<f32>, 4096>;
+@group(0) @binding(27) var<uniform> ww8: array<vec4<f32>, 4096>;
+@group(0) @binding(28) var<uniform> ww9: array<vec4<f32>, 4096>;
+@group(0) @binding(29) var<uniform> ww10: array<vec4<f32>, 4096>;
+@group(0) @binding(30) var<uniform> ww11: array<vec4<f32>, 4096>;
+@group(0) @binding(31) var<uniform> ww12: array<vec4<f32>, 4096>;
+@group(0) @binding(32) var<uniform> ww13: array<vec4<f32>, 4096>;
 
-// Vec4 q of x's window k (a constant at every call: the switch folds away).
-// x's and dy's windows have an accessor each: a pipeline's bindings are
-// every variable its entry's code names, so one accessor for both would
-// make moments_windows bind dy's windows too.
-fn x_window(k: u32, q: u32) -> vec4<f32> {
+// Vec4 q of window k (a constant at every call: the switch folds away).
+// moments_windows reads x through all WINDOWS; backward_sums_windows x
+// through the first SUMS_WINDOWS, dy through the rest. One accessor for
+// both: a pipeline binds every variable its entry's code names, so both
+// entries bind all fourteen.
+fn window(k: u32, q: u32) -> vec4<f32> {
     switch k {
-        case 0u: { return xw0[q]; }
-        case 1u: { return xw1[q]; }
-        case 2u: { return xw2[q]; }
-        default: { return xw3[q]; }
-    }
-}
-
-fn dy_window(k: u32, q: u32) -> vec4<f32> {
-    switch k {
-        case 0u: { return dyw0[q]; }
-        case 1u: { return dyw1[q]; }
-        case 2u: { return dyw2[q]; }
-        default: { return dyw3[q]; }
+        case 0u: { return ww0[q]; }
+        case 1u: { return ww1[q]; }
+        case 2u: { return ww2[q]; }
+        case 3u: { return ww3[q]; }
+        case 4u: { return ww4[q]; }
+        case 5u: { return ww5[q]; }
+        case 6u: { return ww6[q]; }
+        case 7u: { return ww7[q]; }
+        case 8u: { return ww8[q]; }
+        case 9u: { return ww9[q]; }
+        case 10u: { return ww10[q]; }
+        case 11u: { return ww11[q]; }
+        case 12u: { return ww12[q]; }
+        default: { return ww13[q]; }
     }
 }
 
@@ -521,13 +537,13 @@ fn in_part(q: u32, r: vec3<u32>) -> vec4<bool> {
 // The moments of part w of window k into part_out.
 fn window_moments(k: u32, w: u32, lid: u32) {
     let r = window_part(k, w);
-    let shift = x_window(k, min(r.x / 4u, 4095u))[r.x % 4u];
+    let shift = window(k, min(r.x / 4u, 4095u))[r.x % 4u];
     var s = vec4<f32>(0.0);
     var ss = vec4<f32>(0.0);
     var count = vec4<u32>(0u);
     for (var q = r.x / 4u + lid; 4u * q < r.y; q += WIN_WG) {
         let ok = in_part(q, r);
-        let d = select(vec4<f32>(0.0), x_window(k, q) - shift, ok);
+        let d = select(vec4<f32>(0.0), window(k, q) - shift, ok);
         s += d;
         ss += d * d;
         count += select(vec4<u32>(0u), vec4<u32>(1u), ok);
@@ -548,6 +564,16 @@ fn moments_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     window_moments(1u, w, lid.x);
     window_moments(2u, w, lid.x);
     window_moments(3u, w, lid.x);
+    window_moments(4u, w, lid.x);
+    window_moments(5u, w, lid.x);
+    window_moments(6u, w, lid.x);
+    window_moments(7u, w, lid.x);
+    window_moments(8u, w, lid.x);
+    window_moments(9u, w, lid.x);
+    window_moments(10u, w, lid.x);
+    window_moments(11u, w, lid.x);
+    window_moments(12u, w, lid.x);
+    window_moments(13u, w, lid.x);
 }
 
 // dy masked by the activation's derivative at the block's output for x's
@@ -572,8 +598,9 @@ fn window_sums(k: u32, w: u32, lid: u32) {
     var s_dy = vec4<f32>(0.0);
     var s_dy_xhat = vec4<f32>(0.0);
     for (var q = r.x / 4u + lid; 4u * q < r.y; q += WIN_WG) {
-        let v = x_window(k, q);
-        let d = select(vec4<f32>(0.0), masked_dy(v, dy_window(k, q + dq), mean, kc, beta_c), in_part(q, r));
+        let v = window(k, q);
+        let d = select(vec4<f32>(0.0), masked_dy(v, window(k + SUMS_WINDOWS, q + dq), mean, kc, beta_c),
+                       in_part(q, r));
         s_dy += d;
         s_dy_xhat += d * (v - mean) * inv;
     }
@@ -593,4 +620,7 @@ fn backward_sums_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     window_sums(1u, w, lid.x);
     window_sums(2u, w, lid.x);
     window_sums(3u, w, lid.x);
+    window_sums(4u, w, lid.x);
+    window_sums(5u, w, lid.x);
+    window_sums(6u, w, lid.x);
 }

@@ -24,7 +24,7 @@ pub(super) struct Params {
     momentum: f32,
     slope: f32,
     _pad1: u32,
-    win: [[u32; 4]; 4],
+    win: [[u32; 4]; WINDOWS],
 }
 
 /// Parameters for input `x` and output (or output-gradient) view `y`.
@@ -43,7 +43,7 @@ fn params(x: &View, y: &View) -> Params {
         momentum: BN_MOMENTUM,
         slope: 0.0,
         _pad1: 0,
-        win: [[0; 4]; 4],
+        win: [[0; 4]; WINDOWS],
     }
 }
 
@@ -149,14 +149,14 @@ fn combine_parts(
 }
 
 /// Elements per part of the windowed reductions, parts per window and
-/// windows (of x; as many of dy) per launch: norm.wgsl's PART_LEN,
-/// WINDOW_PARTS and the four windows of moments_windows.
+/// windows per launch (shared by the inputs: x; x and dy): norm.wgsl's
+/// PART_LEN, WINDOW_PARTS and WINDOWS.
 const PART_LEN: usize = 4080;
 const WINDOW_PARTS: usize = 4;
-const LAUNCH_WINDOWS: usize = 4;
-/// The first binding of x's windows, and of dy's.
-const X_WINDOWS: u32 = 19;
-const DY_WINDOWS: u32 = 23;
+const WINDOWS: usize = 14;
+/// The binding of the first window; input i's window k is bound at
+/// FIRST_WINDOW + i * (WINDOWS / inputs) + k.
+const FIRST_WINDOW: u32 = 19;
 
 /// One window of the windowed reductions: up to WINDOW_PARTS parts of one
 /// plane, read through a 64 KiB window of each input.
@@ -188,11 +188,11 @@ fn window_of(gpu: &Gpu, v: &View, n: usize, c: usize, from: usize, len: usize) -
 /// the backward sums), group by group, plane by plane, and the parts per
 /// group; None where the windowed kernels cannot be used or would not pay
 /// (a hardware GPU, too few uniform bindings, planes under one part: a
-/// launch per four planes, where the storage kernels take every group in
+/// launch per 7 or 14 planes, where the storage kernels take every group in
 /// one; an input no window can hold; x and dy windows starting at
 /// different offsets within a vec4).
 fn part_windows(gpu: &Gpu, inputs: &[View], stats: NormStats) -> Option<(Vec<PartWindow>, usize)> {
-    let bindings = 1 + (LAUNCH_WINDOWS * inputs.len()) as u32;
+    let bindings = 1 + WINDOWS as u32;
     let s = inputs[0].shape();
     if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < bindings || s.plane() < PART_LEN
     {
@@ -220,7 +220,7 @@ fn part_windows(gpu: &Gpu, inputs: &[View], stats: NormStats) -> Option<(Vec<Par
 }
 
 /// A windowed reduction (`entry`, norm.wgsl's moments_windows or
-/// backward_sums_windows) over `inputs` (x; dy), LAUNCH_WINDOWS windows a
+/// backward_sums_windows) over `inputs` (x; dy), WINDOWS / inputs windows a
 /// launch writing per-part values, then `combine` merging each group's
 /// parts in order into `results`; None where `part_windows` refuses.
 #[allow(clippy::too_many_arguments)]
@@ -242,16 +242,17 @@ fn in_windows(
     let mut launch_bindings = bindings.to_vec();
     launch_bindings.push((17, part_values.view()));
     let mut list = Vec::new();
-    for launch in windows.chunks(LAUNCH_WINDOWS) {
+    let per_launch = WINDOWS / inputs.len();
+    for launch in windows.chunks(per_launch) {
         let mut lp = p;
         let mut bound = Vec::new();
-        for k in 0..LAUNCH_WINDOWS {
+        for k in 0..per_launch {
             // Bindings past the last window repeat it, with no elements.
             let w = &launch[k.min(launch.len() - 1)];
             let len = if k < launch.len() { w.len } else { 0 };
             lp.win[k] = [w.at[0].1, w.at.last().map_or(0, |a| a.1), w.first, len];
             for (i, (input, &(offset, _))) in inputs.iter().zip(&w.at).enumerate() {
-                let binding = if i == 0 { X_WINDOWS } else { DY_WINDOWS } + k as u32;
+                let binding = FIRST_WINDOW + (i * per_launch + k) as u32;
                 bound.push(Window { binding, tensor: input.tensor, offset });
             }
         }
