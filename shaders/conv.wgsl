@@ -127,8 +127,10 @@ const PACK_LEN: u32 = 4096u;
 // Pixels of dy in one table for blocked_weight.
 override CHUNK: u32 = PACK_LEN / COB;
 // Invocations per workgroup of blocked_weight: its grid is only Cin * K * K
-// invocations per group, so small workgroups spread it over more cores.
-const WG_WEIGHT: u32 = 32u;
+// invocations per group, so small workgroups spread it over more cores;
+// 8 (one SIMD batch on llvmpipe) where there are fewer trios than 32
+// (the host's choice: a 1 -> 32 layer's 3 trios filled 3 of 32 lanes).
+override WG_WEIGHT: u32 = 32u;
 
 // Input coordinate read by tap k of output coordinate o, or -1 in the padding.
 fn tap(o: u32, k: u32, size: u32) -> i32 {
