@@ -74,3 +74,26 @@ fn lanes_sum(lid: u32, v: f32, lanes: u32) -> f32 {
     workgroupBarrier();
     return total;
 }
+
+// The dropout mask (dropout.wgsl, and conv.wgsl's fused head dropout; the
+// CPU's is nn::dropout_uniform): Chris Wellons' lowbias32 integer hash,
+// chained over (seed, step, element index).
+fn lowbias32(v: u32) -> u32 {
+    var h = v;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+// The mask's key for a seed and step, worked out once per invocation or run.
+fn dropout_key(seed: u32, step: u32) -> u32 {
+    return lowbias32(seed ^ lowbias32(step + 0x9e3779b9u));
+}
+
+// Uniform in [0, 1): the top 24 bits of the keyed hash of the element index.
+fn dropout_uniform(key: u32, index: u32) -> f32 {
+    return f32(lowbias32(index ^ key) >> 8u) * (1.0 / 16777216.0);
+}

@@ -59,6 +59,12 @@ struct Params {
     // Blocked kernels with RESIDUAL: the residual's first channel in y's
     // buffer.
     res_coff: u32,
+    // DROP_LOADS, DROP_STORES: the dropout probability, seed and step
+    // (the step rewritten before each training step).
+    drop_p: f32,
+    drop_seed: u32,
+    drop_step: u32,
+    _pad: u32,
     win: array<vec4<i32>, 3>,
 }
 
@@ -131,6 +137,26 @@ override CHUNK: u32 = PACK_LEN / COB;
 // 8 (one SIMD batch on llvmpipe) where there are fewer trios than 32
 // (the host's choice: a 1 -> 32 layer's 3 trios filled 3 of 32 lanes).
 override WG_WEIGHT: u32 = 32u;
+
+// The head's dropout fused into its first 1x1 convolution (the host's
+// check: blocked kernels, K = 1): DROP_LOADS drops out x's values as
+// blocked_forward and blocked_weight load them, DROP_STORES the input
+// gradient as blocked_data stores it, with dropout.wgsl's mask over the
+// whole concatenation the weights convolve (w_ctotal channels, this part
+// from channel w_coff). No dropout pass over the 321-channel
+// concatenation and no buffer for its dropped copy, forward or backward.
+override DROP_LOADS: bool = false;
+override DROP_STORES: bool = false;
+
+// v kept (scaled by 1 / (1 - p), as dropout.wgsl) or dropped: element i of
+// the masked concatenation, `key` = dropout_key(P.drop_seed, P.drop_step).
+fn dropped(v: f32, key: u32, i: u32) -> f32 {
+    return select(0.0, v / (1.0 - P.drop_p), dropout_uniform(key, i) >= P.drop_p);
+}
+
+// blocked_data with DROP_STORES: added to an index of y, the index of the
+// same element in the masked concatenation (u32 arithmetic wraps).
+var<private> mask_shift: u32;
 
 // Input coordinate read by tap k of output coordinate o, or -1 in the padding.
 fn tap(o: u32, k: u32, size: u32) -> i32 {
@@ -542,7 +568,7 @@ fn pair_tap(c: Chain, u: vec3<f32>, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
 // loop made this kernel 1.8x slower (2026-11-28, docs/KERNELS.md). No early
 // return before the loop: a CPU adapter runs the workgroup as SIMD lanes
 // and inactive lanes would only add masks.
-fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
+fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
     let hw = P.h * P.w;
     let s = i32(chain_stride());
     let d = i32(P.dilation);
@@ -559,6 +585,10 @@ fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
     let k = Cols(vec4<u32>(clamp(cx, vec4<i32>(0), vec4<i32>(last.y))),
                  cx >= vec4<i32>(0) & cx <= vec4<i32>(last.y), u32(min(c4, last.y)), c4 <= last.y);
     let base = (start.x * P.in_ctotal + P.in_coff) * hw;
+    // With `masked` (K = 1): the first element of the chain's row in the
+    // masked concatenation, and the mask's key.
+    let mask_base = slice_index(start.x, 0u, row.y, hw, P.w_ctotal, P.w_coff);
+    let key = dropout_key(P.drop_seed, P.drop_step);
     var c: Chain;
     for (var ci = 0u; ci < P.cin; ci++) {
         let plane = base + ci * hw;
@@ -570,6 +600,11 @@ fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
             var v = vec3<f32>(x[at + k.at.y], 0.0, 0.0);
             if (CHAIN > 1u) { v.y = x[at + k.at.z]; }
             if (CHAIN > 2u) { v.z = x[at + k.at.w]; }
+            if (masked) {
+                let m = mask_base + ci * hw;
+                v = vec3<f32>(dropped(v.x, key, m + k.at.y), dropped(v.y, key, m + k.at.z),
+                              dropped(v.z, key, m + k.at.w));
+            }
             c = chain_step(c, v, wb, lane);
         } else if (ROWS > 1u) {
             let u0 = chain_values(plane + row.x, ry.x, k);
@@ -589,7 +624,11 @@ fn blocked_sums(start: vec4<u32>, lane: u32) -> Chain {
 
 // Writes (or, with ACCUMULATE, adds) output channel k of a group, at
 // `at` of y, if it exists.
-fn store_one(at: u32, k: u32, v: f32) {
+fn store_one(at: u32, k: u32, value: f32) {
+    var v = value;
+    if (DROP_STORES) {
+        v = dropped(v, dropout_key(P.drop_seed, P.drop_step), at + mask_shift);
+    }
     if (k < VALID) {
         if (RESIDUAL) {
             y[at] += v + y[at + (P.res_coff - P.out_coff) * P.h * P.w];
@@ -695,7 +734,7 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         if (TABLES > 2u) { b.t2.p0 = biases(2u); }
         if (TABLES > 3u) { b.t3.p0 = biases(3u); }
     }
-    chain_store(start, blocked_sums(start, lane), b);
+    chain_store(start, blocked_sums(start, lane, DROP_LOADS), b);
 }
 
 // blocked_data: the input gradient (the convolution of dy, bound as `x`,
@@ -707,8 +746,16 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                 ) {
     let lane = 0u; // @plain
     let start = chain_start(element_index(wid, lid, nwg));
+    if (DROP_STORES) {
+        // y's sample start.x from channel 0 of its view, against the
+        // concatenation's (the group's channels and the pixel are the same
+        // offsets in both).
+        let hw = P.h * P.w;
+        mask_shift = slice_index(start.x, 0u, 0u, hw, P.w_ctotal, P.w_coff) -
+                     slice_index(start.x, 0u, 0u, hw, P.out_ctotal, P.out_coff);
+    }
     var zero: Chain;
-    chain_store(start, blocked_sums(start, lane), zero);
+    chain_store(start, blocked_sums(start, lane, false), zero);
 }
 
 // The narrow kernels (narrow_forward, narrow_data; one group of at most 4
@@ -1151,6 +1198,7 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     // K = 1: the trio's input channels (the last repeated past Cin; those
     // rows are not stored).
     let ch = min(vec3<u32>(r0, r0 + 1u, r0 + 2u), vec3<u32>(P.cin - 1u)) * hw;
+    let key = dropout_key(P.drop_seed, P.drop_step);
     var c: Chain;
     // Row by row: the divisions that find a row, its validity and its base
     // are paid once per row, not per pixel (llvmpipe runs a division as
@@ -1163,8 +1211,13 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let at = q - q0 - px0;
         if (K == 1u) {
             let row = slice_index(q / hw, 0u, p - px0, hw, P.in_ctotal, P.in_coff);
+            let mask_row = slice_index(q / hw, 0u, p - px0, hw, P.w_ctotal, P.w_coff);
             for (var ox = px0; ox < px0 + len; ox++) {
-                let v = vec3<f32>(x[row + ch.x + ox], x[row + ch.y + ox], x[row + ch.z + ox]);
+                var v = vec3<f32>(x[row + ch.x + ox], x[row + ch.y + ox], x[row + ch.z + ox]);
+                if (DROP_LOADS) {
+                    let m = vec3<u32>(mask_row + ox) + ch;
+                    v = vec3<f32>(dropped(v.x, key, m.x), dropped(v.y, key, m.y), dropped(v.z, key, m.z));
+                }
                 c = chain_step(c, v, (at + ox) * COB, lane);
             }
         } else {

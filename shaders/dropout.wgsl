@@ -27,24 +27,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-// Chris Wellons' lowbias32 integer hash.
-fn lowbias32(v: u32) -> u32 {
-    var h = v;
-    h ^= h >> 16u;
-    h *= 0x7feb352du;
-    h ^= h >> 15u;
-    h *= 0x846ca68bu;
-    h ^= h >> 16u;
-    return h;
-}
-
-// Uniform in [0, 1): the top 24 bits of the keyed hash of the element
-// index; key = lowbias32(seed ^ lowbias32(step + 0x9e3779b9)), worked out
-// once per run.
-fn dropout_uniform(key: u32, index: u32) -> f32 {
-    return f32(lowbias32(index ^ key) >> 8u) * (1.0 / 16777216.0);
-}
-
 @compute @workgroup_size(WG)
 fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -58,7 +40,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let m = slice_index(n, c, r.y, P.hw, P.m_ctotal, P.m_coff);
     let a = slice_index(n, c, r.y, P.hw, P.a_ctotal, P.a_coff);
     let b = slice_index(n, c, r.y, P.hw, P.b_ctotal, P.b_coff);
-    let key = lowbias32(P.seed ^ lowbias32(P.step + 0x9e3779b9u));
+    let key = dropout_key(P.seed, P.step);
     let kept = 1.0 - P.p;
     let end = min(RUN, P.hw - r.y);
     for (var t = 0u; t < RUN; t++) {

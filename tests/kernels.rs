@@ -129,9 +129,9 @@ fn check_conv_parts(gpu: &Gpu, k: usize, dilation: usize, seed: u64) {
     let (gy, gdw) = (gpu.tensor(dy.shape).unwrap(), gpu.tensor(wt.shape).unwrap());
     let xs: Vec<_> = gparts.iter().map(|t| t.view()).collect();
     let dxs: Vec<_> = gdx.iter().map(|t| t.view()).collect();
-    let mut list = ops::conv::forward_parts(gpu, &xs, &gw, &gb, dilation, gy.view()).unwrap();
-    list.extend(ops::conv::backward_data_parts(gpu, gdy.view(), &gw, dilation, &dxs).unwrap());
-    list.extend(ops::conv::backward_weight_parts(gpu, &xs, gdy.view(), dilation, &gdw).unwrap());
+    let mut list = ops::conv::forward_parts(gpu, &xs, &gw, &gb, dilation, gy.view(), None).unwrap();
+    list.extend(ops::conv::backward_data_parts(gpu, gdy.view(), &gw, dilation, &dxs, None).unwrap());
+    list.extend(ops::conv::backward_weight_parts(gpu, &xs, gdy.view(), dilation, &gdw, None).unwrap());
     run(gpu, &list.iter().collect::<Vec<_>>());
 
     assert_close("conv over parts", &gpu.read(&gy).unwrap(), &y_ref.data, 1e-5, 1e-5);
@@ -144,8 +144,84 @@ fn check_conv_parts(gpu: &Gpu, k: usize, dilation: usize, seed: u64) {
     assert_close("weight gradient over parts", &gpu.read(&gdw).unwrap(), &g_ref.dw.data, 1e-4, 1e-4);
 
     // Parts that do not make up the weights' input channels are refused.
-    let err = ops::conv::forward_parts(gpu, &xs[..2], &gw, &gb, dilation, gy.view()).err().expect("accepted");
+    let err = ops::conv::forward_parts(gpu, &xs[..2], &gw, &gb, dilation, gy.view(), None).err().expect("accepted");
     assert!(err.to_string().contains("parts of 5 channels"), "{err}");
+}
+
+/// The head's dropout fused into its 1x1 convolution (CPU adapters'
+/// blocked kernels): forward of dropout(concat), the concatenation's
+/// gradient through the mask, the weight gradient from the dropped input;
+/// the concatenation as separate tensors (parts of 5, 6 and 9 channels) and
+/// as one slice of a larger buffer (the mask indexes the concatenation,
+/// not the buffer), batch 2, odd sizes, the mask of a step set after the
+/// launches were built.
+#[test]
+fn conv1x1_with_fused_dropout_matches_cpu_dropout_then_conv() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(35);
+    let (n, h, w, cout, sizes) = (2, 13, 17, 7, [5, 6, 9]);
+    let (p, seed, step) = (0.4, 321, 3);
+    let x = rng.tensor(Shape::new(n, 20, h, w), -1.0, 1.0);
+    let wt = rng.tensor(Shape::new(cout, 20, 1, 1), -0.5, 0.5);
+    let b = rng.vec(cout, -0.5, 0.5);
+    let dy = rng.tensor(Shape::new(n, cout, h, w), -1.0, 1.0);
+    let dropped = cpu::dropout::forward(&x, p, seed, step);
+    let y_ref = cpu::conv::forward(&dropped, &wt, &b, 1);
+    let g_ref = cpu::conv::backward(&dropped, &wt, &dy, 1);
+    let dx_ref = cpu::dropout::backward(&g_ref.dx, p, seed, step);
+
+    let (gw, gb, gdy) = (upload(gpu, &wt), upload_vec(gpu, &b), upload(gpu, &dy));
+    let drop = Some(ops::conv::InputDropout { p, seed });
+    let mut c0 = 0;
+    let parts: Vec<Tensor> = sizes
+        .iter()
+        .map(|&c| {
+            c0 += c;
+            cpu::layout::channels(&x, c0 - c, c)
+        })
+        .collect();
+    let gparts: Vec<_> = parts.iter().map(|t| upload(gpu, t)).collect();
+    let gdx: Vec<_> = parts.iter().map(|t| gpu.tensor(t.shape).unwrap()).collect();
+    let embedded = upload(gpu, &embed(&mut rng, &x, 2, 3));
+    let gdx_embedded = upload(gpu, &embed(&mut rng, &x, 1, 4));
+    let layouts = [
+        (gparts.iter().map(|t| t.view()).collect::<Vec<_>>(), gdx.iter().map(|t| t.view()).collect::<Vec<_>>()),
+        (vec![embedded.channels(2, 20)], vec![gdx_embedded.channels(1, 20)]),
+    ];
+    for (what, (xs, dxs)) in ["parts", "a slice"].into_iter().zip(layouts) {
+        if !ops::conv::takes_dropout(gpu, &xs, cout) {
+            assert_ne!(gpu.tuning(), Tuning::Cpu, "CPU adapters fuse the dropout");
+            return;
+        }
+        let (gy, gdw) = (gpu.tensor(dy.shape).unwrap(), gpu.tensor(wt.shape).unwrap());
+        let mut list = ops::conv::forward_parts(gpu, &xs, &gw, &gb, 1, gy.view(), drop).unwrap();
+        list.extend(ops::conv::backward_data_parts(gpu, gdy.view(), &gw, 1, &dxs, drop).unwrap());
+        list.extend(ops::conv::backward_weight_parts(gpu, &xs, gdy.view(), 1, &gdw, drop).unwrap());
+        for d in &list {
+            d.set_step(gpu, step);
+        }
+        run(gpu, &list.iter().collect::<Vec<_>>());
+        assert_close(&format!("dropout then conv, {what}"), &gpu.read(&gy).unwrap(), &y_ref.data, 1e-5, 1e-5);
+        let dx: Vec<f32> = if dxs.len() > 1 {
+            gdx.iter().flat_map(|t| gpu.read(t).unwrap()).collect()
+        } else {
+            read_channels(gpu, &gdx_embedded, 1, 20)
+        };
+        let dx_ref: Vec<f64> = if dxs.len() > 1 {
+            let mut c0 = 0;
+            sizes
+                .iter()
+                .flat_map(|&c| {
+                    c0 += c;
+                    cpu::layout::channels(&dx_ref, c0 - c, c).data
+                })
+                .collect()
+        } else {
+            dx_ref.data.clone()
+        };
+        assert_close(&format!("input gradient through the mask, {what}"), &dx, &dx_ref, 1e-5, 1e-5);
+        assert_close(&format!("weight gradient, {what}"), &gpu.read(&gdw).unwrap(), &g_ref.dw.data, 1e-4, 1e-4);
+    }
 }
 
 #[test]
@@ -591,7 +667,7 @@ fn dropout_by_parts_reproduces_the_whole_mask() {
         let part = upload(gpu, &cpu::layout::channels(&whole, c0, c));
         let out = gpu.tensor(part.shape).unwrap();
         let d = ops::dropout::apply_part(gpu, part.view(), p, seed, step, out.view(), (9, c0)).unwrap();
-        run(gpu, &[&d.dispatch]);
+        run(gpu, &[&d]);
         let expected = cpu::layout::channels(&y_ref, c0, c);
         assert_close(&format!("dropout part at channel {c0}"), &gpu.read(&out).unwrap(), &expected.data, 0.0, 1e-6);
     }
@@ -621,8 +697,8 @@ fn check_dropout(gpu: &Gpu) {
     let y_ref = cpu::dropout::forward(&x, p, seed, step);
     let gx = upload(gpu, &embed(&mut rng, &x, 3, 4));
     let gy = gpu.tensor(Shape::new(3, 34, 37, 53)).unwrap();
-    let mut d = ops::dropout::apply(gpu, gx.channels(3, 33), p, seed, step, gy.channels(1, 33)).unwrap();
-    run(gpu, &[&d.dispatch]);
+    let d = ops::dropout::apply(gpu, gx.channels(3, 33), p, seed, step, gy.channels(1, 33)).unwrap();
+    run(gpu, &[&d]);
     let y = read_channels(gpu, &gy, 1, 33);
     for (i, (&g, &c)) in y.iter().zip(&y_ref.data).enumerate() {
         assert_eq!(g == 0.0, c == 0.0, "mask differs at element {i}");
@@ -634,7 +710,7 @@ fn check_dropout(gpu: &Gpu) {
     // Another step draws another mask; the backward pass (same launch on the
     // gradient) of that step follows it.
     d.set_step(gpu, step + 1);
-    run(gpu, &[&d.dispatch]);
+    run(gpu, &[&d]);
     let y2 = read_channels(gpu, &gy, 1, 33);
     let y2_ref = cpu::dropout::backward(&x, p, seed, step + 1);
     assert_close("dropout at the next step", &y2, &y2_ref.data, 0.0, 1e-6);

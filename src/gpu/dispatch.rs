@@ -73,6 +73,8 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     params: Arc<PooledBuffer>,
     workgroups: (u32, u32),
+    /// Where the parameters hold the training step, if they do (`set_step`).
+    step_at: Option<u64>,
     /// The bound tensors' buffers stay out of the pool while this exists.
     _bound: Vec<Arc<PooledBuffer>>,
 }
@@ -102,6 +104,21 @@ impl Dispatch {
     /// submission; no allocation.
     pub fn set_params<P: Pod>(&self, gpu: &Gpu, params: &P) {
         gpu.queue.write_buffer(self.params.buffer(), 0, bytemuck::bytes_of(params));
+    }
+
+    /// Marks the u32 at byte `offset` of the parameters as the training
+    /// step (a dropout mask's counter), which `set_step` rewrites.
+    pub fn with_step_at(mut self, offset: usize) -> Self {
+        self.step_at = Some(offset as u64);
+        self
+    }
+
+    /// Sets the training step before the next submission, where the
+    /// parameters hold one (`with_step_at`); else nothing.
+    pub fn set_step(&self, gpu: &Gpu, step: u32) {
+        if let Some(at) = self.step_at {
+            gpu.queue.write_buffer(self.params.buffer(), at, bytemuck::bytes_of(&step));
+        }
     }
 
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
@@ -219,6 +236,7 @@ impl Gpu {
             bind_group,
             params: params_buf,
             workgroups,
+            step_at: None,
             _bound: bindings
                 .iter()
                 .map(|(_, v)| v.tensor.buffer.clone())

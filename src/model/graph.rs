@@ -17,7 +17,7 @@ use super::params::ParamSet;
 use super::{Architecture, Block, ParamSpec, Place};
 use crate::gpu::{Dispatch, Gpu, GpuError, Result, Tensor, View};
 use crate::nn::{self, Activation, NormStats, SigmoidLoss};
-use crate::ops::{self, dropout::Dropout, loss::LossKind, norm::NormTensors, optim::Update};
+use crate::ops::{self, conv::InputDropout, loss::LossKind, norm::NormTensors, optim::Update};
 use crate::shape::Shape;
 
 /// Which part of a step a dispatch belongs to (the loss counts as backward).
@@ -121,6 +121,9 @@ struct BlockBufs {
     t: Tensor,
     out: Slice,
     norm: Option<(String, NormBufs)>,
+    /// The head's dropout where the convolution does it (its input is the
+    /// concatenation; `ops::conv::InputDropout`).
+    drop: Option<InputDropout>,
 }
 
 /// Where a norm block reads its input in the forward pass: what gathers
@@ -151,12 +154,12 @@ pub struct Graph {
     /// Input norm and dilated layers (up to the concatenation).
     trunk: Vec<Dispatch>,
     /// Dropout of the concatenation, part by part.
-    dropout_forward: Vec<Dropout>,
+    dropout_forward: Vec<Dispatch>,
     /// Head layers and the output convolution.
     head: Vec<Dispatch>,
     /// Loss, then backward through the output convolution and the head.
     head_backward: Vec<Dispatch>,
-    dropout_backward: Vec<Dropout>,
+    dropout_backward: Vec<Dispatch>,
     /// Backward through the dilated layers and the input norm.
     trunk_backward: Vec<Dispatch>,
     /// Every norm block's input, in forward order.
@@ -270,13 +273,13 @@ impl Builder<'_> {
         out: &mut Vec<Dispatch>,
         grads: &Grads,
         b: &Block,
-        input: &[Slice],
+        (input, drop): (&[Slice], Option<InputDropout>),
         dy: View,
         dx: Option<InputGrad>,
     ) -> Result<()> {
         let gpu = self.gpu;
         let dw = grads.of(&format!("{}.weight", b.conv));
-        out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw)?);
+        out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw, drop)?);
         let w = self.param(&format!("{}.weight", b.conv));
         match dx {
             Some(InputGrad::Add { dx, residual: None }) => {
@@ -286,7 +289,7 @@ impl Builder<'_> {
                 out.extend(ops::conv::backward_data_adding(gpu, dy, &w, b.dilation, dx.view(), r.view())?)
             }
             Some(InputGrad::Write(dxs)) => {
-                out.extend(ops::conv::backward_data_parts(gpu, dy, &w, b.dilation, &views(&dxs))?)
+                out.extend(ops::conv::backward_data_parts(gpu, dy, &w, b.dilation, &views(&dxs), drop)?)
             }
             None => {}
         }
@@ -394,7 +397,13 @@ impl Graph {
         let dropout_p = if training { cfg.dropout } else { 0.0 };
         let dropout_seed = train.map_or(0, |t| t.dropout_seed);
         let mut dropout_forward = Vec::new();
-        let head_input = if dropout_p > 0.0 {
+        // The head's first convolution drops out its input itself where its
+        // kernels can (no pass, no dropped copy); else a dropout pass into
+        // a copy of the concatenation.
+        let head_cout = arch.blocks.iter().find(|b| !matches!(b.place, Place::Concat { .. })).map_or(0, |b| b.cout);
+        let fused = ops::conv::takes_dropout(gpu, &views(&parts), head_cout);
+        let head_drop = (dropout_p > 0.0 && fused).then_some(InputDropout { p: dropout_p, seed: dropout_seed });
+        let head_input = if dropout_p > 0.0 && !fused {
             let dropped = concat_parts(gpu, n, h, w, &widths)?;
             let mut offset = 0;
             for (x, y) in views(&parts).into_iter().zip(views(&dropped)) {
@@ -416,16 +425,16 @@ impl Graph {
             // Where `list` starts in the forward order (the head follows the trunk and dropout).
             let base = if dilated { 0 } else { trunk.len() + dropout_forward.len() };
             let list = if dilated { &mut trunk } else { &mut head };
-            let input = match (dilated, &head_prev) {
-                (true, _) => vec![parts[layer].clone()],
-                (false, Some(prev)) => vec![prev.clone()],
-                (false, None) => head_input.clone(),
+            let (input, drop) = match (dilated, &head_prev) {
+                (true, _) => (vec![parts[layer].clone()], None),
+                (false, Some(prev)) => (vec![prev.clone()], None),
+                (false, None) => (head_input.clone(), head_drop),
             };
             let t = gpu.tensor(Shape::new(n, b.cout, h, w))?;
             let (wt, bias) = (bld.param(&format!("{}.weight", b.conv)), bld.param(&format!("{}.bias", b.conv)));
-            list.extend(ops::conv::forward_parts(gpu, &views(&input), &wt, &bias, b.dilation, t.view())?);
+            list.extend(ops::conv::forward_parts(gpu, &views(&input), &wt, &bias, b.dilation, t.view(), drop)?);
             if b.place == Place::Out {
-                out_input = Some(input);
+                out_input = Some((input, drop));
                 logits = Some(t);
                 break;
             }
@@ -450,7 +459,7 @@ impl Graph {
             } else {
                 head_prev = Some(out.clone());
             }
-            blocks.push(BlockBufs { input, t, out, norm });
+            blocks.push(BlockBufs { input, t, out, norm, drop });
         }
         let (Some(logits), Some(out_input)) = (logits, out_input) else {
             unreachable!("an architecture ends with its output convolution")
@@ -507,7 +516,7 @@ impl Graph {
             &mut head_backward,
             &g,
             out_block,
-            &out_input,
+            (&out_input.0, out_input.1),
             dlogits.view(),
             Some(InputGrad::Write(d_out_input)),
         )?;
@@ -644,7 +653,7 @@ impl Graph {
                 dout
             }
         };
-        bld.conv_backward(out, g, b, &bb.input, dt, dinput)
+        bld.conv_backward(out, g, b, (&bb.input, bb.drop), dt, dinput)
     }
 }
 
@@ -684,7 +693,7 @@ impl Graph {
     /// The forward pass's dispatches, in order.
     pub fn forward_dispatches(&self) -> Vec<&Dispatch> {
         let mut list: Vec<&Dispatch> = self.trunk.iter().collect();
-        list.extend(self.dropout_forward.iter().map(|d| &d.dispatch));
+        list.extend(&self.dropout_forward);
         list.extend(&self.head);
         list
     }
@@ -708,7 +717,10 @@ impl Graph {
     /// Adam's bias correction) and returns its dispatches by phase, in
     /// order: forward, loss and backward, and the optimiser when `update`.
     pub fn step_dispatches(&mut self, gpu: &Gpu, step: u32, update: bool) -> Vec<(Phase, &Dispatch)> {
-        for d in self.dropout_forward.iter_mut().chain(self.dropout_backward.iter_mut()) {
+        // The dropout launches' mask counter (ops::dropout's passes, or the
+        // head convolution's where it drops out its input itself).
+        for d in self.dropout_forward.iter().chain(&self.head).chain(&self.head_backward).chain(&self.dropout_backward)
+        {
             d.set_step(gpu, step);
         }
         if let Some(u) = self.update.as_mut().filter(|_| update) {
@@ -717,7 +729,7 @@ impl Graph {
         let mut list: Vec<(Phase, &Dispatch)> =
             self.forward_dispatches().into_iter().map(|d| (Phase::Forward, d)).collect();
         list.extend(self.head_backward.iter().map(|d| (Phase::Backward, d)));
-        list.extend(self.dropout_backward.iter().map(|d| (Phase::Backward, &d.dispatch)));
+        list.extend(self.dropout_backward.iter().map(|d| (Phase::Backward, d)));
         list.extend(self.trunk_backward.iter().map(|d| (Phase::Backward, d)));
         if update {
             list.extend(self.update.iter().map(|u| (Phase::Optimizer, &u.dispatch)));

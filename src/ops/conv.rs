@@ -30,6 +30,10 @@ pub(super) struct Params {
     band_y0: u32,
     band_rows: u32,
     res_coff: u32,
+    drop_p: f32,
+    drop_seed: u32,
+    drop_step: u32,
+    _pad: u32,
     win: [[i32; 4]; 3],
 }
 
@@ -79,6 +83,10 @@ fn part_params(
         band_y0: 0,
         band_rows: 0,
         res_coff: 0,
+        drop_p: 0.0,
+        drop_seed: 0,
+        drop_step: 0,
+        _pad: 0,
         win: [[0; 4]; 3],
     };
     Ok((ws.h, p))
@@ -473,11 +481,63 @@ fn parts<'a>(label: &str, parts: &[View<'a>], w: &Tensor) -> Result<Vec<(usize, 
     Ok(out)
 }
 
+/// Inverted dropout on a 1x1 convolution's input (the head's on the
+/// concatenation), fused into its blocked kernels (`DROP_LOADS`,
+/// `DROP_STORES` in conv.wgsl): ops::dropout's mask over all of the
+/// weights' input channels, from `seed` and the training step, which
+/// `Dispatch::set_step` rewrites on the launches that use it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InputDropout {
+    pub p: f32,
+    pub seed: u32,
+}
+
+/// Whether a 1x1 convolution of the parts `inputs` to `cout` channels
+/// takes an `InputDropout`: where its forward, data gradient and weight
+/// gradient all run blocked kernels (on CPU adapters; a hardware GPU's
+/// weight gradient is tiled). Elsewhere ops::dropout does it in passes.
+pub fn takes_dropout(gpu: &Gpu, inputs: &[View], cout: usize) -> bool {
+    let blocked = |v| matches!(v, Variant::Blocked | Variant::BlockedSubgroup);
+    blocked(Variant::for_weight_grad(gpu, cout))
+        && inputs
+            .iter()
+            .all(|x| blocked(Variant::choose(gpu, x.c, cout, 1)) && blocked(Variant::choose(gpu, cout, x.c, 1)))
+}
+
+/// A part's parameters with `drop` (checked: 1x1, blocked kernels).
+fn with_dropout(label: &str, variant: Variant, k: usize, mut p: Params, drop: Option<InputDropout>) -> Result<Params> {
+    if let Some(d) = drop {
+        ensure(k == 1 && matches!(variant, Variant::Blocked | Variant::BlockedSubgroup), label, || {
+            format!("dropout is fused only into blocked 1x1 kernels, not {variant:?} {k}x{k} (see takes_dropout)")
+        })?;
+        (p.drop_p, p.drop_seed, p.drop_step) = (d.p, d.seed, 1);
+    }
+    Ok(p)
+}
+
+/// A launch that drops out its input (or input gradient) as it goes:
+/// its training step is rewritten with the other dropout launches'.
+fn stepped(d: Dispatch, p: &Params) -> Dispatch {
+    if p.drop_p > 0.0 {
+        d.with_step_at(std::mem::offset_of!(Params, drop_step))
+    } else {
+        d
+    }
+}
+
+/// A part's label: the convolution's, with its first channel where the
+/// input comes in parts.
+fn part_label(pass: &str, x: &View, w: &Tensor, dilation: usize, c0: usize, parts: usize) -> String {
+    let part = if parts > 1 { format!(" part {c0}") } else { String::new() };
+    format!("conv.{pass} {} {}x{} d{dilation}{part}", x.shape(), w.shape.h, w.shape.w)
+}
+
 /// `y = conv(concat(inputs), w, dilation) + b` without the concatenation in
 /// one buffer: each part is convolved with its slice of `w` and added into
 /// `y` (so no binding holds the whole concatenation). Blocked or tiled
 /// kernels, as `Variant::choose` picks for the part (the baseline does not
-/// take a part of the weights' input channels).
+/// take a part of the weights' input channels); with `drop`, of
+/// `dropout(concat(inputs))`.
 pub fn forward_parts(
     gpu: &Gpu,
     inputs: &[View],
@@ -485,18 +545,21 @@ pub fn forward_parts(
     b: &Tensor,
     dilation: usize,
     y: View,
+    drop: Option<InputDropout>,
 ) -> Result<Vec<Dispatch>> {
-    if let [x] = inputs {
+    if let ([x], None) = (inputs, drop) {
         return forward(gpu, *x, w, b, dilation, y);
     }
     let base = format!("conv.forward {}x{} d{dilation}", w.shape.h, w.shape.w);
     ensure(b.shape.numel() == y.c, &base, || format!("bias {} for {} outputs", b.shape, y.c))?;
     let mut list = Vec::new();
     for (c0, x) in parts(&base, inputs, w)? {
-        let label = format!("conv.forward {} {}x{} d{dilation} part {c0}", x.shape(), w.shape.h, w.shape.w);
+        let label = part_label("forward", &x, w, dilation, c0, inputs.len());
         let (k, mut p) = part_params(&label, &x, w, c0, &y, dilation)?;
         p.accumulate = u32::from(c0 > 0);
-        list.extend(match Variant::choose(gpu, x.c, y.c, k) {
+        let variant = Variant::choose(gpu, x.c, y.c, k);
+        let p = with_dropout(&label, variant, k, p, drop)?;
+        list.extend(match variant {
             Variant::Tiled => tiled(gpu, label, Pass::Forward, p, k, w, x, Some(b), y)?,
             v => blocked(gpu, v, label, Pass::Forward, p, k, w, x, Some(b), y)?,
         });
@@ -504,17 +567,27 @@ pub fn forward_parts(
     Ok(list)
 }
 
-/// The input gradients of `forward_parts`, each written into its part of `dxs`.
-pub fn backward_data_parts(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dxs: &[View]) -> Result<Vec<Dispatch>> {
-    if let [dx] = dxs {
+/// The input gradients of `forward_parts`, each written into its part of
+/// `dxs` (with `drop`, the gradient of the concatenation before dropout).
+pub fn backward_data_parts(
+    gpu: &Gpu,
+    dy: View,
+    w: &Tensor,
+    dilation: usize,
+    dxs: &[View],
+    drop: Option<InputDropout>,
+) -> Result<Vec<Dispatch>> {
+    if let ([dx], None) = (dxs, drop) {
         return backward_data(gpu, dy, w, dilation, *dx, false);
     }
     let base = format!("conv.backward_data {}x{} d{dilation}", w.shape.h, w.shape.w);
     let mut list = Vec::new();
     for (c0, dx) in parts(&base, dxs, w)? {
-        let label = format!("conv.backward_data {} {}x{} d{dilation} part {c0}", dx.shape(), w.shape.h, w.shape.w);
+        let label = part_label("backward_data", &dx, w, dilation, c0, dxs.len());
         let (k, p) = part_params(&label, &dx, w, c0, &dy, dilation)?;
-        list.extend(match Variant::choose(gpu, dy.c, dx.c, k) {
+        let variant = Variant::choose(gpu, dy.c, dx.c, k);
+        let p = with_dropout(&label, variant, k, p, drop)?;
+        list.extend(match variant {
             Variant::Tiled => tiled(gpu, label, Pass::Data, transposed(p), k, w, dy, None, dx)?,
             v => blocked(gpu, v, label, Pass::Data, transposed(p), k, w, dy, None, dx)?,
         });
@@ -524,16 +597,25 @@ pub fn backward_data_parts(gpu: &Gpu, dy: View, w: &Tensor, dilation: usize, dxs
 
 /// The weight gradient of `forward_parts`: each part fills its input
 /// channels of `dw`.
-pub fn backward_weight_parts(gpu: &Gpu, xs: &[View], dy: View, dilation: usize, dw: &Tensor) -> Result<Vec<Dispatch>> {
-    if let [x] = xs {
+pub fn backward_weight_parts(
+    gpu: &Gpu,
+    xs: &[View],
+    dy: View,
+    dilation: usize,
+    dw: &Tensor,
+    drop: Option<InputDropout>,
+) -> Result<Vec<Dispatch>> {
+    if let ([x], None) = (xs, drop) {
         return backward_weight(gpu, *x, dy, dilation, dw);
     }
     let base = format!("conv.backward_weight {}x{} d{dilation}", dw.shape.h, dw.shape.w);
     let mut list = Vec::new();
     for (c0, x) in parts(&base, xs, dw)? {
-        let label = format!("conv.backward_weight {} {}x{} d{dilation} part {c0}", x.shape(), dw.shape.h, dw.shape.w);
+        let label = part_label("backward_weight", &x, dw, dilation, c0, xs.len());
         let (k, p) = part_params(&label, &x, dw, c0, &dy, dilation)?;
-        list.extend(weight_grad(gpu, Variant::for_weight_grad(gpu, dy.c), label, p, k, x, dy, dw)?);
+        let variant = Variant::for_weight_grad(gpu, dy.c);
+        let p = with_dropout(&label, variant, k, p, drop)?;
+        list.extend(weight_grad(gpu, variant, label, p, k, x, dy, dw)?);
     }
     Ok(list)
 }
@@ -628,7 +710,12 @@ fn blocked(
         } else {
             Grid::Elements(s.n * row_slots(s.h, stride, rows) * chains_per_row(s.w, stride, chain))
         };
-        let launch = kernel(entry).with("VALID", valid as f64).with("TABLES", packed.len() as f64);
+        let drop = p.drop_p > 0.0;
+        let launch = kernel(entry)
+            .with("VALID", valid as f64)
+            .with("TABLES", packed.len() as f64)
+            .with("DROP_LOADS", f64::from(u8::from(drop && pass == Pass::Forward)))
+            .with("DROP_STORES", f64::from(u8::from(drop && pass == Pass::Data)));
         let d = gpu.dispatch_windowed(
             format!("{label} group {group}"),
             &stores(launch.with("ROWS", rows as f64), &p),
@@ -637,7 +724,7 @@ fn blocked(
             &windows,
             grid,
         )?;
-        list.push(d.with_flops(group_flops));
+        list.push(stepped(d, &p).with_flops(group_flops));
     }
     Ok(list)
 }
@@ -968,7 +1055,8 @@ fn blocked_weight(
                 .with("TABLES", bound as f64)
                 .with("VALID", group_cout as f64)
                 .with("ACCUMULATE", f64::from(u8::from(c > 0)))
-                .with("SPLIT", split as f64);
+                .with("SPLIT", split as f64)
+                .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
             let bindings = [(1, x), (4, sums)];
             let offset = (c % batch_len) as u64 * table_size;
             let windows: Vec<Window> = TABLE_BINDINGS
@@ -977,6 +1065,7 @@ fn blocked_weight(
                 .map(|(t, &binding)| Window { binding, tensor: &packs[t.min(bound - 1)], offset })
                 .collect();
             let d = gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &windows, grid)?;
+            let d = stepped(d, &gp);
             let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
             list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
         }

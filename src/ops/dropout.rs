@@ -24,30 +24,18 @@ pub(super) struct Params {
     m_coff: u32,
 }
 
-/// A dropout launch whose step (the mask's counter) changes every training
-/// step. The forward pass and the backward pass (the same launch on the
-/// gradients) share seed and step, hence the mask.
-pub struct Dropout {
-    pub dispatch: Dispatch,
-    params: Params,
-}
-
-impl Dropout {
-    pub fn set_step(&mut self, gpu: &Gpu, step: u32) {
-        self.params.step = step;
-        self.dispatch.set_params(gpu, &self.params);
-    }
-}
-
-/// `y = x * keep / (1 - p)` with the mask of (seed, step).
-pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Result<Dropout> {
+/// `y = x * keep / (1 - p)` with the mask of (seed, step); the launch's
+/// step is rewritten by `Dispatch::set_step` (the forward pass and the
+/// backward pass, the same launch on the gradients, share seed and step,
+/// hence the mask).
+pub fn apply(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View) -> Result<Dispatch> {
     apply_part(gpu, x, p, seed, step, y, (x.c, 0))
 }
 
 /// `apply` on one part of a larger tensor of `mask.0` channels, of which `x`
 /// is channels [mask.1, mask.1 + x.c): the part gets its elements' share of
 /// the whole tensor's mask.
-pub fn apply_part(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View, mask: (usize, usize)) -> Result<Dropout> {
+pub fn apply_part(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View, mask: (usize, usize)) -> Result<Dispatch> {
     let label = format!("dropout {} p {p} part {}", x.shape(), mask.1);
     ensure(mask.1 + x.c <= mask.0, &label, || format!("channels {}.. of a {}-channel mask", mask.1, mask.0))?;
     ensure_same(&label, &x, &y)?;
@@ -70,5 +58,5 @@ pub fn apply_part(gpu: &Gpu, x: View, p: f32, seed: u32, step: u32, y: View, mas
     let bindings = [(1, x), (2, y)];
     let dispatch =
         gpu.dispatch(label, &Kernel::new(Family::Dropout, "apply"), &params, &bindings, run_grid(gpu, &x))?;
-    Ok(Dropout { dispatch, params })
+    Ok(dispatch.with_step_at(std::mem::offset_of!(Params, step)))
 }
