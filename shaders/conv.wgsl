@@ -133,10 +133,12 @@ const PACK_LEN: u32 = 4096u;
 // Pixels of dy in one table for blocked_weight.
 override CHUNK: u32 = PACK_LEN / COB;
 // Invocations per workgroup of blocked_weight: its grid is only Cin * K * K
-// invocations per group, so small workgroups spread it over more cores;
-// 8 (one SIMD batch on llvmpipe) where there are fewer trios than 32
-// (the host's choice: a 1 -> 32 layer's 3 trios filled 3 of 32 lanes).
-override WG_WEIGHT: u32 = 32u;
+// / 3 trios per group, so small workgroups spread it over more cores; 8,
+// one SIMD batch on llvmpipe, leaves fewest lanes past the last trio idle
+// (with 32: a 1 -> 32 layer's 3 trios filled 3 of 32 lanes, the head's
+// 107 trios 107 of 128; lungnet step, 2026-11-28: the first layer's weight
+// gradient 21-34 -> 12-15 ms).
+const WG_WEIGHT: u32 = 8u;
 
 // The head's dropout fused into its first 1x1 convolution (the host's
 // check: blocked kernels, K = 1): DROP_LOADS drops out x's values as

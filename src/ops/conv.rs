@@ -146,16 +146,8 @@ impl std::str::FromStr for Variant {
 /// vec4s in one packed-weight table (`PACK_LEN` in conv.wgsl): 64 KiB.
 const PACK_LEN: usize = 4096;
 
-/// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in
-/// conv.wgsl): 32, or 8 (a subgroup on lavapipe) for fewer trios than 32,
-/// whose lanes past the last trio compute for nothing.
-fn weight_workgroup(trios: usize) -> usize {
-    if trios < 32 {
-        8
-    } else {
-        32
-    }
-}
+/// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in conv.wgsl).
+const WEIGHT_WORKGROUP: usize = 8;
 
 /// Output channels, (ci, tap) rows and pixels of one workgroup's tile in
 /// the tiled kernels (`TILE_CO`, `TILE_R`, `TILE_P` in conv.wgsl).
@@ -1047,10 +1039,9 @@ fn blocked_weight(
                     list.push(d.with_bytes((packed * block_cout * 4) as f64 + (packed * cob * 16) as f64));
                 }
             }
-            let grid = Grid::Groups(split * trios.div_ceil(weight_workgroup(trios)));
+            let grid = Grid::Groups(split * trios.div_ceil(WEIGHT_WORKGROUP));
             let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
             let weight = kernel("blocked_weight")
-                .with("WG_WEIGHT", weight_workgroup(trios) as f64)
                 .with("CHAIN", 3.0)
                 .with("TABLES", bound as f64)
                 .with("VALID", group_cout as f64)
