@@ -132,6 +132,8 @@ override SPLIT: u32 = 1u;
 const PACK_LEN: u32 = 4096u;
 // Pixels of dy in one table for blocked_weight.
 override CHUNK: u32 = PACK_LEN / COB;
+// Chunks a blocked_weight launch walks, one table each (weight_walk).
+override CHUNKS: u32 = 1u;
 // Invocations per workgroup of blocked_weight: its grid is only Cin * K * K
 // / 3 trios per group, so small workgroups spread it over more cores; 8,
 // one SIMD batch on llvmpipe, leaves fewest lanes past the last trio idle
@@ -1151,7 +1153,7 @@ fn trio_store(base: u32, stride: u32, rows: u32, tbl: u32, c: Trip) {
 
 // blocked_weight: one invocation per trio of (ci, tap) rows adds, for the
 // 4 * COB output channels of its group, the products over one chunk of
-// pixels: dy from the uniform table (shared addresses), x the
+// pixels (or CHUNKS chunks: weight_walk): dy from the uniform table (shared addresses), x the
 // per-invocation loads. A trio is the three taps of one kernel row (K = 3)
 // or three input channels (K = 1), its sums the three accumulators of a
 // Chain (CHAIN = 3), so that each table row, fetched and broadcast once,
@@ -1183,29 +1185,68 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     // pixels, as they share table rows through subgroup broadcasts.
     let groups_per_part = (trios + WG_WEIGHT - 1u) / WG_WEIGHT;
     let g = group_index(wid, nwg);
-    let part = min(g / groups_per_part, SPLIT - 1u);
-    let i = (g % groups_per_part) * WG_WEIGHT + lid.x;
-    let ic = min(i, trios - 1u);
+    let w = WeightWalk(min(g / groups_per_part, SPLIT - 1u), (g % groups_per_part) * WG_WEIGHT + lid.x, lane);
+    var c: Chain;
+    c = weight_walk(c, w, 0u);
+    if (CHUNKS > 1u) { c = weight_walk(c, w, 1u); }
+    if (CHUNKS > 2u) { c = weight_walk(c, w, 2u); }
+    if (CHUNKS > 3u) { c = weight_walk(c, w, 3u); }
+    if (w.i >= trios) {
+        return;
+    }
+    let r0 = 3u * w.i;
+    var base = (P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r0;
+    var stride = P.w_ctotal * kk;
+    if (SPLIT > 1u) {
+        base = w.part * VALID * ckk + r0;
+        stride = ckk;
+    }
+    let rows = ckk - r0;
+    trio_store(base, stride, rows, 0u, c.t0);
+    if (TABLES > 1u) { trio_store(base, stride, rows, 1u, c.t1); }
+    if (TABLES > 2u) { trio_store(base, stride, rows, 2u, c.t2); }
+    if (TABLES > 3u) { trio_store(base, stride, rows, 3u, c.t3); }
+}
+
+// An invocation of blocked_weight: its part of the chunk's pixels, its
+// trio (past the last one for the spare lanes of the last workgroup, which
+// walk the last trio's pixels and store nothing) and subgroup lane.
+struct WeightWalk {
+    part: u32,
+    i: u32,
+    lane: u32,
+}
+
+// blocked_weight's sums over its part of chunk P.chunk + j, added to c:
+// with CHUNKS = 1 every table's channels (TABLES blocks of output
+// channels, the same pixels); with CHUNKS > 1 (one block of output
+// channels) table j holds chunk P.chunk + j, added into c.t0, so a launch
+// takes CHUNKS chunks (a launch's own cost, about 0.15 ms on lavapipe,
+// was a third of a 32 -> 32 layer's weight gradient, 2026-11-28).
+fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
+    var c = c0;
+    let trios = select((P.cin + 2u) / 3u, P.cin * 3u, K == 3u);
+    let ic = min(w.i, trios - 1u);
     // The trio's first (ci, tap) row, and (K = 3) its kernel row's offset.
     let r0 = 3u * ic;
     let dy_off = select(0, (i32(ic % 3u) - 1) * i32(P.dilation), K == 3u);
     let hw = P.h * P.w;
     let pixels = P.n * hw;
-    let q0 = P.chunk * CHUNK;
-    let count = min(CHUNK, pixels - q0);
+    let q0 = (P.chunk + j) * CHUNK;
+    // A launch's last chunks may lie past the end: nothing to walk.
+    let count = select(0u, min(CHUNK, pixels - q0), q0 < pixels);
     let share = (count + SPLIT - 1u) / SPLIT;
-    let q1 = q0 + min((part + 1u) * share, count);
+    let q1 = q0 + min((w.part + 1u) * share, count);
     let last = i32(P.w) - 1;
     let d = P.dilation;
     // K = 1: the trio's input channels (the last repeated past Cin; those
     // rows are not stored).
     let ch = min(vec3<u32>(r0, r0 + 1u, r0 + 2u), vec3<u32>(P.cin - 1u)) * hw;
     let key = dropout_key(P.drop_seed, P.drop_step);
-    var c: Chain;
     // Row by row: the divisions that find a row, its validity and its base
     // are paid once per row, not per pixel (llvmpipe runs a division as
     // eight scalar ones).
-    var q = q0 + min(part * share, count);
+    var q = q0 + min(w.part * share, count);
     while (q < q1) {
         let p = q % hw;
         let px0 = p % P.w;
@@ -1220,7 +1261,7 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                     let m = vec3<u32>(mask_row + ox) + ch;
                     v = vec3<f32>(dropped(v.x, key, m.x), dropped(v.y, key, m.y), dropped(v.z, key, m.z));
                 }
-                c = chain_step(c, v, (at + ox) * COB, lane);
+                c = weight_step(c, v, (at + ox) * COB, w.lane, j);
             }
         } else {
             let iy = i32(p / P.w) + dy_off;
@@ -1235,7 +1276,7 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                 for (var ox = px0 + r; ox < px0 + len; ox += d) {
                     ix = i32(ox + d);
                     let right = select(0.0, x[row + u32(min(ix, last))], row_ok && ix <= last);
-                    c = chain_step(c, vec3<f32>(left, centre, right), (at + ox) * COB, lane);
+                    c = weight_step(c, vec3<f32>(left, centre, right), (at + ox) * COB, w.lane, j);
                     left = centre;
                     centre = right;
                 }
@@ -1243,20 +1284,18 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         q += len;
     }
-    if (i >= trios) {
-        return;
+    return c;
+}
+
+// One pixel's step of weight_walk over chunk j: the trio's values v times
+// table row wb of every table (CHUNKS = 1) or of table j into c.t0.
+fn weight_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32, j: u32) -> Chain {
+    if (CHUNKS == 1u) {
+        return chain_step(c, v, wb, lane);
     }
-    var base = (P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r0;
-    var stride = P.w_ctotal * kk;
-    if (SPLIT > 1u) {
-        base = part * VALID * ckk + r0;
-        stride = ckk;
-    }
-    let rows = ckk - r0;
-    trio_store(base, stride, rows, 0u, c.t0);
-    if (TABLES > 1u) { trio_store(base, stride, rows, 1u, c.t1); }
-    if (TABLES > 2u) { trio_store(base, stride, rows, 2u, c.t2); }
-    if (TABLES > 3u) { trio_store(base, stride, rows, 3u, c.t3); }
+    var r = c;
+    r.t0 = trip_fma(r.t0, v, table_row(j, wb, lane));
+    return r;
 }
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum

@@ -1010,6 +1010,14 @@ fn blocked_weight(
     let per_table = 4 * cob;
     let tables = tables(gpu, cout, cob);
     let blocks = cout.div_ceil(per_table);
+    // With one block of output channels, on CPU adapters the table bindings
+    // take successive chunks instead (`CHUNKS`): a launch per 4 chunks, each
+    // launch's own cost (about 0.15 ms on lavapipe) paid a quarter as often.
+    // A launch's chunks lie in one packing batch.
+    let per_launch = match gpu.tuning() {
+        Tuning::Cpu if blocks == 1 => [4, 2, 1].into_iter().find(|n| batch_len % n == 0).unwrap_or(1),
+        _ => 1,
+    };
     let mut list = Vec::new();
     for group in 0..blocks.div_ceil(tables) {
         let first = group * tables;
@@ -1018,9 +1026,10 @@ fn blocked_weight(
             (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
         let group_cout = (bound * per_table).min(cout - per_table * first);
         let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
-        for c in 0..chunks {
+        for c in (0..chunks).step_by(per_launch) {
             let gp = Params { group: u32_of(first), chunk: u32_of(c), ..p };
-            let count = chunk.min(pixels - c * chunk);
+            let walked = per_launch.min(chunks - c);
+            let count = pixels.min((c + walked) * chunk) - c * chunk;
             // Traffic of one chunk, not of the whole bound tensors.
             let table_bytes = (bound * count * cob * 16) as f64;
             if c % batch_len == 0 {
@@ -1047,13 +1056,18 @@ fn blocked_weight(
                 .with("VALID", group_cout as f64)
                 .with("ACCUMULATE", f64::from(u8::from(c > 0)))
                 .with("SPLIT", split as f64)
+                .with("CHUNKS", per_launch as f64)
                 .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
             let bindings = [(1, x), (4, sums)];
-            let offset = (c % batch_len) as u64 * table_size;
+            // Table t: block t's chunk c, or (CHUNKS) chunk c + t of the
+            // one block; bindings past the last repeat it, unread.
             let windows: Vec<Window> = TABLE_BINDINGS
                 .iter()
                 .enumerate()
-                .map(|(t, &binding)| Window { binding, tensor: &packs[t.min(bound - 1)], offset })
+                .map(|(t, &binding)| {
+                    let (pack, at) = if per_launch > 1 { (0, c + t.min(walked - 1)) } else { (t.min(bound - 1), c) };
+                    Window { binding, tensor: &packs[pack], offset: (at % batch_len) as u64 * table_size }
+                })
                 .collect();
             let d = gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &windows, grid)?;
             let d = stepped(d, &gp);
