@@ -1015,7 +1015,7 @@ fn blocked_weight(
     // launch's own cost (about 0.15 ms on lavapipe) paid a quarter as often.
     // A launch's chunks lie in one packing batch.
     let per_launch = match gpu.tuning() {
-        Tuning::Cpu if blocks == 1 => [4, 2, 1].into_iter().find(|n| batch_len % n == 0).unwrap_or(1),
+        Tuning::Cpu if blocks == 1 => [4, 2, 1].into_iter().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1),
         _ => 1,
     };
     let mut list = Vec::new();
