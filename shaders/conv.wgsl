@@ -158,9 +158,11 @@ fn dropped(v: f32, key: u32, i: u32) -> f32 {
     return select(0.0, v / (1.0 - P.drop_p), dropout_uniform(key, i) >= P.drop_p);
 }
 
-// blocked_data with DROP_STORES: added to an index of y, the index of the
-// same element in the masked concatenation (u32 arithmetic wraps).
+// blocked_data with DROP_STORES, set once per invocation: added to an
+// index of y, the index of the same element in the masked concatenation
+// (u32 arithmetic wraps); and the mask's key.
 var<private> mask_shift: u32;
+var<private> mask_key: u32;
 
 // Input coordinate read by tap k of output coordinate o, or -1 in the padding.
 fn tap(o: u32, k: u32, size: u32) -> i32 {
@@ -631,7 +633,7 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
 fn store_one(at: u32, k: u32, value: f32) {
     var v = value;
     if (DROP_STORES) {
-        v = dropped(v, dropout_key(P.drop_seed, P.drop_step), at + mask_shift);
+        v = dropped(v, mask_key, at + mask_shift);
     }
     if (k < VALID) {
         if (RESIDUAL) {
@@ -757,6 +759,7 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         let hw = P.h * P.w;
         mask_shift = slice_index(start.x, 0u, 0u, hw, P.w_ctotal, P.w_coff) -
                      slice_index(start.x, 0u, 0u, hw, P.out_ctotal, P.out_coff);
+        mask_key = dropout_key(P.drop_seed, P.drop_step);
     }
     var zero: Chain;
     chain_store(start, blocked_sums(start, lane, false), zero);
@@ -1185,16 +1188,17 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     // pixels, as they share table rows through subgroup broadcasts.
     let groups_per_part = (trios + WG_WEIGHT - 1u) / WG_WEIGHT;
     let g = group_index(wid, nwg);
-    let w = WeightWalk(min(g / groups_per_part, SPLIT - 1u), (g % groups_per_part) * WG_WEIGHT + lid.x, lane);
+    let i = (g % groups_per_part) * WG_WEIGHT + lid.x;
+    let w = WeightWalk(min(g / groups_per_part, SPLIT - 1u), min(i, trios - 1u), lane);
     var c: Chain;
     c = weight_walk(c, w, 0u);
     if (CHUNKS > 1u) { c = weight_walk(c, w, 1u); }
     if (CHUNKS > 2u) { c = weight_walk(c, w, 2u); }
     if (CHUNKS > 3u) { c = weight_walk(c, w, 3u); }
-    if (w.i >= trios) {
+    if (i >= trios) {
         return;
     }
-    let r0 = 3u * w.i;
+    let r0 = 3u * i;
     var base = (P.group * COB * 4u * P.w_ctotal + P.w_coff) * kk + r0;
     var stride = P.w_ctotal * kk;
     if (SPLIT > 1u) {
@@ -1209,11 +1213,11 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 }
 
 // An invocation of blocked_weight: its part of the chunk's pixels, its
-// trio (past the last one for the spare lanes of the last workgroup, which
-// walk the last trio's pixels and store nothing) and subgroup lane.
+// trio (the last one for the spare lanes of the last workgroup, which walk
+// its pixels and store nothing) and subgroup lane.
 struct WeightWalk {
     part: u32,
-    i: u32,
+    trio: u32,
     lane: u32,
 }
 
@@ -1225,8 +1229,7 @@ struct WeightWalk {
 // was a third of a 32 -> 32 layer's weight gradient, 2026-11-28).
 fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
     var c = c0;
-    let trios = select((P.cin + 2u) / 3u, P.cin * 3u, K == 3u);
-    let ic = min(w.i, trios - 1u);
+    let ic = w.trio;
     // The trio's first (ci, tap) row, and (K = 3) its kernel row's offset.
     let r0 = 3u * ic;
     let dy_off = select(0, (i32(ic % 3u) - 1) * i32(P.dilation), K == 3u);

@@ -401,8 +401,8 @@ impl Graph {
         // kernels can (no pass, no dropped copy); else a dropout pass into
         // a copy of the concatenation.
         let head_cout = arch.blocks.iter().find(|b| !matches!(b.place, Place::Concat { .. })).map_or(0, |b| b.cout);
-        let fused = ops::conv::takes_dropout(gpu, &views(&parts), head_cout);
-        let head_drop = (dropout_p > 0.0 && fused).then_some(InputDropout { p: dropout_p, seed: dropout_seed });
+        let fused = dropout_p > 0.0 && ops::conv::takes_dropout(gpu, &views(&parts), head_cout);
+        let head_drop = fused.then_some(InputDropout { p: dropout_p, seed: dropout_seed });
         let head_input = if dropout_p > 0.0 && !fused {
             let dropped = concat_parts(gpu, n, h, w, &widths)?;
             let mut offset = 0;
