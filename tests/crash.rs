@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dilaseg::model::checkpoint::{self, CheckpointMeta};
 use dilaseg::model::config::ModelConfig;
@@ -41,12 +41,15 @@ fn a_run_killed_at_arbitrary_moments_and_resumed_ends_as_an_uninterrupted_one() 
     let dir = tempfile::tempdir().unwrap();
     let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
     let (whole_s, killed_s) = (whole.to_str().unwrap(), killed.to_str().unwrap());
+    let started = Instant::now();
     let (code, _, stderr) = common::dilaseg(&train_args(data, whole_s));
     assert_eq!(code, 0, "{stderr}");
+    let life = started.elapsed().as_secs_f64() * 1000.0;
 
-    // Kill after delays spread over a run's life (on lavapipe start-up
-    // takes about 0.9 s, then each epoch of 6 steps, validation and
-    // checkpoint writes about 0.5 s), then let the last attempt finish.
+    // Kill after delays of up to 30% of the uninterrupted run's life
+    // (start-up, then epochs of 6 steps, validation and checkpoint
+    // writes), so that most attempts, resumed ones too, are still running;
+    // then let the last attempt finish.
     let mut rng = common::Rng::new(7);
     let mut kills = 0;
     for attempt in 0.. {
@@ -58,7 +61,7 @@ fn a_run_killed_at_arbitrary_moments_and_resumed_ends_as_an_uninterrupted_one() 
         let args = if resume { vec!["train", "--resume", killed_s] } else { train_args(data, killed_s) };
         let mut child = spawn(&args);
         if kills < 12 {
-            std::thread::sleep(Duration::from_millis(rng.uniform(200.0, 1600.0) as u64));
+            std::thread::sleep(Duration::from_millis(rng.uniform(0.02 * life, 0.3 * life) as u64));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
@@ -71,7 +74,7 @@ fn a_run_killed_at_arbitrary_moments_and_resumed_ends_as_an_uninterrupted_one() 
         assert!(out.status.success(), "attempt {attempt} failed: {stderr}");
         break;
     }
-    eprintln!("the run was killed {kills} times before it finished");
+    eprintln!("the run was killed {kills} times before it finished ({life:.0} ms uninterrupted)");
     // Typically 12; fewer only if the runs finish much faster than here.
     assert!(kills >= 3, "only {kills} attempts were still running when killed");
 

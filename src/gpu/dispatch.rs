@@ -207,7 +207,8 @@ impl Gpu {
         let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let (pipeline, bind_group) = self.scoped(&label, || {
             self.queue.write_buffer(params_buf.buffer(), 0, bytes);
-            let pipeline = self.pipelines.get(&self.device, kernel);
+            let compiled = self.pipelines.get(&self.device, kernel);
+            let bound = |b: &u32| compiled.bindings.contains(b);
             let mut entries =
                 vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
             entries.extend(
@@ -221,6 +222,8 @@ impl Gpu {
                     size: wgpu::BufferSize::new(WINDOW_BYTES),
                 }),
             }));
+            entries.retain(|e| bound(&e.binding));
+            let pipeline = compiled.pipeline;
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&label),
                 layout: &pipeline.get_bind_group_layout(0),

@@ -11,6 +11,7 @@ mod pipelines;
 mod pool;
 mod profile;
 pub mod shaders;
+mod specialize;
 mod tensor;
 
 pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions, Tuning};

@@ -6,48 +6,64 @@ use std::sync::{Arc, Mutex};
 
 use super::dispatch::Kernel;
 use super::shaders::Family;
+use super::specialize::Parsed;
 
 type Key = (Family, &'static str, Vec<(&'static str, u64)>);
 
+/// A compiled pipeline and the bindings (group 0) its specialised module
+/// declares: a branch ruled out by the constants takes its bindings with
+/// it (`ACCUMULATE` forward kernels read no bias), and a bind group must
+/// hold exactly the layout's.
+#[derive(Clone)]
+pub(crate) struct Compiled {
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bindings: Arc<[u32]>,
+}
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+    families: Mutex<HashMap<Family, Arc<Parsed>>>,
+    pipelines: Mutex<HashMap<Key, Compiled>>,
 }
 
 impl PipelineCache {
-    pub fn get(&self, device: &wgpu::Device, kernel: &Kernel) -> Arc<wgpu::ComputePipeline> {
+    pub fn get(&self, device: &wgpu::Device, kernel: &Kernel) -> Compiled {
         let key: Key =
             (kernel.family, kernel.entry, kernel.constants.iter().map(|&(name, v)| (name, v.to_bits())).collect());
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipelines.get(&key) {
             return p.clone();
         }
-        let module = {
-            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-            modules
+        let parsed = {
+            let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+            families
                 .entry(kernel.family)
                 .or_insert_with(|| {
-                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.family.file_name()),
-                        source: wgpu::ShaderSource::Wgsl(kernel.family.source().into()),
-                    })
+                    let family = kernel.family;
+                    // The shaders are compiled into the binary and validated by
+                    // the tests (tests/shaders.rs): failing here is a bug.
+                    Arc::new(Parsed::new(family.file_name(), &family.source()).unwrap_or_else(|e| panic!("{e}")))
                 })
                 .clone()
         };
+        let specialized = parsed.specialize(kernel.entry, &kernel.constants).unwrap_or_else(|e| panic!("{e}"));
+        let bindings = specialized.global_variables.iter().filter_map(|(_, g)| g.binding.as_ref().map(|b| b.binding));
+        let bindings: Arc<[u32]> = bindings.collect();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.entry),
+            source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(specialized)),
+        });
         let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry),
             layout: None,
             module: &module,
             entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &kernel.constants,
-                ..Default::default()
-            },
+            compilation_options: Default::default(),
             cache: None,
         }));
-        pipelines.insert(key, pipeline.clone());
-        pipeline
+        let compiled = Compiled { pipeline, bindings };
+        pipelines.insert(key, compiled.clone());
+        compiled
     }
 
     /// Pipelines compiled so far.
