@@ -529,38 +529,171 @@ fn chain_values(row: u32, ok: bool, k: Cols) -> Vals {
     return r;
 }
 
-// The values tap kx of the chain's pixels reads.
-fn tap_values(r: Vals, kx: u32) -> vec3<f32> {
-    switch kx {
+// Columns first .. first + 2 of a chain's row values: what tap kx reads
+// for the chain's three pixels (first = kx), or the three columns pixel m
+// of the chain reads (first = m).
+fn columns(r: Vals, first: u32) -> vec3<f32> {
+    switch first {
         case 0u: { return r.v.xyz; }
         case 1u: { return r.v.yzw; }
         default: { return vec3<f32>(r.v.zw, r.v4); }
     }
 }
 
-// The three taps of one kernel row for the chain, from input row values
-// u, table rows from wb.
-fn chain_row(c: Chain, u: Vals, wb: u32, lane: u32) -> Chain {
-    var r = chain_step(c, tap_values(u, 0u), wb, lane);
-    r = chain_step(r, tap_values(u, 1u), wb + COB, lane);
-    return chain_step(r, tap_values(u, 2u), wb + 2u * COB, lane);
+// The input rows of a 3x3 chain (u0, u1, u2), or of a pair of chains
+// (u0 .. u3: the lower chain's are u1, u2, u3).
+struct Rows {
+    u0: Vals,
+    u1: Vals,
+    u2: Vals,
+    u3: Vals,
 }
 
-// chain_row for ROWS = 2: the upper chain's taps read input row values u,
-// the lower's v, both times the same table rows.
-fn pair_row(c: Chain, u: Vals, v: Vals, wb: u32, lane: u32) -> Chain {
-    var r = pair_tap(c, tap_values(u, 0u), tap_values(v, 0u), wb, lane);
-    r = pair_tap(r, tap_values(u, 1u), tap_values(v, 1u), wb + COB, lane);
-    return pair_tap(r, tap_values(u, 2u), tap_values(v, 2u), wb + 2u * COB, lane);
+// One output-channel block's table rows for the nine taps of an input
+// channel: four output channels per tap.
+struct Taps {
+    t0: vec4<f32>,
+    t1: vec4<f32>,
+    t2: vec4<f32>,
+    t3: vec4<f32>,
+    t4: vec4<f32>,
+    t5: vec4<f32>,
+    t6: vec4<f32>,
+    t7: vec4<f32>,
+    t8: vec4<f32>,
 }
 
-// One tap of pair_row: the upper chain's values u and the lower's v times
-// table row wb.
-fn pair_tap(c: Chain, u: vec3<f32>, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
-    let t = table_row(0u, wb, lane);
+// Block b of a table row whose vec4 this lane gathered (`mine`, lane b's
+// is block b; with subgroups), or loaded from row `at` of table tbl.
+fn lane_block(mine: vec4<f32>, tbl: u32, at: u32, b: u32) -> vec4<f32> {
+    var v: vec4<f32>;
+    v = table_load(tbl, at + b); // @plain
+    switch b {
+        case 0u: { v = subgroupBroadcast(mine, 0u); } // @subgroup
+        case 1u: { v = subgroupBroadcast(mine, 1u); } // @subgroup
+        case 2u: { v = subgroupBroadcast(mine, 2u); } // @subgroup
+        case 3u: { v = subgroupBroadcast(mine, 3u); } // @subgroup
+        case 4u: { v = subgroupBroadcast(mine, 4u); } // @subgroup
+        case 5u: { v = subgroupBroadcast(mine, 5u); } // @subgroup
+        case 6u: { v = subgroupBroadcast(mine, 6u); } // @subgroup
+        case 7u: { v = subgroupBroadcast(mine, 7u); } // @subgroup
+        default: {}
+    }
+    return v;
+}
+
+// This lane's vec4 of the nine table rows of table tbl from wb (the
+// gather that lane_block broadcasts; unused without subgroups).
+fn gather_taps(tbl: u32, wb: u32, lane: u32) -> Taps {
+    let l = wb + min(lane % 8u, COB - 1u);
+    return Taps(table_load(tbl, l), table_load(tbl, l + COB), table_load(tbl, l + 2u * COB),
+                table_load(tbl, l + 3u * COB), table_load(tbl, l + 4u * COB), table_load(tbl, l + 5u * COB),
+                table_load(tbl, l + 6u * COB), table_load(tbl, l + 7u * COB), table_load(tbl, l + 8u * COB));
+}
+
+// Block b of the nine table rows from wb.
+fn block_taps(m: Taps, tbl: u32, wb: u32, b: u32) -> Taps {
+    return Taps(lane_block(m.t0, tbl, wb, b), lane_block(m.t1, tbl, wb + COB, b),
+                lane_block(m.t2, tbl, wb + 2u * COB, b), lane_block(m.t3, tbl, wb + 3u * COB, b),
+                lane_block(m.t4, tbl, wb + 4u * COB, b), lane_block(m.t5, tbl, wb + 5u * COB, b),
+                lane_block(m.t6, tbl, wb + 6u * COB, b), lane_block(m.t7, tbl, wb + 7u * COB, b),
+                lane_block(m.t8, tbl, wb + 8u * COB, b));
+}
+
+// a plus one pixel's nine taps: its input rows' columns r0, r1, r2 times
+// the block's table rows w, summed in one chain of multiply-adds.
+fn patch_sum(a: vec4<f32>, w: Taps, r0: vec3<f32>, r1: vec3<f32>, r2: vec3<f32>) -> vec4<f32> {
+    var s = fma(vec4<f32>(r0.x), w.t0, a);
+    s = fma(vec4<f32>(r0.y), w.t1, s);
+    s = fma(vec4<f32>(r0.z), w.t2, s);
+    s = fma(vec4<f32>(r1.x), w.t3, s);
+    s = fma(vec4<f32>(r1.y), w.t4, s);
+    s = fma(vec4<f32>(r1.z), w.t5, s);
+    s = fma(vec4<f32>(r2.x), w.t6, s);
+    s = fma(vec4<f32>(r2.y), w.t7, s);
+    return fma(vec4<f32>(r2.z), w.t8, s);
+}
+
+// Block b of Acc (b a constant at every call, so the switch folds away).
+fn acc_block(a: Acc, b: u32) -> vec4<f32> {
+    switch b {
+        case 0u: { return a.a0; }
+        case 1u: { return a.a1; }
+        case 2u: { return a.a2; }
+        case 3u: { return a.a3; }
+        case 4u: { return a.a4; }
+        case 5u: { return a.a5; }
+        case 6u: { return a.a6; }
+        default: { return a.a7; }
+    }
+}
+
+// a with block b replaced by v.
+fn with_block(a: Acc, b: u32, v: vec4<f32>) -> Acc {
+    var r = a;
+    switch b {
+        case 0u: { r.a0 = v; }
+        case 1u: { r.a1 = v; }
+        case 2u: { r.a2 = v; }
+        case 3u: { r.a3 = v; }
+        case 4u: { r.a4 = v; }
+        case 5u: { r.a5 = v; }
+        case 6u: { r.a6 = v; }
+        default: { r.a7 = v; }
+    }
+    return r;
+}
+
+// Block b of a chain's sums plus the nine taps of its pixels, whose input
+// rows are u0, u1, u2.
+fn trip_block(c: Trip, b: u32, w: Taps, u0: Vals, u1: Vals, u2: Vals) -> Trip {
     var r = c;
-    r.t0 = trip_fma(r.t0, u, t);
-    r.t1 = trip_fma(r.t1, v, t);
+    r.p0 = with_block(r.p0, b, patch_sum(acc_block(r.p0, b), w, columns(u0, 0u), columns(u1, 0u), columns(u2, 0u)));
+    if (CHAIN > 1u) {
+        r.p1 = with_block(r.p1, b, patch_sum(acc_block(r.p1, b), w, columns(u0, 1u), columns(u1, 1u), columns(u2, 1u)));
+    }
+    if (CHAIN > 2u) {
+        r.p2 = with_block(r.p2, b, patch_sum(acc_block(r.p2, b), w, columns(u0, 2u), columns(u1, 2u), columns(u2, 2u)));
+    }
+    return r;
+}
+
+// Table tbl's sums of a chain (or with ROWS = 2, table 0's of a pair: t0
+// the upper chain, t1 the lower) plus one input channel's nine taps, block
+// by block: each block's sums take all nine taps in registers before the
+// next block's. Tap by tap, every multiply-add stored its sum back to the
+// stack (96-192 sums a lane do not fit in registers; llvmpipe's JIT code
+// showed a multiply, an add from the stack and a store per tap); block by
+// block `conv3x3-d13-fwd` took 29.0-29.5 against 34.6-35.0 ms and
+// `-bwd-data` 28.0-28.2 against 34.1-34.9 (lavapipe, 2026-11-29,
+// docs/KERNELS.md).
+fn table_taps(c: Chain, tbl: u32, g: Rows, wb: u32, lane: u32) -> Chain {
+    let m = gather_taps(tbl, wb, lane);
+    var r = block_step(c, tbl, 0u, block_taps(m, tbl, wb, 0u), g);
+    if (COB > 1u) { r = block_step(r, tbl, 1u, block_taps(m, tbl, wb, 1u), g); }
+    if (COB > 2u) { r = block_step(r, tbl, 2u, block_taps(m, tbl, wb, 2u), g); }
+    if (COB > 3u) { r = block_step(r, tbl, 3u, block_taps(m, tbl, wb, 3u), g); }
+    if (COB > 4u) { r = block_step(r, tbl, 4u, block_taps(m, tbl, wb, 4u), g); }
+    if (COB > 5u) { r = block_step(r, tbl, 5u, block_taps(m, tbl, wb, 5u), g); }
+    if (COB > 6u) { r = block_step(r, tbl, 6u, block_taps(m, tbl, wb, 6u), g); }
+    if (COB > 7u) { r = block_step(r, tbl, 7u, block_taps(m, tbl, wb, 7u), g); }
+    return r;
+}
+
+// table_taps for block b: its rows w into table tbl's chain (or pair).
+fn block_step(c: Chain, tbl: u32, b: u32, w: Taps, g: Rows) -> Chain {
+    var r = c;
+    if (ROWS > 1u) {
+        r.t0 = trip_block(r.t0, b, w, g.u0, g.u1, g.u2);
+        r.t1 = trip_block(r.t1, b, w, g.u1, g.u2, g.u3);
+        return r;
+    }
+    switch tbl {
+        case 0u: { r.t0 = trip_block(r.t0, b, w, g.u0, g.u1, g.u2); }
+        case 1u: { r.t1 = trip_block(r.t1, b, w, g.u0, g.u1, g.u2); }
+        case 2u: { r.t2 = trip_block(r.t2, b, w, g.u0, g.u1, g.u2); }
+        default: { r.t3 = trip_block(r.t3, b, w, g.u0, g.u1, g.u2); }
+    }
     return r;
 }
 
@@ -612,17 +745,16 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
                               dropped(v.z, key, m + k.at.w));
             }
             c = chain_step(c, v, wb, lane);
-        } else if (ROWS > 1u) {
-            let u0 = chain_values(plane + row.x, ry.x, k);
-            let u1 = chain_values(plane + row.y, ry.y, k);
-            c = pair_row(c, u0, u1, wb, lane);
-            let u2 = chain_values(plane + row.z, ry.z, k);
-            c = pair_row(c, u1, u2, wb + 3u * COB, lane);
-            c = pair_row(c, u2, chain_values(plane + row.w, ry.w, k), wb + 6u * COB, lane);
         } else {
-            c = chain_row(c, chain_values(plane + row.x, ry.x, k), wb, lane);
-            c = chain_row(c, chain_values(plane + row.y, ry.y, k), wb + 3u * COB, lane);
-            c = chain_row(c, chain_values(plane + row.z, ry.z, k), wb + 6u * COB, lane);
+            var g: Rows;
+            g.u0 = chain_values(plane + row.x, ry.x, k);
+            g.u1 = chain_values(plane + row.y, ry.y, k);
+            g.u2 = chain_values(plane + row.z, ry.z, k);
+            if (ROWS > 1u) { g.u3 = chain_values(plane + row.w, ry.w, k); }
+            c = table_taps(c, 0u, g, wb, lane);
+            if (TABLES > 1u) { c = table_taps(c, 1u, g, wb, lane); }
+            if (TABLES > 2u) { c = table_taps(c, 2u, g, wb, lane); }
+            if (TABLES > 3u) { c = table_taps(c, 3u, g, wb, lane); }
         }
     }
     return c;
