@@ -74,11 +74,17 @@ impl Family {
 /// Parses and validates WGSL with naga, as the GPU would before compiling
 /// it; the error names the line and what is wrong.
 pub fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
+    parse(name, source).map(|(module, _)| module)
+}
+
+/// `validate`, also returning the validator's findings (which
+/// `gpu::specialize` needs).
+pub(crate) fn parse(name: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
         .validate(&module)
         .map_err(|e| e.emit_to_string_with_path(source, name))?;
-    Ok(module)
+    Ok((module, info))
 }
 
 /// Size in bytes of the struct `name` in `family`'s compiled source, by

@@ -27,8 +27,7 @@ pub(crate) struct Parsed {
 
 impl Parsed {
     pub fn new(name: &str, source: &str) -> Result<Self, String> {
-        let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
-        let info = validator().validate(&module).map_err(|e| e.emit_to_string_with_path(source, name))?;
+        let (module, info) = super::shaders::parse(name, source)?;
         Ok(Parsed { module, info })
     }
 
@@ -57,13 +56,11 @@ impl Parsed {
             f.named_expressions.clear();
         }
         compact(&mut module, KeepUnused::No);
-        validator().validate(&module).map_err(|e| format!("{entry} after specialisation: {e:?}"))?;
+        Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .map_err(|e| format!("{entry} after specialisation: {e:?}"))?;
         Ok(module)
     }
-}
-
-fn validator() -> Validator {
-    Validator::new(ValidationFlags::all(), Capabilities::all())
 }
 
 /// Replaces each `if` whose condition `known` decides by the side it takes,
@@ -105,4 +102,42 @@ fn prune(block: &mut Block, known: &dyn Fn(naga::Handle<Expression>) -> Option<b
         out.push(stmt, span);
     }
     *block = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Parsed;
+
+    const SOURCE: &str = "
+        override WIDE: bool = false;
+        @group(0) @binding(1) var<storage, read_write> a: array<f32>;
+        @group(0) @binding(2) var<storage, read_write> b: array<f32>;
+        fn narrow() { a[0] = 1.0; }
+        fn wide() { b[0] = 2.0; }
+        @compute @workgroup_size(1) fn main() {
+            if (WIDE) { wide(); } else { narrow(); }
+        }
+        @compute @workgroup_size(1) fn other() { b[1] = 3.0; }
+    ";
+
+    fn names_and_bindings(wide: f64) -> (Vec<String>, Vec<u32>) {
+        let parsed = Parsed::new("test.wgsl", SOURCE).unwrap();
+        let m = parsed.specialize("main", &[("WIDE", wide)]).unwrap();
+        let names = m.functions.iter().filter_map(|(_, f)| f.name.clone()).collect();
+        let bindings = m.global_variables.iter().filter_map(|(_, g)| g.binding.as_ref().map(|b| b.binding)).collect();
+        (names, bindings)
+    }
+
+    #[test]
+    fn a_pipeline_keeps_only_the_branch_its_constants_take_and_its_bindings() {
+        assert_eq!(names_and_bindings(0.0), (vec!["narrow".to_string()], vec![1]));
+        assert_eq!(names_and_bindings(1.0), (vec!["wide".to_string()], vec![2]));
+    }
+
+    #[test]
+    fn an_unknown_constant_is_an_error_naming_the_entry_point() {
+        let parsed = Parsed::new("test.wgsl", SOURCE).unwrap();
+        let err = parsed.specialize("main", &[("NARROW", 1.0)]).unwrap_err();
+        assert!(err.contains("main") && err.contains("NARROW"), "{err}");
+    }
 }
