@@ -434,12 +434,21 @@ fn chain_stride() -> u32 {
     return select(1u, P.dilation, K == 3u);
 }
 
+// Chains (or pairs) along len pixels (rows) in blocks of `block` holding
+// `span` each, the last block only as many as it has pixels: its chain o
+// starts at pixel o of the block, so o must be inside it (`slots` in
+// src/ops/conv.rs).
+fn slots(len: u32, block: u32, span: u32) -> u32 {
+    return len / block * span + min(span, len % block);
+}
+
 // The chain of invocation q as (sample, row, first column, whether it
 // exists), clamped into range. With CHAIN > 1 each row is cut into blocks
 // of CHAIN * s columns (s = chain_stride()), each holding min(s, w) chains
-// (ox, ox + s, ...): per row `chains_per_row` in src/ops/conv.rs; with
-// ROWS = 2 the rows likewise into blocks of 2s rows, each holding min(s, h)
-// pairs (oy, oy + s): `row_slots` there.
+// (ox, ox + s, ...), the last one no more than it has columns (`slots`):
+// per row `chains_per_row` in src/ops/conv.rs; with ROWS = 2 the rows
+// likewise into blocks of 2s rows, each holding min(s, h) pairs (oy,
+// oy + s): `row_slots` there.
 fn chain_start(q: u32) -> vec4<u32> {
     let hw = P.h * P.w;
     if (CHAIN == 1u) {
@@ -449,11 +458,11 @@ fn chain_start(q: u32) -> vec4<u32> {
     }
     let s = chain_stride();
     let span = min(s, P.w);
-    let per_row = (P.w + CHAIN * s - 1u) / (CHAIN * s) * span;
+    let per_row = slots(P.w, CHAIN * s, span);
     let span_y = min(s, P.h);
     var rows = P.h;
     if (ROWS > 1u) {
-        rows = (P.h + 2u * s - 1u) / (2u * s) * span_y;
+        rows = slots(P.h, 2u * s, span_y);
     }
     let total = P.n * rows * per_row;
     let qc = min(q, total - 1u);

@@ -322,6 +322,14 @@ fn conv3x3_matches_cpu_for_batch_2_when_the_last_row_ends_a_pair() {
 }
 
 #[test]
+fn conv3x3_matches_cpu_when_the_last_block_of_chains_and_pairs_is_short() {
+    // Dilation 21 on 46x67: columns in blocks of 63 with 4 left over, rows
+    // in blocks of 42 with 4 left over; on CPU adapters the last blocks
+    // take 4 chains and 4 pairs, not 21 (`slots`).
+    check_conv(2, 3, 8, 46, 67, 3, 21, 14);
+}
+
+#[test]
 fn conv3x3_matches_cpu_on_37x53_single_input_channel() {
     check_conv(1, 1, 3, 37, 53, 3, 1, 1);
 }
