@@ -363,25 +363,24 @@ struct Acc {
 // the same for every invocation. With subgroups each of 8 lanes reads one
 // vec4 and a subgroup broadcast hands it to the others.
 fn table_row(tbl: u32, wb: u32, lane: u32) -> Acc {
+    let mine = gather_row(tbl, wb, lane);
     var t: Acc;
-    let mine = table_load(tbl, wb + min(lane % 8u, COB - 1u)); // @subgroup
-    t.a0 = subgroupBroadcast(mine, 0u); // @subgroup
-    t.a0 = table_load(tbl, wb); // @plain
-    if (COB > 1u) { t.a1 = subgroupBroadcast(mine, 1u); } // @subgroup
-    if (COB > 1u) { t.a1 = table_load(tbl, wb + 1u); } // @plain
-    if (COB > 2u) { t.a2 = subgroupBroadcast(mine, 2u); } // @subgroup
-    if (COB > 2u) { t.a2 = table_load(tbl, wb + 2u); } // @plain
-    if (COB > 3u) { t.a3 = subgroupBroadcast(mine, 3u); } // @subgroup
-    if (COB > 3u) { t.a3 = table_load(tbl, wb + 3u); } // @plain
-    if (COB > 4u) { t.a4 = subgroupBroadcast(mine, 4u); } // @subgroup
-    if (COB > 4u) { t.a4 = table_load(tbl, wb + 4u); } // @plain
-    if (COB > 5u) { t.a5 = subgroupBroadcast(mine, 5u); } // @subgroup
-    if (COB > 5u) { t.a5 = table_load(tbl, wb + 5u); } // @plain
-    if (COB > 6u) { t.a6 = subgroupBroadcast(mine, 6u); } // @subgroup
-    if (COB > 6u) { t.a6 = table_load(tbl, wb + 6u); } // @plain
-    if (COB > 7u) { t.a7 = subgroupBroadcast(mine, 7u); } // @subgroup
-    if (COB > 7u) { t.a7 = table_load(tbl, wb + 7u); } // @plain
+    t.a0 = lane_block(mine, tbl, wb, 0u);
+    if (COB > 1u) { t.a1 = lane_block(mine, tbl, wb, 1u); }
+    if (COB > 2u) { t.a2 = lane_block(mine, tbl, wb, 2u); }
+    if (COB > 3u) { t.a3 = lane_block(mine, tbl, wb, 3u); }
+    if (COB > 4u) { t.a4 = lane_block(mine, tbl, wb, 4u); }
+    if (COB > 5u) { t.a5 = lane_block(mine, tbl, wb, 5u); }
+    if (COB > 6u) { t.a6 = lane_block(mine, tbl, wb, 6u); }
+    if (COB > 7u) { t.a7 = lane_block(mine, tbl, wb, 7u); }
     return t;
+}
+
+// This lane's vec4 of table tbl's row wb (lane b gathers block b; the
+// others repeat the last block), for lane_block to broadcast. Unused
+// without subgroups.
+fn gather_row(tbl: u32, wb: u32, lane: u32) -> vec4<f32> {
+    return table_load(tbl, wb + min(lane % 8u, COB - 1u));
 }
 
 // Vec4 i of table tbl (a constant at every call, so the switch folds away).
@@ -591,13 +590,12 @@ fn lane_block(mine: vec4<f32>, tbl: u32, at: u32, b: u32) -> vec4<f32> {
     return v;
 }
 
-// This lane's vec4 of the nine table rows of table tbl from wb (the
-// gather that lane_block broadcasts; unused without subgroups).
+// gather_row for the nine table rows of table tbl from wb.
 fn gather_taps(tbl: u32, wb: u32, lane: u32) -> Taps {
-    let l = wb + min(lane % 8u, COB - 1u);
-    return Taps(table_load(tbl, l), table_load(tbl, l + COB), table_load(tbl, l + 2u * COB),
-                table_load(tbl, l + 3u * COB), table_load(tbl, l + 4u * COB), table_load(tbl, l + 5u * COB),
-                table_load(tbl, l + 6u * COB), table_load(tbl, l + 7u * COB), table_load(tbl, l + 8u * COB));
+    return Taps(gather_row(tbl, wb, lane), gather_row(tbl, wb + COB, lane), gather_row(tbl, wb + 2u * COB, lane),
+                gather_row(tbl, wb + 3u * COB, lane), gather_row(tbl, wb + 4u * COB, lane),
+                gather_row(tbl, wb + 5u * COB, lane), gather_row(tbl, wb + 6u * COB, lane),
+                gather_row(tbl, wb + 7u * COB, lane), gather_row(tbl, wb + 8u * COB, lane));
 }
 
 // Block b of the nine table rows from wb.

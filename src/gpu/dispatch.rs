@@ -208,7 +208,6 @@ impl Gpu {
         let (pipeline, bind_group) = self.scoped(&label, || {
             self.queue.write_buffer(params_buf.buffer(), 0, bytes);
             let compiled = self.pipelines.get(&self.device, kernel);
-            let bound = |b: &u32| compiled.bindings.contains(b);
             let mut entries =
                 vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
             entries.extend(
@@ -222,7 +221,7 @@ impl Gpu {
                     size: wgpu::BufferSize::new(WINDOW_BYTES),
                 }),
             }));
-            entries.retain(|e| bound(&e.binding));
+            entries.retain(|e| compiled.bindings.contains(&e.binding));
             let pipeline = compiled.pipeline;
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&label),
