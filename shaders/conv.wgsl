@@ -419,12 +419,14 @@ fn row_fma(c: Acc, v: f32, t: Acc) -> Acc {
 override CHAIN: u32 = 1u;
 
 // Output rows per chain of the 3x3 blocked forward and data kernels with
-// one table, 1 or 2: with 2 the chain is also repeated chain_stride() rows
+// one table, 1 to 3: with 2 the chain is also repeated chain_stride() rows
 // lower, the two sharing the middle kernel rows' input rows (4 rows of 5
 // columns loaded for 6 pixels' 54 taps, not 2 x 3 rows) and every table
 // row. On lavapipe a 32 -> 32 3x3 layer at 256x256, dilation 13, took 92
-// against 122 ms (scratch kernels, 2026-11-28). Its chains sit in Chain's
-// t0 (row oy) and t1 (row oy + d).
+// against 122 ms (scratch kernels, 2026-11-28); with 3 (5 input rows for 9
+// pixels) `conv3x3-d13-fwd` 28.0-28.4 against 29.5-29.6 ms (2026-11-29;
+// `rows` in src/ops/conv.rs chooses). Its chains sit in Chain's t0 (row
+// oy), t1 (row oy + d) and t2 (row oy + 2d).
 override ROWS: u32 = 1u;
 
 // The distance between a chain's pixels: the dilation for 3x3 kernels, 1
@@ -445,9 +447,9 @@ fn slots(len: u32, block: u32, span: u32) -> u32 {
 // exists), clamped into range. With CHAIN > 1 each row is cut into blocks
 // of CHAIN * s columns (s = chain_stride()), each holding min(s, w) chains
 // (ox, ox + s, ...), the last one no more than it has columns (`slots`):
-// per row `chains_per_row` in src/ops/conv.rs; with ROWS = 2 the rows
-// likewise into blocks of 2s rows, each holding min(s, h) pairs (oy,
-// oy + s): `row_slots` there.
+// per row `chains_per_row` in src/ops/conv.rs; with ROWS > 1 the rows
+// likewise into blocks of ROWS * s rows, each holding min(s, h) pairs (oy,
+// oy + s) or triples: `row_slots` there.
 fn chain_start(q: u32) -> vec4<u32> {
     let hw = P.h * P.w;
     if (CHAIN == 1u) {
@@ -461,7 +463,7 @@ fn chain_start(q: u32) -> vec4<u32> {
     let span_y = min(s, P.h);
     var rows = P.h;
     if (ROWS > 1u) {
-        rows = slots(P.h, 2u * s, span_y);
+        rows = slots(P.h, ROWS * s, span_y);
     }
     let total = P.n * rows * per_row;
     let qc = min(q, total - 1u);
@@ -470,7 +472,7 @@ fn chain_start(q: u32) -> vec4<u32> {
     let ox = CHAIN * s * (j / span) + j % span;
     var oy = slot % rows;
     if (ROWS > 1u) {
-        oy = 2u * s * (oy / span_y) + oy % span_y;
+        oy = ROWS * s * (oy / span_y) + oy % span_y;
     }
     return vec4<u32>(slot / rows, oy, ox, select(0u, 1u, q < total && ox < P.w && oy < P.h));
 }
@@ -548,13 +550,15 @@ fn columns(r: Vals, first: u32) -> vec3<f32> {
     }
 }
 
-// The input rows of a 3x3 chain (u0, u1, u2), or of a pair of chains
-// (u0 .. u3: the lower chain's are u1, u2, u3).
+// The input rows of a 3x3 chain (u0, u1, u2), or of a pair or triple of
+// chains (u0 .. u4: the second chain's are u1, u2, u3, the third's u2, u3,
+// u4).
 struct Rows {
     u0: Vals,
     u1: Vals,
     u2: Vals,
     u3: Vals,
+    u4: Vals,
 }
 
 // One output-channel block's table rows for the nine taps of an input
@@ -665,8 +669,8 @@ fn trip_block(c: Trip, b: u32, w: Taps, u0: Vals, u1: Vals, u2: Vals) -> Trip {
     return r;
 }
 
-// Table tbl's sums of a chain (or with ROWS = 2, table 0's of a pair: t0
-// the upper chain, t1 the lower) plus one input channel's nine taps, block
+// Table tbl's sums of a chain (or with ROWS > 1, table 0's of a pair or
+// triple: t0 the upper chain, t1 and t2 the lower) plus one input channel's nine taps, block
 // by block: each block's sums take all nine taps in registers before the
 // next block's. Tap by tap, every multiply-add stored its sum back to the
 // stack (96-192 sums a lane do not fit in registers; llvmpipe's JIT code
@@ -693,6 +697,7 @@ fn block_step(c: Chain, tbl: u32, b: u32, w: Taps, g: Rows) -> Chain {
     if (ROWS > 1u) {
         r.t0 = trip_block(r.t0, b, w, g.u0, g.u1, g.u2);
         r.t1 = trip_block(r.t1, b, w, g.u1, g.u2, g.u3);
+        if (ROWS > 2u) { r.t2 = trip_block(r.t2, b, w, g.u2, g.u3, g.u4); }
         return r;
     }
     switch tbl {
@@ -721,11 +726,12 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
     let last = vec2<i32>(i32(P.h) - 1, i32(P.w) - 1);
     let oy = i32(start.y);
     let ox = i32(start.z);
-    // Input rows of the taps (K = 3: offsets -d, 0, +d; with ROWS = 2 also
-    // +2d, the lower chain's last).
+    // Input rows of the taps (K = 3: offsets -d, 0, +d; with ROWS > 1 also
+    // +2d, the second chain's last, and with ROWS = 3 +3d, the third's).
     let iy = vec4<i32>(oy - d, oy, oy + d, oy + 2 * d);
     let ry = iy >= vec4<i32>(0) & iy <= vec4<i32>(last.x);
     let row = vec4<u32>(clamp(iy, vec4<i32>(0), vec4<i32>(last.x))) * P.w;
+    let row4 = u32(min(oy + 3 * d, last.x)) * P.w;
     let cx = vec4<i32>(ox - s, ox, ox + s, ox + 2 * s);
     let c4 = ox + 3 * s;
     let k = Cols(vec4<u32>(clamp(cx, vec4<i32>(0), vec4<i32>(last.y))),
@@ -758,6 +764,7 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
             g.u1 = chain_values(plane + row.y, ry.y, k);
             g.u2 = chain_values(plane + row.z, ry.z, k);
             if (ROWS > 1u) { g.u3 = chain_values(plane + row.w, ry.w, k); }
+            if (ROWS > 2u) { g.u4 = chain_values(plane + row4, oy + 3 * d <= last.x, k); }
             c = table_taps(c, 0u, g, wb, lane);
             if (TABLES > 1u) { c = table_taps(c, 1u, g, wb, lane); }
             if (TABLES > 2u) { c = table_taps(c, 2u, g, wb, lane); }
@@ -856,6 +863,9 @@ fn chain_store(start: vec4<u32>, c: Chain, b: Chain) {
     if (ROWS > 1u) {
         let s = chain_stride();
         if (start.y + s < P.h) { trip_store(start + vec4<u32>(0u, s, 0u, 0u), 0u, c.t1, b.t0.p0); }
+        if ((ROWS > 2u) && (start.y + 2u * s < P.h)) {
+            trip_store(start + vec4<u32>(0u, 2u * s, 0u, 0u), 0u, c.t2, b.t0.p0);
+        }
     }
     if (TABLES > 1u) { trip_store(start, 1u, c.t1, b.t1.p0); }
     if (TABLES > 2u) { trip_store(start, 2u, c.t2, b.t2.p0); }

@@ -316,9 +316,21 @@ fn conv1x1_matches_cpu_for_5_to_140_channels_batch_2() {
 
 #[test]
 fn conv3x3_matches_cpu_for_batch_2_when_the_last_row_ends_a_pair() {
-    // 40 rows at dilation 2 in blocks of 4: on CPU adapters rows 37 and 39
-    // are the lower rows of the pairs (36, 38) and (37, 39) (`ROWS`).
-    check_conv(2, 3, 8, 40, 29, 3, 2, 13);
+    // 44 rows at dilation 11 in blocks of 22: on CPU adapters pairs of rows
+    // (`ROWS` = 2, `rows` in src/ops/conv.rs), rows 33 to 43 the lower rows
+    // of the pairs (22, 33) to (32, 43).
+    check_conv(2, 3, 8, 44, 29, 3, 11, 13);
+}
+
+#[test]
+fn conv3x3_matches_cpu_for_batch_2_when_triples_of_rows_end_short() {
+    // On CPU adapters triples of rows (`ROWS` = 3). 53 rows at dilation 5
+    // in blocks of 15: the last block's triples (45, 50, 55) to (49, 54,
+    // 59) have only their first two rows, or one. 37 rows at dilation 13:
+    // one block of 13 triples, (11, 24, 37) and (12, 25, 38) without their
+    // third row.
+    check_conv(2, 3, 8, 53, 29, 3, 5, 15);
+    check_conv(2, 5, 7, 37, 31, 3, 13, 16);
 }
 
 #[test]

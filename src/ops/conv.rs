@@ -221,13 +221,14 @@ fn tables(gpu: &Gpu, cout: usize, cob: usize) -> usize {
 }
 
 /// Row slots per sample of the blocked forward and data kernels for chains
-/// `stride` apart in `rows` (1 or 2) output rows (`chain_start` in
-/// conv.wgsl): blocks of 2 * stride rows, min(stride, h) pairs each.
+/// `stride` apart in `rows` (1 to 3) output rows (`chain_start` in
+/// conv.wgsl): blocks of rows * stride rows, min(stride, h) pairs (or
+/// triples) each.
 fn row_slots(h: usize, stride: usize, rows: usize) -> usize {
     if rows == 1 {
         h
     } else {
-        slots(h, 2 * stride, stride.min(h))
+        slots(h, rows * stride, stride.min(h))
     }
 }
 
@@ -239,17 +240,23 @@ fn slots(len: usize, block: usize, span: usize) -> usize {
     len / block * span + span.min(len % block)
 }
 
-/// Output rows per chain (`ROWS` in conv.wgsl): two for 3x3 one-table
-/// launches on CPU adapters where the pairs, each about 1.5x the work of a
-/// single row on lavapipe, cost less than single rows (not where a large
-/// dilation leaves most rows without a partner).
+/// Output rows per chain (`ROWS` in conv.wgsl), for 3x3 one-table launches
+/// on CPU adapters: 1, 2 or 3, whichever leaves the least work, a chain of
+/// r rows costing `ROW_COST[r - 1]` single rows (on lavapipe the rows share
+/// input rows and table rows: a pair costs about 1.5 rows, a triple about
+/// 2.05, `conv3x3-d13-fwd` 29.5 against 28.2 ms, 2026-11-29), counted with
+/// the empty slots a large dilation leaves (`row_slots`): at 256 rows,
+/// dilation 55 takes pairs, 21 triples.
 fn rows(chain: usize, k: usize, tables: usize, h: usize, stride: usize) -> usize {
-    if chain > 1 && k == 3 && tables == 1 && 3 * row_slots(h, stride, 2) < 2 * h {
-        2
-    } else {
-        1
+    if chain == 1 || k != 3 || tables != 1 {
+        return 1;
     }
+    let cost = |r: usize| row_slots(h, stride, r) as f64 * ROW_COST[r - 1];
+    (1..=ROW_COST.len()).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
+
+/// What a chain of 1, 2 or 3 rows costs, in single rows (see `rows`).
+const ROW_COST: [f64; 3] = [1.0, 1.5, 2.05];
 
 /// The blocked kernels' table bindings (`wpack`, `wpack1`..`wpack3`). They
 /// name every one whatever `TABLES` is: a launch with fewer binds its last
@@ -1140,4 +1147,27 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Vec<Dispatch>> 
     // db as the weight gradient of a 1x1 convolution from one channel.
     let r = reduce_partials(gpu, Params { cin: 1, w_ctotal: 1, ..p }, 1, &partials, db)?;
     Ok(vec![d, r])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shapes tests/kernels.rs runs for each row mode take that mode.
+    #[test]
+    fn rows_takes_single_rows_pairs_or_triples_by_their_cost() {
+        let mode = |h, dilation| rows(3, 3, 1, h, dilation);
+        assert_eq!(mode(44, 11), 2);
+        assert_eq!(mode(46, 21), 2);
+        assert_eq!(mode(53, 5), 3);
+        assert_eq!(mode(37, 13), 3);
+        // At 256 rows a large dilation wastes the triples' slots.
+        assert_eq!(mode(256, 13), 3);
+        assert_eq!(mode(256, 55), 2);
+        // 40 rows at dilation 55: every row alone.
+        assert_eq!(mode(40, 55), 1);
+        // Several tables or a 1x1 kernel: no row sharing.
+        assert_eq!(rows(3, 3, 2, 256, 13), 1);
+        assert_eq!(rows(3, 1, 1, 256, 1), 1);
+    }
 }
