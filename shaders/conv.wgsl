@@ -670,14 +670,14 @@ fn trip_block(c: Trip, b: u32, w: Taps, u0: Vals, u1: Vals, u2: Vals) -> Trip {
 }
 
 // Table tbl's sums of a chain (or with ROWS > 1, table 0's of a pair or
-// triple: t0 the upper chain, t1 and t2 the lower) plus one input channel's nine taps, block
-// by block: each block's sums take all nine taps in registers before the
-// next block's. Tap by tap, every multiply-add stored its sum back to the
-// stack (96-192 sums a lane do not fit in registers; llvmpipe's JIT code
-// showed a multiply, an add from the stack and a store per tap); block by
-// block `conv3x3-d13-fwd` took 29.0-29.5 against 34.6-35.0 ms and
-// `-bwd-data` 28.0-28.2 against 34.1-34.9 (lavapipe, 2026-11-29,
-// docs/KERNELS.md).
+// triple: t0 the upper chain, t1 and t2 the lower) plus one input
+// channel's nine taps, block by block: each block's sums take all nine
+// taps in registers before the next block's. Tap by tap, every
+// multiply-add stored its sum back to the stack (96-192 sums a lane do not
+// fit in registers; llvmpipe's JIT code showed a multiply, an add from the
+// stack and a store per tap); block by block `conv3x3-d13-fwd` took
+// 29.0-29.5 against 34.6-35.0 ms and `-bwd-data` 28.0-28.2 against
+// 34.1-34.9 (lavapipe, 2026-11-29, docs/KERNELS.md).
 fn table_taps(c: Chain, tbl: u32, g: Rows, wb: u32, lane: u32) -> Chain {
     let m = gather_taps(tbl, wb, lane);
     var r = block_step(c, tbl, 0u, block_taps(m, tbl, wb, 0u), g);
@@ -691,7 +691,7 @@ fn table_taps(c: Chain, tbl: u32, g: Rows, wb: u32, lane: u32) -> Chain {
     return r;
 }
 
-// table_taps for block b: its rows w into table tbl's chain (or pair).
+// table_taps for block b: its rows w into table tbl's chain (or pair, triple).
 fn block_step(c: Chain, tbl: u32, b: u32, w: Taps, g: Rows) -> Chain {
     var r = c;
     if (ROWS > 1u) {
