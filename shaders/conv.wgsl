@@ -65,6 +65,9 @@ struct Params {
     drop_seed: u32,
     drop_step: u32,
     _pad: u32,
+    // pack_dy_windows: (its first pixel from the batch's first, its
+    // pixels, the group's first block it packs, unused).
+    pack: vec4<u32>,
     win: array<vec4<i32>, 3>,
 }
 
@@ -1293,6 +1296,42 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let cc = min(co, vec4<u32>(P.cout - 1u)) * hw + vec4<u32>(base);
     let v = vec4<f32>(dy[cc.x], dy[cc.y], dy[cc.z], dy[cc.w]);
     wpack_out[i] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout) & vec4<bool>(q < P.n * hw));
+}
+
+// pack_dy_windows: pack_dy with dy read through uniform windows, which
+// llvmpipe gathers instead of loading lane by lane (lungnet step on
+// lavapipe, 2026-11-29: the packing 92-124 -> 49-51 ms). A launch packs
+// three blocks (12 channels) of group P.group, from block P.pack.z, for
+// P.pack.y pixels of one sample, from pixel P.pack.x of the batch of chunks
+// from chunk P.chunk that wpack_out holds; window 4j + m holds channel
+// 4 (P.pack.z + j) + m of the sample's plane, the launch's first pixel at
+// its element P.win[j][m] (blocks past COB are not packed; their windows
+// repeat a channel, unread).
+@compute @workgroup_size(WG)
+fn pack_dy_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(wid, lid, nwg);
+    if (i >= P.pack.y) {
+        return;
+    }
+    window_block(0u, i);
+    window_block(1u, i);
+    window_block(2u, i);
+}
+
+// Block P.pack.z + j of pixel i of a pack_dy_windows launch, from windows
+// 4j .. 4j + 3, zero past the last channel.
+fn window_block(j: u32, i: u32) {
+    let b = P.pack.z + j;
+    if (b >= COB) {
+        return;
+    }
+    let at = vec4<u32>(P.win[j]) + vec4<u32>(i);
+    let v = vec4<f32>(window_load(4u * j, at.x), window_load(4u * j + 1u, at.y), window_load(4u * j + 2u, at.z),
+                      window_load(4u * j + 3u, at.w));
+    let co = vec4<u32>((P.group * COB + b) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let q = P.pack.x + i;
+    wpack_out[q / CHUNK * PACK_LEN + q % CHUNK * COB + b] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout));
 }
 
 // blocked_weight's stores of table tbl's channels for its trio's rows

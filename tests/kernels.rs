@@ -369,9 +369,22 @@ fn conv3x3_dilation_55_reaches_across_a_large_image() {
 #[test]
 fn conv3x3_weight_gradient_over_many_chunks_matches_cpu() {
     // The blocked weight gradient with 9 output channels (tables of 1365
-    // pixels) over 2 x 97 x 131 pixels: 19 chunks, packed 16 and then 3 per
-    // launch, each summed by 14 parts per (ci, tap) that are reduced once.
+    // pixels) over 2 x 97 x 131 pixels: 19 chunks packed in one batch (on
+    // CPU adapters through windows of dy, one per sample's part), each
+    // summed by 14 parts per (ci, tap) that are reduced once.
     check_conv(2, 2, 9, 97, 131, 3, 8, 11);
+}
+
+#[test]
+fn conv3x3_weight_gradient_packs_dy_across_windows_and_batches() {
+    // On CPU adapters dy is packed through 64 KiB windows of its planes,
+    // one launch per sample's part of a batch of chunks that a window
+    // holds. Planes of 131 x 140 = 18340 pixels, batch 2: with 32 output
+    // channels (chunks of 512 pixels, batches of 28) a batch ends inside a
+    // plane and the next spans two samples; with 9 (chunks of 1365) the one
+    // batch takes two windows of each plane.
+    check_conv(2, 2, 32, 131, 140, 3, 5, 17);
+    check_conv(2, 2, 9, 131, 140, 3, 3, 18);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_apart, reduction_parts, u32_of, window_align};
+use super::{ensure, ensure_apart, reduction_parts, u32_of, window_align, window_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
 use crate::shape::Shape;
@@ -34,6 +34,7 @@ pub(super) struct Params {
     drop_seed: u32,
     drop_step: u32,
     _pad: u32,
+    pack: [u32; 4],
     win: [[i32; 4]; 3],
 }
 
@@ -87,6 +88,7 @@ fn part_params(
         drop_seed: 0,
         drop_step: 0,
         _pad: 0,
+        pack: [0; 4],
         win: [[0; 4]; 3],
     };
     Ok((ws.h, p))
@@ -162,20 +164,27 @@ const NARROW_RUN: usize = 8;
 /// window per input channel and kernel row, twelve at most.
 const WINDOW_CIN: usize = 4;
 
+/// conv.wgsl's window bindings `win0` .. `win11`.
+const FIRST_WINDOW_BINDING: u32 = 11;
+const WINDOWS: usize = 12;
+
 /// Uniform bindings of a windowed launch: twelve windows (the pipeline
 /// layout holds every one the shader names; those past the input channels
 /// repeat the first), the packed weights and the parameters.
-const WINDOW_BINDINGS: u32 = 3 * WINDOW_CIN as u32 + 2;
+const WINDOW_BINDINGS: u32 = WINDOWS as u32 + 2;
 
 /// Invocations narrow_weight aims for: blocks of 9 (ci, tap) rows times
 /// parts of the pixels (seo2018's 3 -> 3 layers have 3 blocks).
 const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
 
-/// Chunks of dy the blocked weight gradient packs per launch (their tables
+/// Chunks of dy the blocked weight gradient packs per batch (their tables
 /// in one buffer, each read through a window), where a storage binding can
 /// hold them: fixed per device, so that a graph's memory stays affine in
-/// its pixel count (`Graph::memory_need`).
-const PACK_BATCH: usize = 16;
+/// its pixel count (`Graph::memory_need`). 28 chunks of 512 pixels (32
+/// channels) fit one 64 KiB window of a plane with room for its alignment,
+/// so a sample's batch is one `pack_dy_windows` launch per three blocks,
+/// and a multiple of the 4 chunks a weight launch walks.
+const PACK_BATCH: usize = 28;
 
 /// Entries of dw per workgroup of reduce_partials (`REDUCE_ENTRIES`).
 const REDUCE_ENTRIES: usize = 32;
@@ -775,11 +784,19 @@ fn band_windows<'a>(
             let k = ci * 3 + ky;
             bp.win[k / 4][k % 4] = i32::try_from(at as isize - start as isize - (first * width) as isize)
                 .expect("a window offset fits an i32");
-            windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: (start * 4) as u64 });
+            windows.push(Window {
+                binding: FIRST_WINDOW_BINDING + k as u32,
+                tensor: input.tensor,
+                offset: (start * 4) as u64,
+            });
         }
     }
-    for k in windows.len()..3 * WINDOW_CIN {
-        windows.push(Window { binding: 11 + k as u32, tensor: input.tensor, offset: windows[0].offset });
+    for k in windows.len()..WINDOWS {
+        windows.push(Window {
+            binding: FIRST_WINDOW_BINDING + k as u32,
+            tensor: input.tensor,
+            offset: windows[0].offset,
+        });
     }
     (bp, windows)
 }
@@ -1049,18 +1066,9 @@ fn blocked_weight(
             let table_bytes = (bound * count * cob * 16) as f64;
             if c % batch_len == 0 {
                 let batch = batch_len.min(chunks - c);
-                let packed = pixels.min((c + batch) * chunk) - c * chunk;
                 for (t, pack) in packs.iter().enumerate() {
-                    let block = first + t;
-                    let block_cout = per_table.min(cout - per_table * block);
-                    let d = gpu.dispatch(
-                        format!("conv.pack_dy {} group {block}", dy.shape()),
-                        &kernel("pack_dy"),
-                        &Params { group: u32_of(block), ..gp },
-                        &[(5, dy), (10, pack.view())],
-                        Grid::Elements(batch * PACK_LEN),
-                    )?;
-                    list.push(d.with_bytes((packed * block_cout * 4) as f64 + (packed * cob * 16) as f64));
+                    let gp = Params { group: u32_of(first + t), ..gp };
+                    list.extend(pack_dy(gpu, &kernel, gp, dy, pack, (c, batch), (cob, chunk))?);
                 }
             }
             let grid = Grid::Groups(split * trios.div_ceil(WEIGHT_WORKGROUP));
@@ -1104,6 +1112,92 @@ fn blocked_weight(
         }
     }
     Ok(list)
+}
+
+/// Packs chunks c .. c + batch of dy's block of output channels P.group
+/// into `pack` (conv.wgsl's pack_dy layout, `cob` vec4s a pixel, `chunk`
+/// pixels a table): on CPU adapters through uniform windows of dy
+/// (`pack_dy_windows`: a launch per three blocks and per piece of a
+/// sample's plane that one window holds), else from storage (`pack_dy`,
+/// and wherever a piece has no window: a buffer under 64 KiB).
+fn pack_dy(
+    gpu: &Gpu,
+    kernel: &dyn Fn(&'static str) -> Kernel,
+    p: Params,
+    dy: View,
+    pack: &Tensor,
+    (c, batch): (usize, usize),
+    (cob, chunk): (usize, usize),
+) -> Result<Vec<Dispatch>> {
+    let s = dy.shape();
+    let (hw, block) = (s.h * s.w, p.group as usize);
+    let (q0, q1) = (c * chunk, (s.n * hw).min((c + batch) * chunk));
+    let label = format!("conv.pack_dy {} group {block}", dy.shape());
+    // dy's channels read and the table's vec4s written, per pixel.
+    let bytes = |pixels: usize, channels: usize, blocks: usize| (pixels * (channels * 4 + blocks * 16)) as f64;
+    if let Some(launches) = pack_windows(gpu, p, dy, (q0, q1), cob) {
+        let kernel = kernel("pack_dy_windows");
+        return launches
+            .into_iter()
+            .map(|(wp, windows)| {
+                let d = gpu.dispatch_windowed(
+                    format!("{label} windowed"),
+                    &kernel,
+                    &wp,
+                    &[(10, pack.view())],
+                    &windows,
+                    Grid::Elements(wp.pack[1] as usize),
+                )?;
+                let blocks = (WINDOWS / 4).min(cob - wp.pack[2] as usize);
+                Ok(d.with_bytes(bytes(wp.pack[1] as usize, 4 * blocks, blocks)))
+            })
+            .collect();
+    }
+    let block_cout = (4 * cob).min(s.c - 4 * cob * block);
+    let d =
+        gpu.dispatch(label, &kernel("pack_dy"), &p, &[(5, dy), (10, pack.view())], Grid::Elements(batch * PACK_LEN))?;
+    Ok(vec![d.with_bytes(bytes(q1 - q0, block_cout, cob))])
+}
+
+/// The launches of pack_dy_windows for pixels q0 .. q1 (of N x H x W) of
+/// dy's block P.group: per sample's piece of them that one window holds,
+/// per three vec4 blocks, the parameters and the 12 windows; None where a
+/// window cannot be had (a hardware GPU, too few uniform bindings, a
+/// buffer under 64 KiB).
+fn pack_windows<'a>(
+    gpu: &Gpu,
+    p: Params,
+    dy: View<'a>,
+    (q0, q1): (usize, usize),
+    cob: usize,
+) -> Option<Vec<(Params, Vec<Window<'a>>)>> {
+    if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < 1 + WINDOWS as u32 {
+        return None;
+    }
+    let s = dy.shape();
+    let hw = s.h * s.w;
+    // Any start within a window's alignment leaves room for the piece.
+    let piece = WINDOW_BYTES as usize / 4 - window_align(gpu);
+    let first_channel = 4 * cob * p.group as usize;
+    let mut launches = Vec::new();
+    for n in q0 / hw..q1.div_ceil(hw) {
+        let (from, to) = (q0.max(n * hw), q1.min((n + 1) * hw));
+        for start in (from..to).step_by(piece) {
+            let len = piece.min(to - start);
+            for b0 in (0..cob).step_by(WINDOWS / 4) {
+                let mut wp = Params { pack: [u32_of(start - q0), u32_of(len), u32_of(b0), 0], ..p };
+                let mut windows = Vec::with_capacity(WINDOWS);
+                for k in 0..WINDOWS {
+                    let channel = (first_channel + 4 * b0 + k).min(s.c - 1);
+                    let (offset, at) = window_of(gpu, &dy, n, channel, start - n * hw, len)?;
+                    wp.win[k / 4][k % 4] = i32::try_from(at).expect("a window offset fits an i32");
+                    windows.push(Window { binding: FIRST_WINDOW_BINDING + k as u32, tensor: dy.tensor, offset });
+                }
+                launches.push((wp, windows));
+            }
+        }
+    }
+    Some(launches)
 }
 
 /// The bias gradient `db` (overwritten): the sum of `dy` per channel, on a

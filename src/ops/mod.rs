@@ -11,7 +11,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 
-use crate::gpu::{Gpu, GpuError, Grid, Result, Tuning, View, WORKGROUP};
+use crate::gpu::{Gpu, GpuError, Grid, Result, Tuning, View, WINDOW_BYTES, WORKGROUP};
 
 /// A kernel's precondition failed: the launch is refused, nothing dispatched.
 fn ensure(ok: bool, kernel: &str, message: impl FnOnce() -> String) -> Result<()> {
@@ -70,6 +70,21 @@ fn reduction_parts(gpu: &Gpu, groups: usize, plane: usize) -> usize {
 /// pool's buffers are whole multiples of the alignment and of a window).
 fn window_align(gpu: &Gpu) -> usize {
     (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1)
+}
+
+/// The 64 KiB window of view `v` holding the `len` elements of plane
+/// (n, c) from element `from`: its offset in the tensor (bytes) and where
+/// they start in it. None where no window can: a buffer under 64 KiB, an
+/// alignment that would leave them past its end, a start before the
+/// tensor's (a tensor sharing a buffer).
+pub(super) fn window_of(gpu: &Gpu, v: &View, n: usize, c: usize, from: usize, len: usize) -> Option<(u64, u32)> {
+    let window = WINDOW_BYTES as usize / 4;
+    let align = window_align(gpu);
+    let s = v.shape();
+    let origin = v.tensor.byte_offset() as usize / 4;
+    let at = origin + ((n * v.tensor.shape.c + v.c_offset + c) * s.plane() + from);
+    let start = (at / align * align).min((v.tensor.buffer().size() as usize / 4).checked_sub(window)?);
+    (start >= origin && at + len <= start + window).then(|| (((start - origin) * 4) as u64, u32_of(at - start)))
 }
 
 fn u32_of(v: usize) -> u32 {

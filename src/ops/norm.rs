@@ -3,9 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, ensure_apart, ensure_same, reduction_parts, run_grid, u32_of, window_align};
+use super::{ensure, ensure_apart, ensure_same, reduction_parts, run_grid, u32_of, window_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window};
 use crate::nn::{Activation, NormStats, BN_MOMENTUM, NORM_EPS};
 use crate::shape::Shape;
 
@@ -167,21 +167,6 @@ struct PartWindow {
     /// part_out's index of the first part, and the parts' elements.
     first: u32,
     len: u32,
-}
-
-/// The 64 KiB window of view `v` holding the `len` elements of plane
-/// (n, c) from element `from`: its offset in the tensor (bytes) and where
-/// they start in it. None where no window can: a buffer under 64 KiB, an
-/// alignment that would leave them past its end, a start before the
-/// tensor's (a tensor sharing a buffer).
-fn window_of(gpu: &Gpu, v: &View, n: usize, c: usize, from: usize, len: usize) -> Option<(u64, u32)> {
-    let window = WINDOW_BYTES as usize / 4;
-    let align = window_align(gpu);
-    let s = v.shape();
-    let origin = v.tensor.byte_offset() as usize / 4;
-    let at = origin + ((n * v.tensor.shape.c + v.c_offset + c) * s.plane() + from);
-    let start = (at / align * align).min((v.tensor.buffer().size() as usize / 4).checked_sub(window)?);
-    (start >= origin && at + len <= start + window).then(|| (((start - origin) * 4) as u64, u32_of(at - start)))
 }
 
 /// The windows of the windowed reductions over `inputs` (x, and dy for
