@@ -1276,7 +1276,8 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // launch for several chunks: each launch costs about as much as packing a
 // chunk on lavapipe), each as blocked_weight reads it through a window:
 // [pixel][block] vec4s of 4 output channels, zero past the last pixel or
-// channel.
+// channel. CPU adapters pack through windows instead (pack_dy_windows,
+// below) wherever dy's buffer holds one.
 @compute @workgroup_size(WG)
 fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
