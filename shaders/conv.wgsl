@@ -1293,7 +1293,7 @@ fn pack_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let base = slice_index(qc / hw, 0u, qc % hw, hw, P.out_ctotal, P.out_coff);
     // The block's four channels, clamped into range and zeroed past the
     // end (selects, not branches: llvmpipe runs both sides of a branch).
-    let co = vec4<u32>((P.group * COB + b) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let co = block_channels(b);
     let cc = min(co, vec4<u32>(P.cout - 1u)) * hw + vec4<u32>(base);
     let v = vec4<f32>(dy[cc.x], dy[cc.y], dy[cc.z], dy[cc.w]);
     wpack_out[i] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout) & vec4<bool>(q < P.n * hw));
@@ -1330,9 +1330,14 @@ fn window_block(j: u32, i: u32) {
     let at = vec4<u32>(P.win[j]) + vec4<u32>(i);
     let v = vec4<f32>(window_load(4u * j, at.x), window_load(4u * j + 1u, at.y), window_load(4u * j + 2u, at.z),
                       window_load(4u * j + 3u, at.w));
-    let co = vec4<u32>((P.group * COB + b) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     let q = P.pack.x + i;
-    wpack_out[q / CHUNK * PACK_LEN + q % CHUNK * COB + b] = select(vec4<f32>(0.0), v, co < vec4<u32>(P.cout));
+    let ok = block_channels(b) < vec4<u32>(P.cout);
+    wpack_out[q / CHUNK * PACK_LEN + q % CHUNK * COB + b] = select(vec4<f32>(0.0), v, ok);
+}
+
+// The four output channels of block b of group P.group (dy's table layout).
+fn block_channels(b: u32) -> vec4<u32> {
+    return vec4<u32>((P.group * COB + b) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
 }
 
 // blocked_weight's stores of table tbl's channels for its trio's rows
