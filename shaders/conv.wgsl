@@ -86,7 +86,8 @@ struct Params {
 @group(0) @binding(9) var<uniform> wpack: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(10) var<storage, read_write> wpack_out: array<vec4<f32>>;
 // The blocked kernels' further tables (TABLES > 1), each for the next 4 *
-// COB output channels.
+// COB output channels (launches of more than 4 tables: also win0 ..
+// win9, table_load).
 @group(0) @binding(23) var<uniform> wpack1: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(24) var<uniform> wpack2: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(25) var<uniform> wpack3: array<vec4<f32>, PACK_LEN>;
@@ -135,7 +136,7 @@ override SPLIT: u32 = 1u;
 const PACK_LEN: u32 = 4096u;
 // Pixels of dy in one table for blocked_weight.
 override CHUNK: u32 = PACK_LEN / COB;
-// Chunks a blocked_weight launch walks, one table each (weight_walk).
+// Chunks a blocked_weight launch walks, TABLES tables each (weight_walk).
 override CHUNKS: u32 = 1u;
 // Invocations per workgroup of blocked_weight: its grid is only Cin * K * K
 // / 3 trios per group, so small workgroups spread it over more cores; 8,
@@ -387,7 +388,24 @@ fn gather_row(tbl: u32, wb: u32, lane: u32) -> vec4<f32> {
 }
 
 // Vec4 i of table tbl (a constant at every call, so the switch folds away).
+// A launch of more than 4 tables (TABLES x CHUNKS) reads tables 4 to 13
+// through the window bindings (only those pipelines name them).
 fn table_load(tbl: u32, i: u32) -> vec4<f32> {
+    if (CHUNKS * TABLES > 4u) {
+        switch tbl {
+            case 4u: { return win0[i]; }
+            case 5u: { return win1[i]; }
+            case 6u: { return win2[i]; }
+            case 7u: { return win3[i]; }
+            case 8u: { return win4[i]; }
+            case 9u: { return win5[i]; }
+            case 10u: { return win6[i]; }
+            case 11u: { return win7[i]; }
+            case 12u: { return win8[i]; }
+            case 13u: { return win9[i]; }
+            default: {}
+        }
+    }
     switch tbl {
         case 0u: { return wpack[i]; }
         case 1u: { return wpack1[i]; }
@@ -487,7 +505,8 @@ struct Trip {
     p2: Acc,
 }
 
-// A chain's sums: table t's in t<t>.
+// A chain's sums: table t's in t<t> (in blocked_weight, block t's of its
+// TABLES blocks of output channels).
 struct Chain {
     t0: Trip,
     t1: Trip,
@@ -504,13 +523,14 @@ fn trip_fma(c: Trip, v: vec3<f32>, t: Acc) -> Trip {
     return r;
 }
 
-// `c` plus the chain's values v times row wb of each table.
-fn chain_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32) -> Chain {
+// `c` plus the chain's values v times row wb of each of TABLES tables
+// from `first` (a constant at every call), table first + t into c.t<t>.
+fn chain_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32, first: u32) -> Chain {
     var r = c;
-    r.t0 = trip_fma(r.t0, v, table_row(0u, wb, lane));
-    if (TABLES > 1u) { r.t1 = trip_fma(r.t1, v, table_row(1u, wb, lane)); }
-    if (TABLES > 2u) { r.t2 = trip_fma(r.t2, v, table_row(2u, wb, lane)); }
-    if (TABLES > 3u) { r.t3 = trip_fma(r.t3, v, table_row(3u, wb, lane)); }
+    r.t0 = trip_fma(r.t0, v, table_row(first, wb, lane));
+    if (TABLES > 1u) { r.t1 = trip_fma(r.t1, v, table_row(first + 1u, wb, lane)); }
+    if (TABLES > 2u) { r.t2 = trip_fma(r.t2, v, table_row(first + 2u, wb, lane)); }
+    if (TABLES > 3u) { r.t3 = trip_fma(r.t3, v, table_row(first + 3u, wb, lane)); }
     return r;
 }
 
@@ -760,7 +780,7 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
                 v = vec3<f32>(dropped(v.x, key, m + k.at.y), dropped(v.y, key, m + k.at.z),
                               dropped(v.z, key, m + k.at.w));
             }
-            c = chain_step(c, v, wb, lane);
+            c = chain_step(c, v, wb, lane, 0u);
         } else {
             var g: Rows;
             g.u0 = chain_values(plane + row.x, ry.x, k);
@@ -1349,8 +1369,8 @@ fn trio_store(base: u32, stride: u32, rows: u32, tbl: u32, c: Trip) {
 }
 
 // blocked_weight: one invocation per trio of (ci, tap) rows adds, for the
-// 4 * COB output channels of its group, the products over one chunk of
-// pixels (or CHUNKS chunks: weight_walk): dy from the uniform table (shared addresses), x the
+// TABLES blocks of 4 * COB output channels of its group, the products over
+// CHUNKS chunks of pixels (weight_walk): dy from uniform tables (shared addresses), x the
 // per-invocation loads. A trio is the three taps of one kernel row (K = 3)
 // or three input channels (K = 1), its sums the three accumulators of a
 // Chain (CHAIN = 3), so that each table row, fetched and broadcast once,
@@ -1389,6 +1409,16 @@ fn blocked_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     if (CHUNKS > 1u) { c = weight_walk(c, w, 1u); }
     if (CHUNKS > 2u) { c = weight_walk(c, w, 2u); }
     if (CHUNKS > 3u) { c = weight_walk(c, w, 3u); }
+    if (CHUNKS > 4u) { c = weight_walk(c, w, 4u); }
+    if (CHUNKS > 5u) { c = weight_walk(c, w, 5u); }
+    if (CHUNKS > 6u) { c = weight_walk(c, w, 6u); }
+    if (CHUNKS > 7u) { c = weight_walk(c, w, 7u); }
+    if (CHUNKS > 8u) { c = weight_walk(c, w, 8u); }
+    if (CHUNKS > 9u) { c = weight_walk(c, w, 9u); }
+    if (CHUNKS > 10u) { c = weight_walk(c, w, 10u); }
+    if (CHUNKS > 11u) { c = weight_walk(c, w, 11u); }
+    if (CHUNKS > 12u) { c = weight_walk(c, w, 12u); }
+    if (CHUNKS > 13u) { c = weight_walk(c, w, 13u); }
     if (i >= trios) {
         return;
     }
@@ -1416,11 +1446,11 @@ struct WeightWalk {
 }
 
 // blocked_weight's sums over its part of chunk P.chunk + j, added to c:
-// with CHUNKS = 1 every table's channels (TABLES blocks of output
-// channels, the same pixels); with CHUNKS > 1 (one block of output
-// channels) table j holds chunk P.chunk + j, added into c.t0, so a launch
-// takes CHUNKS chunks (a launch's own cost, about 0.15 ms on lavapipe,
-// was a third of a 32 -> 32 layer's weight gradient, 2026-11-28).
+// table j * TABLES + t holds block t's part of that chunk, added into
+// c.t<t>, so a launch takes CHUNKS chunks of TABLES blocks (a launch's own
+// cost, about 0.15 ms on lavapipe, was a third of a 32 -> 32 layer's
+// weight gradient, 2026-11-28; 14 chunks a launch instead of 4 took it
+// from 32-33 to 31 ms, 2026-11-29).
 fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
     var c = c0;
     let ic = w.trio;
@@ -1458,7 +1488,7 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
                     let m = vec3<u32>(mask_row + ox) + ch;
                     v = vec3<f32>(dropped(v.x, key, m.x), dropped(v.y, key, m.y), dropped(v.z, key, m.z));
                 }
-                c = weight_step(c, v, (at + ox) * COB, w.lane, j);
+                c = chain_step(c, v, (at + ox) * COB, w.lane, j * TABLES);
             }
         } else {
             let iy = i32(p / P.w) + dy_off;
@@ -1473,7 +1503,7 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
                 for (var ox = px0 + r; ox < px0 + len; ox += d) {
                     ix = i32(ox + d);
                     let right = select(0.0, x[row + u32(min(ix, last))], row_ok && ix <= last);
-                    c = weight_step(c, vec3<f32>(left, centre, right), (at + ox) * COB, w.lane, j);
+                    c = chain_step(c, vec3<f32>(left, centre, right), (at + ox) * COB, w.lane, j * TABLES);
                     left = centre;
                     centre = right;
                 }
@@ -1484,16 +1514,7 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
     return c;
 }
 
-// One pixel's step of weight_walk over chunk j: the trio's values v times
-// table row wb of every table (CHUNKS = 1) or of table j into c.t0.
-fn weight_step(c: Chain, v: vec3<f32>, wb: u32, lane: u32, j: u32) -> Chain {
-    if (CHUNKS == 1u) {
-        return chain_step(c, v, wb, lane);
-    }
-    var r = c;
-    r.t0 = trip_fma(r.t0, v, table_row(j, wb, lane));
-    return r;
-}
+
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum
 // of SPLIT partial sums [part][VALID channels][ci, tap] (bound as `x`;

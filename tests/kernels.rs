@@ -47,6 +47,23 @@ fn embed(rng: &mut Rng, t: &Tensor, c0: usize, extra: usize) -> Tensor {
 
 #[allow(clippy::too_many_arguments)]
 fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, dilation: usize, seed: u64) {
+    check_conv_with(&Variant::ALL, n, cin, cout, h, w, k, dilation, seed);
+}
+
+/// check_conv for `variants` only (and without the run tuned for hardware
+/// GPUs unless `variants` is every one).
+#[allow(clippy::too_many_arguments)]
+fn check_conv_with(
+    variants: &[Variant],
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    dilation: usize,
+    seed: u64,
+) {
     let gpu = gpu_or_skip!();
     let mut rng = Rng::new(seed);
     let x = rng.tensor(Shape::new(n, cin, h, w), -1.0, 1.0);
@@ -60,13 +77,15 @@ fn check_conv(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, d
 
     // Every variant, and the blocked one as hardware GPUs run it (one pixel
     // per invocation instead of chains of three).
-    let mut runs: Vec<(&Gpu, Variant)> = Variant::ALL
-        .into_iter()
-        .filter(|&v| v != Variant::BlockedSubgroup || gpu.has_subgroups(8))
-        .map(|v| (gpu, v))
+    let mut runs: Vec<(&Gpu, Variant)> = variants
+        .iter()
+        .filter(|&&v| v != Variant::BlockedSubgroup || gpu.has_subgroups(8))
+        .map(|&v| (gpu, v))
         .collect();
-    if let Some(tuned) = common::gpu_tuned_for_gpus() {
-        runs.push((tuned, Variant::blocked(tuned)));
+    if variants.len() == Variant::ALL.len() {
+        if let Some(tuned) = common::gpu_tuned_for_gpus() {
+            runs.push((tuned, Variant::blocked(tuned)));
+        }
     }
     for (gpu, variant) in runs {
         // x at channel 1 of cin + 2, y and dy at channel 2 of cout + 3.
@@ -385,6 +404,23 @@ fn conv3x3_weight_gradient_packs_dy_across_windows_and_batches() {
     // batch takes two windows of each plane.
     check_conv(2, 2, 32, 131, 140, 3, 5, 17);
     check_conv(2, 2, 9, 131, 140, 3, 3, 18);
+}
+
+#[test]
+fn blocked_launches_of_many_tables_match_cpu() {
+    // On CPU adapters a blocked launch computes up to 6 blocks of 32
+    // channels, and a weight gradient's launch walks as many chunks of dy
+    // as 14 tables hold for its blocks. 200 outputs from 197 inputs: the
+    // forward in launches of 6 blocks and 1 (8 channels), the data gradient
+    // of 6 and 1 (5 channels), the weight gradient 2 chunks of 512 pixels
+    // a launch for the 6 blocks (3 chunks: the last launch walks one, a
+    // partial one) and 14 for the last block. 65 outputs (3 blocks, the
+    // last of one channel) of a 3x3 layer: 4 chunks a launch, 6 chunks.
+    // The blocked kernels only: the others take no tables (and the
+    // baseline's weight gradient of 200 x 197 weights is slow on lavapipe).
+    let blocked = [Variant::Blocked, Variant::BlockedSubgroup];
+    check_conv_with(&blocked, 2, 197, 200, 23, 29, 1, 1, 19);
+    check_conv_with(&blocked, 2, 3, 65, 41, 37, 3, 7, 20);
 }
 
 #[test]

@@ -229,6 +229,17 @@ fn tables(gpu: &Gpu, cout: usize, cob: usize) -> usize {
     }
 }
 
+/// The most tables a blocked launch binds: MAX_TABLES where the adapter
+/// takes that many uniform buffers besides the parameters (lavapipe: 15),
+/// else the four table bindings.
+fn max_tables(gpu: &Gpu) -> usize {
+    if gpu.limits.max_uniform_buffers_per_shader_stage as usize > MAX_TABLES {
+        MAX_TABLES
+    } else {
+        TABLE_BINDINGS.len()
+    }
+}
+
 /// Row slots per sample of the blocked forward and data kernels for chains
 /// `stride` apart in `rows` (1 to 3) output rows (`chain_start` in
 /// conv.wgsl): blocks of rows * stride rows, min(stride, h) pairs (or
@@ -711,11 +722,10 @@ fn blocked(
         }
         let mut bindings = vec![(1, input), (4, output)];
         bindings.extend(bias.map(|b| (3, b.view())));
-        let bound = if narrow { 1 } else { TABLE_BINDINGS.len() };
-        let windows: Vec<Window> = TABLE_BINDINGS[..bound]
-            .iter()
+        let windows: Vec<Window> = table_bindings(packed.len())
+            .take(if narrow { 1 } else { MAX_TABLES })
             .enumerate()
-            .map(|(t, &binding)| Window { binding, tensor: &packed[t.min(packed.len() - 1)], offset: 0 })
+            .map(|(t, binding)| Window { binding, tensor: &packed[t.min(packed.len() - 1)], offset: 0 })
             .collect();
         let valid = (packed.len() * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
@@ -1042,14 +1052,6 @@ fn blocked_weight(
     let per_table = 4 * cob;
     let tables = tables(gpu, cout, cob);
     let blocks = cout.div_ceil(per_table);
-    // With one block of output channels, on CPU adapters the table bindings
-    // take successive chunks instead (`CHUNKS`): a launch per 4 chunks, each
-    // launch's own cost (about 0.15 ms on lavapipe) paid a quarter as often.
-    // A launch's chunks lie in one packing batch.
-    let per_launch = match gpu.tuning() {
-        Tuning::Cpu if blocks == 1 => [4, 2, 1].into_iter().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1),
-        _ => 1,
-    };
     let mut list = Vec::new();
     for group in 0..blocks.div_ceil(tables) {
         let first = group * tables;
@@ -1057,6 +1059,7 @@ fn blocked_weight(
         let packs =
             (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
         let group_cout = (bound * per_table).min(cout - per_table * first);
+        let per_launch = chunks_per_launch(gpu, bound, batch_len);
         let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
         for c in (0..chunks).step_by(per_launch) {
             let gp = Params { group: u32_of(first), chunk: u32_of(c), ..p };
@@ -1082,14 +1085,14 @@ fn blocked_weight(
                 .with("CHUNKS", per_launch as f64)
                 .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
             let bindings = [(1, x), (4, sums)];
-            // Table t: block t's chunk c, or (CHUNKS) chunk c + t of the
-            // one block; bindings past the last repeat it, unread.
-            let windows: Vec<Window> = TABLE_BINDINGS
-                .iter()
+            // Table j * bound + t: block t's chunk c + j; bindings past the
+            // last repeat it, unread.
+            let windows: Vec<Window> = table_bindings(per_launch * bound)
                 .enumerate()
-                .map(|(t, &binding)| {
-                    let (pack, at) = if per_launch > 1 { (0, c + t.min(walked - 1)) } else { (t.min(bound - 1), c) };
-                    Window { binding, tensor: &packs[pack], offset: (at % batch_len) as u64 * table_size }
+                .map(|(t, binding)| {
+                    let t = t.min(walked * bound - 1);
+                    let at = c + t / bound;
+                    Window { binding, tensor: &packs[t % bound], offset: (at % batch_len) as u64 * table_size }
                 })
                 .collect();
             let d = gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &windows, grid)?;
@@ -1113,6 +1116,32 @@ fn blocked_weight(
     }
     Ok(list)
 }
+
+/// Chunks of dy each blocked_weight launch walks (`CHUNKS`) for `bound`
+/// blocks of output channels: on CPU adapters as many as the tables a
+/// launch can bind hold (14 for a 32-channel layer, 2 for the head's 128
+/// channels), so that a launch's own cost (about 0.15 ms on lavapipe) is
+/// paid once for them all; a launch's chunks lie in one packing batch of
+/// `batch_len`.
+fn chunks_per_launch(gpu: &Gpu, bound: usize, batch_len: usize) -> usize {
+    match gpu.tuning() {
+        Tuning::Cpu => (1..=max_tables(gpu) / bound).rev().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1),
+        Tuning::Gpu => 1,
+    }
+}
+
+/// The bindings of `tables` tables a blocked launch binds: the four table
+/// bindings, and with more than 4 also the first ten windows' (conv.wgsl's
+/// `table_load` names all fourteen then; a launch with fewer tables binds
+/// its last again in the others, unread).
+fn table_bindings(tables: usize) -> impl Iterator<Item = u32> {
+    let windows = if tables > TABLE_BINDINGS.len() { MAX_TABLES - TABLE_BINDINGS.len() } else { 0 };
+    TABLE_BINDINGS.into_iter().chain((FIRST_WINDOW_BINDING..).take(windows))
+}
+
+/// The most tables a blocked launch binds (`TABLES` x `CHUNKS`): with the
+/// parameters, the fifteen uniform buffers a stage may have on lavapipe.
+const MAX_TABLES: usize = 14;
 
 /// Packs chunks c .. c + batch of dy's block of output channels P.group
 /// into `pack` (conv.wgsl's pack_dy layout, `cob` vec4s a pixel, `chunk`
