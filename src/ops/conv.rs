@@ -229,7 +229,7 @@ fn tables(gpu: &Gpu, cout: usize, cob: usize) -> usize {
     }
 }
 
-/// The most tables a blocked launch binds: MAX_TABLES where the adapter
+/// The most tables a blocked_weight launch binds: MAX_TABLES where the adapter
 /// takes that many uniform buffers besides the parameters (lavapipe: 15),
 /// else the four table bindings.
 fn max_tables(gpu: &Gpu) -> usize {
@@ -722,10 +722,11 @@ fn blocked(
         }
         let mut bindings = vec![(1, input), (4, output)];
         bindings.extend(bias.map(|b| (3, b.view())));
-        let windows: Vec<Window> = table_bindings(packed.len())
-            .take(if narrow { 1 } else { MAX_TABLES })
+        let bound = if narrow { 1 } else { TABLE_BINDINGS.len() };
+        let windows: Vec<Window> = TABLE_BINDINGS[..bound]
+            .iter()
             .enumerate()
-            .map(|(t, binding)| Window { binding, tensor: &packed[t.min(packed.len() - 1)], offset: 0 })
+            .map(|(t, &binding)| Window { binding, tensor: &packed[t.min(packed.len() - 1)], offset: 0 })
             .collect();
         let valid = (packed.len() * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
@@ -1059,7 +1060,8 @@ fn blocked_weight(
         let packs =
             (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
         let group_cout = (bound * per_table).min(cout - per_table * first);
-        let per_launch = chunks_per_launch(gpu, bound, batch_len);
+        // No more walks compiled than there are chunks (small images).
+        let per_launch = chunks_per_launch(gpu, bound, batch_len).min(chunks);
         let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
         for c in (0..chunks).step_by(per_launch) {
             let gp = Params { group: u32_of(first), chunk: u32_of(c), ..p };
@@ -1130,16 +1132,16 @@ fn chunks_per_launch(gpu: &Gpu, bound: usize, batch_len: usize) -> usize {
     }
 }
 
-/// The bindings of `tables` tables a blocked launch binds: the four table
-/// bindings, and with more than 4 also the first ten windows' (conv.wgsl's
-/// `table_load` names all fourteen then; a launch with fewer tables binds
-/// its last again in the others, unread).
+/// The bindings of `tables` tables a blocked_weight launch binds: the four
+/// table bindings, and with more than 4 also the first ten windows'
+/// (conv.wgsl's `table_load` names all fourteen then; a launch with fewer
+/// tables binds its last again in the others, unread).
 fn table_bindings(tables: usize) -> impl Iterator<Item = u32> {
     let windows = if tables > TABLE_BINDINGS.len() { MAX_TABLES - TABLE_BINDINGS.len() } else { 0 };
     TABLE_BINDINGS.into_iter().chain((FIRST_WINDOW_BINDING..).take(windows))
 }
 
-/// The most tables a blocked launch binds (`TABLES` x `CHUNKS`): with the
+/// The most tables a blocked_weight launch binds (`TABLES` x `CHUNKS`): with the
 /// parameters, the fifteen uniform buffers a stage may have on lavapipe.
 const MAX_TABLES: usize = 14;
 
