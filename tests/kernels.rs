@@ -414,8 +414,8 @@ fn weight_gradient_launches_of_many_tables_match_cpu() {
     // 512 pixels a launch, here 3 chunks (the second launch walks one, a
     // partial one); the fifth block (2 channels) all 3 in one launch. 65
     // outputs (3 blocks, the last of one channel) of a 3x3 layer: 4 chunks
-    // a launch, 6 chunks. The blocked kernels only: the others take no
-    // tables.
+    // a launch, 6 chunks. The blocked kernels only: the others bind one
+    // table a launch at most.
     let blocked = [Variant::Blocked, Variant::BlockedSubgroup];
     check_conv_with(&blocked, 2, 5, 130, 23, 29, 1, 1, 19);
     check_conv_with(&blocked, 2, 3, 65, 41, 37, 3, 7, 20);
