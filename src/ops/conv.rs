@@ -183,7 +183,7 @@ const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
 /// its pixel count (`Graph::memory_need`). 28 chunks of 512 pixels (32
 /// channels) fit one 64 KiB window of a plane with room for its alignment,
 /// so a sample's batch is one `pack_dy_windows` launch per three blocks,
-/// and a multiple of the 4 chunks a weight launch walks.
+/// and a multiple of the 14 (or 7, 4, 2) chunks a weight launch walks.
 const PACK_BATCH: usize = 28;
 
 /// Entries of dw per workgroup of reduce_partials (`REDUCE_ENTRIES`).
@@ -1060,8 +1060,7 @@ fn blocked_weight(
         let packs =
             (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
         let group_cout = (bound * per_table).min(cout - per_table * first);
-        // No more walks compiled than there are chunks (small images).
-        let per_launch = chunks_per_launch(gpu, bound, batch_len).min(chunks);
+        let per_launch = chunks_per_launch(gpu, bound, batch_len, chunks);
         let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
         for c in (0..chunks).step_by(per_launch) {
             let gp = Params { group: u32_of(first), chunk: u32_of(c), ..p };
@@ -1124,12 +1123,14 @@ fn blocked_weight(
 /// launch can bind hold (14 for a 32-channel layer, 2 for the head's 128
 /// channels), so that a launch's own cost (about 0.15 ms on lavapipe) is
 /// paid once for them all; a launch's chunks lie in one packing batch of
-/// `batch_len`.
-fn chunks_per_launch(gpu: &Gpu, bound: usize, batch_len: usize) -> usize {
-    match gpu.tuning() {
+/// `batch_len`. No more than the `chunks` there are: each is one more
+/// inlined walk to compile (small images).
+fn chunks_per_launch(gpu: &Gpu, bound: usize, batch_len: usize, chunks: usize) -> usize {
+    let most = match gpu.tuning() {
         Tuning::Cpu => (1..=max_tables(gpu) / bound).rev().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1),
         Tuning::Gpu => 1,
-    }
+    };
+    most.min(chunks)
 }
 
 /// The bindings of `tables` tables a blocked_weight launch binds: the four
