@@ -944,6 +944,34 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // each weight row, loaded once, feeds all eight.
 const NARROW_RUN: u32 = 8u;
 
+// Whether a run's pixels lie chain_stride() apart (ox, ox + d, ...), so
+// that the three taps of a kernel row read 10 columns for the run, each
+// loaded once (a tap's right column for one pixel is the centre of the
+// next), instead of 24 for 8 neighbouring pixels; on lavapipe every load is
+// a loop over the lanes. Neighbours stay where a large dilation would leave
+// most strided runs' pixels outside a narrow image (`narrow_runs` in
+// src/ops/conv.rs chooses).
+override STRIDED: bool = true;
+
+// The distance between a run's pixels.
+fn run_stride() -> u32 {
+    return select(1u, chain_stride(), STRIDED);
+}
+
+// Runs per image row: blocks of NARROW_RUN * q columns each holding
+// min(q, w) runs, the last one no more than it has columns (as chains).
+fn runs_per_row() -> u32 {
+    let q = run_stride();
+    return slots(P.w, NARROW_RUN * q, min(q, P.w));
+}
+
+// The first column of run j of a row.
+fn run_column(j: u32) -> u32 {
+    let q = run_stride();
+    let span = min(q, P.w);
+    return NARROW_RUN * q * (j / span) + j % span;
+}
+
 // Input value at column ix of the row starting at `row`, or 0 in the
 // padding (`ok`: the row is inside the image).
 fn narrow_value(row: u32, ok: bool, ix: i32) -> f32 {
@@ -951,13 +979,37 @@ fn narrow_value(row: u32, ok: bool, ix: i32) -> f32 {
     return select(0.0, x[row + u32(clamp(ix, 0, last))], ok && ix >= 0 && ix <= last);
 }
 
-// One tap for the run's pixels: column ix0 + t for pixel t, weights w4.
+// One tap for a run of neighbours: column ix0 + t for pixel t, weights w4.
 fn narrow_tap(c: Acc, row: u32, ok: bool, ix0: i32, w4: vec4<f32>) -> Acc {
     let lo = vec4<f32>(narrow_value(row, ok, ix0), narrow_value(row, ok, ix0 + 1), narrow_value(row, ok, ix0 + 2),
                        narrow_value(row, ok, ix0 + 3));
     let hi = vec4<f32>(narrow_value(row, ok, ix0 + 4), narrow_value(row, ok, ix0 + 5),
                        narrow_value(row, ok, ix0 + 6), narrow_value(row, ok, ix0 + 7));
     return run_fma(c, lo, hi, w4);
+}
+
+// The 10 input values a strided run's kernel row reads: column ix0 + (j -
+// 1) d in value j (lo: 0-3, hi: 4-7, tail: 8-9).
+struct Ten {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+    tail: vec2<f32>,
+}
+
+fn narrow_ten(row: u32, ok: bool, ix0: i32, d: i32) -> Ten {
+    return Ten(vec4<f32>(narrow_value(row, ok, ix0 - d), narrow_value(row, ok, ix0),
+                         narrow_value(row, ok, ix0 + d), narrow_value(row, ok, ix0 + 2 * d)),
+               vec4<f32>(narrow_value(row, ok, ix0 + 3 * d), narrow_value(row, ok, ix0 + 4 * d),
+                         narrow_value(row, ok, ix0 + 5 * d), narrow_value(row, ok, ix0 + 6 * d)),
+               vec2<f32>(narrow_value(row, ok, ix0 + 7 * d), narrow_value(row, ok, ix0 + 8 * d)));
+}
+
+// A strided run's three taps of one kernel row, table rows from `wb`:
+// pixel t takes values t, t + 1 and t + 2.
+fn ten_taps(c: Acc, v: Ten, wb: u32) -> Acc {
+    var r = run_fma(c, v.lo, v.hi, wpack[wb]);
+    r = run_fma(r, vec4<f32>(v.lo.yzw, v.hi.x), vec4<f32>(v.hi.yzw, v.tail.x), wpack[wb + 1u]);
+    return run_fma(r, vec4<f32>(v.lo.zw, v.hi.xy), vec4<f32>(v.hi.zw, v.tail), wpack[wb + 2u]);
 }
 
 // The run's 8 pixels' accumulators plus their values (lo: pixels 0-3, hi:
@@ -977,9 +1029,9 @@ fn run_fma(c: Acc, lo: vec4<f32>, hi: vec4<f32>, w4: vec4<f32>) -> Acc {
 
 // Run i of the image as (sample, row, first column), runs never crossing rows.
 fn narrow_run(i: u32) -> vec3<u32> {
-    let per_row = (P.w + NARROW_RUN - 1u) / NARROW_RUN;
+    let per_row = runs_per_row();
     let row = i / per_row;
-    return vec3<u32>(row / P.h, row % P.h, (i % per_row) * NARROW_RUN);
+    return vec3<u32>(row / P.h, row % P.h, run_column(i % per_row));
 }
 
 // The sums of the run's pixels over every input channel and tap (the packed
@@ -1000,9 +1052,13 @@ fn narrow_sums(run: vec3<u32>) -> Acc {
                 let iy = i32(run.y) + (i32(ky) - 1) * d;
                 let ok = iy >= 0 && iy < i32(P.h);
                 let row = plane + u32(clamp(iy, 0, i32(P.h) - 1)) * P.w;
-                c = narrow_tap(c, row, ok, ix0 - d, wpack[wb + 3u * ky]);
-                c = narrow_tap(c, row, ok, ix0, wpack[wb + 3u * ky + 1u]);
-                c = narrow_tap(c, row, ok, ix0 + d, wpack[wb + 3u * ky + 2u]);
+                if (STRIDED) {
+                    c = ten_taps(c, narrow_ten(row, ok, ix0, d), wb + 3u * ky);
+                } else {
+                    c = narrow_tap(c, row, ok, ix0 - d, wpack[wb + 3u * ky]);
+                    c = narrow_tap(c, row, ok, ix0, wpack[wb + 3u * ky + 1u]);
+                    c = narrow_tap(c, row, ok, ix0 + d, wpack[wb + 3u * ky + 2u]);
+                }
             }
         }
     }
@@ -1012,21 +1068,22 @@ fn narrow_sums(run: vec3<u32>) -> Acc {
 // Stores the run's pixels (those in the row), each with `b` added.
 fn narrow_store(run: vec3<u32>, c: Acc, b: vec4<f32>) {
     let hw = P.h * P.w;
+    let q = run_stride();
     let at = slice_index(run.x, 0u, run.y * P.w + run.z, hw, P.out_ctotal, P.out_coff);
-    let len = min(NARROW_RUN, P.w - run.z);
+    let len = min(NARROW_RUN, (P.w - run.z + q - 1u) / q);
     store_block(at, hw, 0u, c.a0 + b);
-    if (len > 1u) { store_block(at + 1u, hw, 0u, c.a1 + b); }
-    if (len > 2u) { store_block(at + 2u, hw, 0u, c.a2 + b); }
-    if (len > 3u) { store_block(at + 3u, hw, 0u, c.a3 + b); }
-    if (len > 4u) { store_block(at + 4u, hw, 0u, c.a4 + b); }
-    if (len > 5u) { store_block(at + 5u, hw, 0u, c.a5 + b); }
-    if (len > 6u) { store_block(at + 6u, hw, 0u, c.a6 + b); }
-    if (len > 7u) { store_block(at + 7u, hw, 0u, c.a7 + b); }
+    if (len > 1u) { store_block(at + q, hw, 0u, c.a1 + b); }
+    if (len > 2u) { store_block(at + 2u * q, hw, 0u, c.a2 + b); }
+    if (len > 3u) { store_block(at + 3u * q, hw, 0u, c.a3 + b); }
+    if (len > 4u) { store_block(at + 4u * q, hw, 0u, c.a4 + b); }
+    if (len > 5u) { store_block(at + 5u * q, hw, 0u, c.a5 + b); }
+    if (len > 6u) { store_block(at + 6u * q, hw, 0u, c.a6 + b); }
+    if (len > 7u) { store_block(at + 7u * q, hw, 0u, c.a7 + b); }
 }
 
 // Runs in the image (the narrow kernels' grid).
 fn narrow_runs() -> u32 {
-    return P.n * P.h * ((P.w + NARROW_RUN - 1u) / NARROW_RUN);
+    return P.n * P.h * runs_per_row();
 }
 
 // narrow_forward: blocked_forward for COB = 1, by runs of pixels.
@@ -1102,6 +1159,15 @@ fn window_tap(c: Acc, k: u32, row: i32, row_ok: bool, ix0: i32, w4: vec4<f32>) -
     return run_fma(c, lo, hi, w4);
 }
 
+// narrow_ten through window k.
+fn window_ten(k: u32, row: i32, row_ok: bool, ix0: i32, d: i32) -> Ten {
+    return Ten(vec4<f32>(window_value(k, row, row_ok, ix0 - d), window_value(k, row, row_ok, ix0),
+                         window_value(k, row, row_ok, ix0 + d), window_value(k, row, row_ok, ix0 + 2 * d)),
+               vec4<f32>(window_value(k, row, row_ok, ix0 + 3 * d), window_value(k, row, row_ok, ix0 + 4 * d),
+                         window_value(k, row, row_ok, ix0 + 5 * d), window_value(k, row, row_ok, ix0 + 6 * d)),
+               vec2<f32>(window_value(k, row, row_ok, ix0 + 7 * d), window_value(k, row, row_ok, ix0 + 8 * d)));
+}
+
 // The 3 taps of kernel row ky (window k = ci * 3 + ky) for the run at
 // (iy, ix0): the row's validity and start worked out once; table rows
 // from 3 * k.
@@ -1109,6 +1175,9 @@ fn window_row(c: Acc, k: u32, iy: i32, ix0: i32) -> Acc {
     let d = i32(P.dilation);
     let row_ok = iy >= 0 && iy < i32(P.h);
     let row = P.win[k / 4u][k % 4u] + iy * i32(P.w);
+    if (STRIDED) {
+        return ten_taps(c, window_ten(k, row, row_ok, ix0, d), 3u * k);
+    }
     var r = window_tap(c, k, row, row_ok, ix0 - d, wpack[3u * k]);
     r = window_tap(r, k, row, row_ok, ix0, wpack[3u * k + 1u]);
     return window_tap(r, k, row, row_ok, ix0 + d, wpack[3u * k + 2u]);
@@ -1137,12 +1206,12 @@ fn window_sums(run: vec3<u32>) -> Acc {
 
 // Runs of this launch's band, and run i of it.
 fn window_runs() -> u32 {
-    return P.band_rows * ((P.w + NARROW_RUN - 1u) / NARROW_RUN);
+    return P.band_rows * runs_per_row();
 }
 
 fn window_run(i: u32) -> vec3<u32> {
-    let per_row = (P.w + NARROW_RUN - 1u) / NARROW_RUN;
-    return vec3<u32>(P.band_n, P.band_y0 + i / per_row, (i % per_row) * NARROW_RUN);
+    let per_row = runs_per_row();
+    return vec3<u32>(P.band_n, P.band_y0 + i / per_row, run_column(i % per_row));
 }
 
 // window_forward: narrow_forward for one band of one sample.

@@ -160,6 +160,23 @@ const TILE_P: usize = 64;
 /// Pixels per invocation of the narrow kernels (`NARROW_RUN` in conv.wgsl).
 const NARROW_RUN: usize = 8;
 
+/// Whether the narrow (and windowed) kernels take runs of pixels a stride
+/// apart (`STRIDED` in conv.wgsl: a 3x3 kernel row's taps then load 10
+/// columns a run instead of 24), and their runs per image row: strided
+/// wherever that loads less, counting the runs a large dilation leaves
+/// mostly empty on a narrow image (at 64 wide, dilation 34 fills 34 runs
+/// where neighbours fill 8). 1x1 kernels have a stride of 1 either way.
+fn narrow_runs(w: usize, k: usize, dilation: usize) -> (bool, usize) {
+    let neighbours = w.div_ceil(NARROW_RUN);
+    let q = if k == 3 { dilation } else { 1 };
+    let strided = slots(w, NARROW_RUN * q, q.min(w));
+    if k == 1 || strided * 10 <= neighbours * 24 {
+        (true, strided)
+    } else {
+        (false, neighbours)
+    }
+}
+
 /// Input channels the windowed kernels take (`WIN_CIN` in conv.wgsl): one
 /// window per input channel and kernel row, twelve at most.
 const WINDOW_CIN: usize = 4;
@@ -732,20 +749,22 @@ fn blocked(
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
         // Narrow: an invocation per run of a row; blocked: one per chain.
         let rows = rows(chain, k, packed.len(), s.h, stride);
-        let grid = if narrow {
-            Grid::Elements(s.n * s.h * s.w.div_ceil(NARROW_RUN))
+        let (mut launch, grid) = if narrow {
+            let (strided, runs) = narrow_runs(s.w, k, p.dilation as usize);
+            (kernel(entry).with("STRIDED", f64::from(u8::from(strided))), Grid::Elements(s.n * s.h * runs))
         } else {
-            Grid::Elements(s.n * row_slots(s.h, stride, rows) * chains_per_row(s.w, stride, chain))
+            let chains = s.n * row_slots(s.h, stride, rows) * chains_per_row(s.w, stride, chain);
+            (kernel(entry).with("ROWS", rows as f64), Grid::Elements(chains))
         };
         let drop = p.drop_p > 0.0;
-        let launch = kernel(entry)
+        launch = launch
             .with("VALID", valid as f64)
             .with("TABLES", packed.len() as f64)
             .with("DROP_LOADS", f64::from(u8::from(drop && pass == Pass::Forward)))
             .with("DROP_STORES", f64::from(u8::from(drop && pass == Pass::Data)));
         let d = gpu.dispatch_windowed(
             format!("{label} group {group}"),
-            &stores(launch.with("ROWS", rows as f64), &p),
+            &stores(launch, &p),
             &Params { group: u32_of(first), ..p },
             &bindings,
             &windows,
@@ -841,7 +860,7 @@ fn windowed(
         Grid::Elements(cin * 9),
     )?];
     let entry = if pass == Pass::Forward { "window_forward" } else { "window_data" };
-    let per_row = width.div_ceil(NARROW_RUN);
+    let (strided, per_row) = narrow_runs(width, 3, p.dilation as usize);
     let mut bindings = vec![(9, table.view()), (4, output)];
     bindings.extend(bias.map(|b| (3, b.view())));
     for n in 0..p.n as usize {
@@ -853,7 +872,13 @@ fn windowed(
             let d = gpu.dispatch_windowed(
                 // One label for every band: one profile row per convolution.
                 label.to_string(),
-                &stores(kernel(entry).with("WIN_CIN", cin as f64).with("VALID", f64::from(p.cout)), &p),
+                &stores(
+                    kernel(entry)
+                        .with("WIN_CIN", cin as f64)
+                        .with("VALID", f64::from(p.cout))
+                        .with("STRIDED", f64::from(u8::from(strided))),
+                    &p,
+                ),
                 &bp,
                 &bindings,
                 &windows,
