@@ -317,6 +317,9 @@ fn conv3x3_with_3_channels_matches_cpu_over_several_bands_of_rows() {
     check_conv(2, 3, 3, 131, 127, 3, 5, 9);
     // A dilation larger than the image: every off-centre row is padding.
     check_conv(1, 2, 3, 131, 127, 3, 140, 10);
+    // Rows of 128 floats start aligned: windows of exactly 128 rows, no
+    // room left for rounding a start down, then a band of 5.
+    check_conv(2, 3, 2, 133, 128, 3, 7, 21);
 }
 
 #[test]

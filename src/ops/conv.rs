@@ -780,8 +780,12 @@ fn blocked(
 /// buffer under a window, a row wider than one.
 fn window_rows(gpu: &Gpu, input: &View, p: &Params) -> Option<usize> {
     let window = WINDOW_BYTES as usize / 4;
-    // A window holds its rows after up to `align - 1` floats (band_windows).
-    let rows = (window + 1).saturating_sub(window_align(gpu)) / p.w as usize;
+    // A window holds its rows after up to `align - 1` floats
+    // (band_windows), none where every row starts aligned: at 256 wide 64
+    // rows, four bands a plane instead of five.
+    let (w, align) = (p.w as usize, window_align(gpu));
+    let slack = if w % align == 0 { 0 } else { align - 1 };
+    let rows = (window - slack) / w;
     (input.tensor.buffer().size() as usize / 4 >= window && rows > 0).then(|| rows.min(p.h as usize))
 }
 
