@@ -464,10 +464,12 @@ fn param_grads_and_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
 // consecutive parts of PART_LEN elements of one plane (P.win), and its
 // workgroup w sums part w of every window into
 // part_out; combine_moments and combine_sums then merge a group's parts
-// (PARTS: its planes' parts, plane by plane) in order. PART_LEN leaves room
-// in a window for the start's rounding down to the offset alignment.
+// (PARTS: its planes' parts, plane by plane) in order. PART_LEN is 4096
+// where every window starts aligned, else 4080, which leaves room in a
+// window for the start's rounding down to the offset alignment (`PART_LENS`
+// in src/ops/norm.rs).
 override WINDOWED: bool = false;
-const PART_LEN: u32 = 4080u;
+override PART_LEN: u32 = 4080u;
 const WINDOW_PARTS: u32 = 4u;
 // Invocations of a windowed workgroup: one SIMD batch on llvmpipe, each
 // summing 128 vec4s of a part. The tree sums cost more than the loads with

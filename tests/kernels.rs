@@ -543,6 +543,9 @@ fn norm_reductions_through_windows_match_cpu() {
         (2, 9, 64, 68, NormStats::PerSample, Some(Activation::RELU), -0.5, &["norm.moments", "norm.backward_sums"][..]),
         (3, 4, 64, 72, NormStats::PerChannel, None, 1000.0, &["norm.moments", "norm.backward_sums"]),
         (1, 5, 67, 71, NormStats::PerSample, None, -0.5, &["norm.moments"]),
+        // Planes of 131 x 127 (odd): four parts of 4096 would not fit a
+        // window whose start is rounded down, so parts of 4080 (PART_LENS).
+        (1, 2, 131, 127, NormStats::PerSample, Some(Activation::RELU), 0.5, &["norm.moments"]),
     ];
     for (seed, (n, c, h, w, stats, act, offset, windowed)) in cases.into_iter().enumerate() {
         let labels = check_norm(gpu, n, c, h, w, stats, act, offset, 41 + seed as u64);

@@ -148,10 +148,13 @@ fn combine_parts(
     gpu.dispatch(label, &Kernel { entry: combine, ..kernel }, &p, &merge, Grid::Elements(groups))
 }
 
-/// Elements per part of the windowed reductions, parts per window and
-/// windows per launch (shared by the inputs: x; x and dy): norm.wgsl's
-/// PART_LEN, WINDOW_PARTS and WINDOWS.
-const PART_LEN: usize = 4080;
+/// Elements per part of the windowed reductions (norm.wgsl's PART_LEN),
+/// the first that fits: 4096 where every window starts aligned (four parts
+/// fill it; a 256x256 plane is four windows), else 4080, which leaves room
+/// for a start rounded down to the offset alignment (five windows).
+const PART_LENS: [usize; 2] = [4096, 4080];
+/// Parts per window and windows per launch (shared by the inputs: x; x
+/// and dy): norm.wgsl's WINDOW_PARTS and WINDOWS.
 const WINDOW_PARTS: usize = 4;
 const WINDOWS: usize = 14;
 /// The binding of the first window; input i's window k is bound at
@@ -176,22 +179,22 @@ struct PartWindow {
 /// launch per 7 or 14 planes, where the storage kernels take every group in
 /// one; an input no window can hold; x and dy windows starting at
 /// different offsets within a vec4).
-fn part_windows(gpu: &Gpu, inputs: &[View], stats: NormStats) -> Option<(Vec<PartWindow>, usize)> {
+fn part_windows(gpu: &Gpu, inputs: &[View], stats: NormStats, part_len: usize) -> Option<(Vec<PartWindow>, usize)> {
     let bindings = 1 + WINDOWS as u32;
     let s = inputs[0].shape();
-    if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < bindings || s.plane() < PART_LEN
-    {
+    let least = PART_LENS[PART_LENS.len() - 1];
+    if gpu.tuning() != Tuning::Cpu || gpu.limits.max_uniform_buffers_per_shader_stage < bindings || s.plane() < least {
         return None;
     }
-    let per_plane = s.plane().div_ceil(PART_LEN);
+    let per_plane = s.plane().div_ceil(part_len);
     let samples = if stats == NormStats::PerChannel { s.n } else { 1 };
     let mut windows = Vec::new();
     for g in 0..stats.groups(s.n, s.c) {
         let (n0, c) = if stats == NormStats::PerChannel { (0, g) } else { (g / s.c, g % s.c) };
         for n in n0..n0 + samples {
             for j in (0..per_plane).step_by(WINDOW_PARTS) {
-                let from = j * PART_LEN;
-                let len = (WINDOW_PARTS * PART_LEN).min(s.plane() - from);
+                let from = j * part_len;
+                let len = (WINDOW_PARTS * part_len).min(s.plane() - from);
                 let at = inputs.iter().map(|v| window_of(gpu, v, n, c, from, len)).collect::<Option<Vec<_>>>()?;
                 if at.iter().any(|&(_, lo)| lo % 4 != at[0].1 % 4) {
                     return None;
@@ -221,8 +224,9 @@ fn in_windows(
     (entry, combine): (&'static str, &'static str),
     groups: usize,
 ) -> Result<Option<Vec<Dispatch>>> {
-    let Some((windows, parts)) = part_windows(gpu, inputs, stats) else { return Ok(None) };
-    let kernel = kernel.clone().with("PARTS", parts as f64).with("WINDOWED", 1.0);
+    let found = PART_LENS.iter().find_map(|&len| Some((len, part_windows(gpu, inputs, stats, len)?)));
+    let Some((part_len, (windows, parts))) = found else { return Ok(None) };
+    let kernel = kernel.clone().with("PARTS", parts as f64).with("WINDOWED", 1.0).with("PART_LEN", part_len as f64);
     let part_values = gpu.tensor(Shape::new(groups, parts, 2, 1))?;
     let mut launch_bindings = bindings.to_vec();
     launch_bindings.push((17, part_values.view()));
