@@ -1585,6 +1585,106 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
 
 
 
+// table_data (K = 1, CPU adapters): the input gradient of a 1x1
+// convolution read the way blocked_weight reads: dy from pack_dy's uniform
+// tables (a pixel's row, fetched and broadcast once, shared by every lane),
+// the weights held by the invocation. An invocation takes a trio of input
+// channels (x's, whose gradient is written into `y` as x's layout: P.in_*)
+// and walks CHUNKS chunks of pixels; at each pixel its three sums over the
+// group's TABLES blocks of output channels never leave registers and are
+// stored once. blocked_data instead keeps 384 sums a lane (3 pixels x 128
+// channels) on the stack, a load and a store for every multiply-add, and
+// loads dy lane by lane from storage.
+const TD_CHANNELS: u32 = 128u;
+var<private> td_w: array<vec3<f32>, TD_CHANNELS>;
+
+@compute @workgroup_size(WG_WEIGHT)
+fn table_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(subgroup_invocation_id) lane: u32, // @subgroup
+              ) {
+    let lane = 0u; // @plain
+    let trios = (P.cin + 2u) / 3u;
+    let i = group_index(wid, nwg) * WG_WEIGHT + lid.x;
+    let trio = min(i, trios - 1u);
+    let ci = min(vec3<u32>(3u * trio, 3u * trio + 1u, 3u * trio + 2u), vec3<u32>(P.cin - 1u));
+    // The trio's weights for the group's output channels, zero past the last.
+    let co0 = P.group * COB * 4u;
+    for (var k = 0u; k < TABLES * COB * 4u; k++) {
+        let at = min(co0 + k, P.cout - 1u) * P.w_ctotal + P.w_coff;
+        td_w[k] = select(vec3<f32>(0.0), vec3<f32>(wt[at + ci.x], wt[at + ci.y], wt[at + ci.z]), co0 + k < P.cout);
+    }
+    mask_key = dropout_key(P.drop_seed, P.drop_step);
+    let stored = select(0u, min(3u, P.cin - 3u * trio), i < trios);
+    data_walk(ci, stored, lane, 0u);
+    if (CHUNKS > 1u) { data_walk(ci, stored, lane, 1u); }
+    if (CHUNKS > 2u) { data_walk(ci, stored, lane, 2u); }
+    if (CHUNKS > 3u) { data_walk(ci, stored, lane, 3u); }
+    if (CHUNKS > 4u) { data_walk(ci, stored, lane, 4u); }
+    if (CHUNKS > 5u) { data_walk(ci, stored, lane, 5u); }
+    if (CHUNKS > 6u) { data_walk(ci, stored, lane, 6u); }
+    if (CHUNKS > 7u) { data_walk(ci, stored, lane, 7u); }
+    if (CHUNKS > 8u) { data_walk(ci, stored, lane, 8u); }
+    if (CHUNKS > 9u) { data_walk(ci, stored, lane, 9u); }
+    if (CHUNKS > 10u) { data_walk(ci, stored, lane, 10u); }
+    if (CHUNKS > 11u) { data_walk(ci, stored, lane, 11u); }
+    if (CHUNKS > 12u) { data_walk(ci, stored, lane, 12u); }
+    if (CHUNKS > 13u) { data_walk(ci, stored, lane, 13u); }
+}
+
+// table_data over chunk P.chunk + j (tables j * TABLES + t): the gradient
+// of the trio's first `stored` channels ci at each pixel.
+fn data_walk(ci: vec3<u32>, stored: u32, lane: u32, j: u32) {
+    let hw = P.h * P.w;
+    let pixels = P.n * hw;
+    let q0 = (P.chunk + j) * CHUNK;
+    let count = select(0u, min(CHUNK, pixels - q0), q0 < pixels);
+    var n = q0 / hw;
+    var p = q0 % hw;
+    for (var at = 0u; at < count; at++) {
+        var s = table_dot(vec3<f32>(0.0), j * TABLES, 0u, at * COB, lane);
+        if (TABLES > 1u) { s = table_dot(s, j * TABLES + 1u, 1u, at * COB, lane); }
+        if (TABLES > 2u) { s = table_dot(s, j * TABLES + 2u, 2u, at * COB, lane); }
+        if (TABLES > 3u) { s = table_dot(s, j * TABLES + 3u, 3u, at * COB, lane); }
+        let base = slice_index(n, 0u, p, hw, P.in_ctotal, P.in_coff);
+        // store_one's dropout mask: the element's index in the masked
+        // concatenation (the weights' input channels).
+        mask_shift = slice_index(n, 0u, 0u, hw, P.w_ctotal, P.w_coff) - slice_index(n, 0u, 0u, hw, P.in_ctotal, P.in_coff);
+        if (stored > 0u) { store_one(base + ci.x * hw, 0u, s.x); }
+        if (stored > 1u) { store_one(base + ci.y * hw, 0u, s.y); }
+        if (stored > 2u) { store_one(base + ci.z * hw, 0u, s.z); }
+        p++;
+        if (p == hw) {
+            p = 0u;
+            n++;
+        }
+    }
+}
+
+// s plus table tbl's row wb (block t of the group's output channels: dy at
+// one pixel) times the trio's weights for those channels.
+fn table_dot(s: vec3<f32>, tbl: u32, t: u32, wb: u32, lane: u32) -> vec3<f32> {
+    let r = table_row(tbl, wb, lane);
+    let k = t * COB * 4u;
+    var v = block_dot(s, r.a0, k);
+    if (COB > 1u) { v = block_dot(v, r.a1, k + 4u); }
+    if (COB > 2u) { v = block_dot(v, r.a2, k + 8u); }
+    if (COB > 3u) { v = block_dot(v, r.a3, k + 12u); }
+    if (COB > 4u) { v = block_dot(v, r.a4, k + 16u); }
+    if (COB > 5u) { v = block_dot(v, r.a5, k + 20u); }
+    if (COB > 6u) { v = block_dot(v, r.a6, k + 24u); }
+    if (COB > 7u) { v = block_dot(v, r.a7, k + 28u); }
+    return v;
+}
+
+// s plus four output channels' dy (a) times their weights td_w[k ..].
+fn block_dot(s: vec3<f32>, a: vec4<f32>, k: u32) -> vec3<f32> {
+    var v = fma(vec3<f32>(a.x), td_w[k], s);
+    v = fma(vec3<f32>(a.y), td_w[k + 1u], v);
+    v = fma(vec3<f32>(a.z), td_w[k + 2u], v);
+    return fma(vec3<f32>(a.w), td_w[k + 3u], v);
+}
+
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum
 // of SPLIT partial sums [part][VALID channels][ci, tap] (bound as `x`;
 // written by blocked_weight or tiled_weight) in order: the same result

@@ -279,8 +279,13 @@ impl Builder<'_> {
     ) -> Result<()> {
         let gpu = self.gpu;
         let dw = grads.of(&format!("{}.weight", b.conv));
-        out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw, drop)?);
         let w = self.param(&format!("{}.weight", b.conv));
+        if let Some(InputGrad::Write(dxs)) = &dx {
+            // One function for both: they may share dy's packing.
+            out.extend(ops::conv::backward_parts(gpu, &views(input), dy, &w, b.dilation, &dw, &views(dxs), drop)?);
+            return Ok(());
+        }
+        out.extend(ops::conv::backward_weight_parts(gpu, &views(input), dy, b.dilation, &dw, drop)?);
         match dx {
             Some(InputGrad::Add { dx, residual: None }) => {
                 out.extend(ops::conv::backward_data(gpu, dy, &w, b.dilation, dx.view(), true)?)
@@ -288,10 +293,7 @@ impl Builder<'_> {
             Some(InputGrad::Add { dx, residual: Some(r) }) => {
                 out.extend(ops::conv::backward_data_adding(gpu, dy, &w, b.dilation, dx.view(), r.view())?)
             }
-            Some(InputGrad::Write(dxs)) => {
-                out.extend(ops::conv::backward_data_parts(gpu, dy, &w, b.dilation, &views(&dxs), drop)?)
-            }
-            None => {}
+            Some(InputGrad::Write(_)) | None => {}
         }
         Ok(())
     }

@@ -448,9 +448,45 @@ pub fn backward_data_with(
             let d = gpu.dispatch(label, &kernel("backward_data", k), &p, &bindings, grid)?;
             Ok(vec![d.with_flops(flops(&p, k))])
         }
+        v => data_pass(gpu, v, label, p, k, w, dy, dx),
+    }
+}
+
+/// The input gradient by the tiled or blocked kernels (`p` as the weight
+/// gradient's: x is dx), or for 1x1 kernels on CPU adapters by
+/// `table_data`.
+#[allow(clippy::too_many_arguments)]
+fn data_pass(
+    gpu: &Gpu,
+    variant: Variant,
+    label: String,
+    p: Params,
+    k: usize,
+    w: &Tensor,
+    dy: View,
+    dx: View,
+) -> Result<Vec<Dispatch>> {
+    match variant {
         Variant::Tiled => tiled(gpu, label, Pass::Data, transposed(p), k, w, dy, None, dx),
+        _ if takes_table_data(gpu, variant, k, &p) => table_data(gpu, variant, label, p, w, dy, dx),
         _ => blocked(gpu, variant, label, Pass::Data, transposed(p), k, w, dy, None, dx),
     }
+}
+
+/// Whether an input gradient (`p` as the weight gradient's) goes to
+/// `table_data`: blocked 1x1 kernels on CPU adapters, without a residual
+/// gradient to add, where dy fills more than one table. Its invocations
+/// store three channels at every pixel after 4 * COB multiply-adds per
+/// table, so with one table the stores dominate (lavapipe, lungnet step:
+/// the 32 -> 128 input gradient 25-28 ms against 26-27 blocked, the 2 -> 32
+/// one 7 against 2.3; the head's 128 -> 321 one 114-139 against 179-188).
+fn takes_table_data(gpu: &Gpu, variant: Variant, k: usize, p: &Params) -> bool {
+    let dy_channels = p.cout as usize;
+    matches!(variant, Variant::Blocked | Variant::BlockedSubgroup)
+        && k == 1
+        && gpu.tuning() == Tuning::Cpu
+        && p.accumulate != ADD_RESIDUAL
+        && dy_channels > 4 * blocks(dy_channels)
 }
 
 /// The input gradient's launch label (its profile row).
@@ -631,11 +667,50 @@ pub fn backward_data_parts(
         let (k, p) = part_params(&label, &dx, w, c0, &dy, dilation)?;
         let variant = Variant::choose(gpu, dy.c, dx.c, k);
         let p = with_dropout(&label, variant, k, p, drop)?;
-        list.extend(match variant {
-            Variant::Tiled => tiled(gpu, label, Pass::Data, transposed(p), k, w, dy, None, dx)?,
-            v => blocked(gpu, v, label, Pass::Data, transposed(p), k, w, dy, None, dx)?,
-        });
+        list.extend(data_pass(gpu, variant, label, p, k, w, dy, dx)?);
     }
+    Ok(list)
+}
+
+/// `backward_weight_parts` and `backward_data_parts` together: where both
+/// read dy from uniform tables (a 1x1 convolution of one part on CPU
+/// adapters: blocked_weight and table_data), from one packing of them, each
+/// launch of the weight gradient followed by the input gradient's over the
+/// same chunks.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_parts(
+    gpu: &Gpu,
+    xs: &[View],
+    dy: View,
+    w: &Tensor,
+    dilation: usize,
+    dw: &Tensor,
+    dxs: &[View],
+    drop: Option<InputDropout>,
+) -> Result<Vec<Dispatch>> {
+    let variant = Variant::for_weight_grad(gpu, dy.c);
+    if let ([x], [dx]) = (xs, dxs) {
+        let label = part_label("backward_weight", x, dw, dilation, 0, 1);
+        let (k, pw) = part_params(&label, x, dw, 0, &dy, dilation)?;
+        let (_, pd) = part_params(&label, dx, w, 0, &dy, dilation)?;
+        let data_variant = Variant::choose(gpu, dy.c, dx.c, k);
+        if matches!(variant, Variant::Blocked | Variant::BlockedSubgroup) && takes_table_data(gpu, data_variant, k, &pd)
+        {
+            let (pw, pd) =
+                (with_dropout(&label, variant, k, pw, drop)?, with_dropout(&label, data_variant, k, pd, drop)?);
+            let data_label = part_label("backward_data", dx, w, dilation, 0, 1);
+            let kernel = |entry| Kernel::new(variant.family(), entry).with("K", 1.0).with("COB", blocks(dy.c) as f64);
+            let mut weight = weight_launch(gpu, &kernel, &label, pw, k, *x, dw)?;
+            let mut data = data_launch(gpu, &kernel, &data_label, pd, w, *dx);
+            return dy_tables(gpu, &kernel, pw, dy, &mut |l| {
+                let mut list = weight(l)?;
+                list.extend(data(l)?);
+                Ok(list)
+            });
+        }
+    }
+    let mut list = backward_weight_parts(gpu, xs, dy, dilation, dw, drop)?;
+    list.extend(backward_data_parts(gpu, dy, w, dilation, dxs, drop)?);
     Ok(list)
 }
 
@@ -1051,6 +1126,85 @@ fn weight_trios(cin: usize, k: usize) -> usize {
     }
 }
 
+/// One launch over dy's tables (`dy_tables`): group `group` of TABLES =
+/// `bound` blocks of output channels from block `first`, chunks `c` ..
+/// `c + walked` of dy (`CHUNKS` = `per_launch`; `count` pixels), the
+/// group's last launch or not, and the table windows to bind.
+struct TableLaunch<'a> {
+    group: usize,
+    first: usize,
+    bound: usize,
+    group_cout: usize,
+    c: usize,
+    per_launch: usize,
+    count: usize,
+    last: bool,
+    windows: Vec<Window<'a>>,
+}
+
+/// dy packed into uniform tables and the launches that read them
+/// (blocked_weight, table_data): per group of blocks of 4 * COB output
+/// channels, batch by batch of chunks, the batch's packing, then per
+/// `CHUNKS` chunks `launch` (table j * TABLES + t: block t's chunk c + j;
+/// bindings past the last repeat it, unread).
+fn dy_tables(
+    gpu: &Gpu,
+    kernel: &dyn Fn(&'static str) -> Kernel,
+    p: Params,
+    dy: View,
+    launch: &mut dyn FnMut(&TableLaunch) -> Result<Vec<Dispatch>>,
+) -> Result<Vec<Dispatch>> {
+    let cout = dy.c;
+    let cob = blocks(cout);
+    let chunk = PACK_LEN / cob;
+    let pixels = dy.shape().n * dy.shape().h * dy.shape().w;
+    let chunks = pixels.div_ceil(chunk);
+    // Tables packed per launch: PACK_BATCH, or what one binding can hold.
+    let table_size = (PACK_LEN * 16) as u64;
+    let batch_len = (PACK_BATCH as u64).min(gpu.limits.max_storage_buffer_binding_size / table_size).max(1) as usize;
+    let per_table = 4 * cob;
+    let tables = tables(gpu, cout, cob);
+    let blocks = cout.div_ceil(per_table);
+    let mut list = Vec::new();
+    for group in 0..blocks.div_ceil(tables) {
+        let first = group * tables;
+        let bound = blocks.min(first + tables) - first;
+        let packs =
+            (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
+        let per_launch = chunks_per_launch(gpu, bound, batch_len, chunks);
+        for c in (0..chunks).step_by(per_launch) {
+            if c % batch_len == 0 {
+                let batch = batch_len.min(chunks - c);
+                for (t, pack) in packs.iter().enumerate() {
+                    let gp = Params { group: u32_of(first + t), chunk: u32_of(c), ..p };
+                    list.extend(pack_dy(gpu, kernel, gp, dy, pack, (c, batch), (cob, chunk))?);
+                }
+            }
+            let walked = per_launch.min(chunks - c);
+            let windows = table_bindings(per_launch * bound)
+                .enumerate()
+                .map(|(t, binding)| {
+                    let t = t.min(walked * bound - 1);
+                    let at = c + t / bound;
+                    Window { binding, tensor: &packs[t % bound], offset: (at % batch_len) as u64 * table_size }
+                })
+                .collect();
+            list.extend(launch(&TableLaunch {
+                group,
+                first,
+                bound,
+                group_cout: (bound * per_table).min(cout - per_table * first),
+                c,
+                per_launch,
+                count: pixels.min((c + walked) * chunk) - c * chunk,
+                last: c + per_launch >= chunks,
+                windows,
+            })?);
+        }
+    }
+    Ok(list)
+}
+
 /// The blocked weight gradient: per output-channel group, chunk by chunk,
 /// dy's chunk packed into the group's uniform table, then every (ci, tap)
 /// adds its products into dw.
@@ -1065,86 +1219,116 @@ fn blocked_weight(
     dy: View,
     dw: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let (cin, cout) = (x.c, dy.c);
     ensure(BLOCKED_K.contains(&k), &label, || format!("the blocked kernels take 1x1 and 3x3 kernels, not {k}x{k}"))?;
-    let cob = blocks(cout);
-    let chunk = PACK_LEN / cob;
-    let pixels = x.shape().n * x.shape().h * x.shape().w;
-    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64);
+    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", blocks(dy.c) as f64);
+    let mut weight = weight_launch(gpu, &kernel, &label, p, k, x, dw)?;
+    dy_tables(gpu, &kernel, p, dy, &mut weight)
+}
+
+/// blocked_weight's launch over the tables of a `TableLaunch`, and after a
+/// group's last one the reduction of its partial sums (where SPLIT > 1).
+fn weight_launch<'a>(
+    gpu: &'a Gpu,
+    kernel: &'a dyn Fn(&'static str) -> Kernel,
+    label: &'a str,
+    p: Params,
+    k: usize,
+    x: View<'a>,
+    dw: &'a Tensor,
+) -> Result<impl FnMut(&TableLaunch) -> Result<Vec<Dispatch>> + 'a> {
+    let cin = x.c;
     let trios = weight_trios(cin, k);
     let split = weight_split(trios);
-    let chunks = pixels.div_ceil(chunk);
-    // Tables packed per launch: PACK_BATCH, or what one binding can hold.
-    let table_size = (PACK_LEN * 16) as u64;
-    let batch_len = (PACK_BATCH as u64).min(gpu.limits.max_storage_buffer_binding_size / table_size).max(1) as usize;
-    // A launch per group of `tables` blocks of 4 * COB output channels, each
-    // block's chunks of dy packed into its own tables.
-    let per_table = 4 * cob;
-    let tables = tables(gpu, cout, cob);
-    let blocks = cout.div_ceil(per_table);
-    let mut list = Vec::new();
-    for group in 0..blocks.div_ceil(tables) {
-        let first = group * tables;
-        let bound = blocks.min(first + tables) - first;
-        let packs =
-            (0..bound).map(|_| gpu.tensor(Shape::vector(batch_len * PACK_LEN * 4))).collect::<Result<Vec<_>>>()?;
-        let group_cout = (bound * per_table).min(cout - per_table * first);
-        let per_launch = chunks_per_launch(gpu, bound, batch_len, chunks);
-        let partials = if split > 1 { Some(gpu.tensor(Shape::new(split, cin * k * k, group_cout, 1))?) } else { None };
-        for c in (0..chunks).step_by(per_launch) {
-            let gp = Params { group: u32_of(first), chunk: u32_of(c), ..p };
-            let walked = per_launch.min(chunks - c);
-            let count = pixels.min((c + walked) * chunk) - c * chunk;
-            // Traffic of one chunk, not of the whole bound tensors.
-            let table_bytes = (bound * count * cob * 16) as f64;
-            if c % batch_len == 0 {
-                let batch = batch_len.min(chunks - c);
-                for (t, pack) in packs.iter().enumerate() {
-                    let gp = Params { group: u32_of(first + t), ..gp };
-                    list.extend(pack_dy(gpu, &kernel, gp, dy, pack, (c, batch), (cob, chunk))?);
-                }
-            }
-            let grid = Grid::Groups(split * trios.div_ceil(WEIGHT_WORKGROUP));
-            let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
-            let weight = kernel("blocked_weight")
-                .with("CHAIN", 3.0)
-                .with("TABLES", bound as f64)
-                .with("VALID", group_cout as f64)
-                .with("ACCUMULATE", f64::from(u8::from(c > 0)))
-                .with("SPLIT", split as f64)
-                .with("CHUNKS", per_launch as f64)
-                .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
-            let bindings = [(1, x), (4, sums)];
-            // Table j * bound + t: block t's chunk c + j; bindings past the
-            // last repeat it, unread.
-            let windows: Vec<Window> = table_bindings(per_launch * bound)
-                .enumerate()
-                .map(|(t, binding)| {
-                    let t = t.min(walked * bound - 1);
-                    let at = c + t / bound;
-                    Window { binding, tensor: &packs[t % bound], offset: (at % batch_len) as u64 * table_size }
-                })
-                .collect();
-            let d = gpu.dispatch_windowed(format!("{label} group {group}"), &weight, &gp, &bindings, &windows, grid)?;
-            let d = stepped(d, &gp);
-            let bytes = (cin * count * 4) as f64 + table_bytes + (2 * cin * k * k * group_cout * 4) as f64;
-            list.push(d.with_flops(2.0 * (cin * k * k * group_cout * count) as f64).with_bytes(bytes));
+    let mut partials: Option<Tensor> = None;
+    Ok(move |l: &TableLaunch| {
+        let gp = Params { group: u32_of(l.first), chunk: u32_of(l.c), ..p };
+        if split > 1 && l.c == 0 {
+            partials = Some(gpu.tensor(Shape::new(split, cin * k * k, l.group_cout, 1))?);
         }
-        if let Some(partials) = &partials {
-            let gp = Params { group: u32_of(first), ..p };
-            let reduce = kernel("reduce_partials").with("VALID", group_cout as f64).with("SPLIT", split as f64);
+        let grid = Grid::Groups(split * trios.div_ceil(WEIGHT_WORKGROUP));
+        let sums = partials.as_ref().map_or(dw.view(), |t| t.view());
+        let weight = kernel("blocked_weight")
+            .with("CHAIN", 3.0)
+            .with("TABLES", l.bound as f64)
+            .with("VALID", l.group_cout as f64)
+            .with("ACCUMULATE", f64::from(u8::from(l.c > 0)))
+            .with("SPLIT", split as f64)
+            .with("CHUNKS", l.per_launch as f64)
+            .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
+        let bindings = [(1, x), (4, sums)];
+        let d =
+            gpu.dispatch_windowed(format!("{label} group {}", l.group), &weight, &gp, &bindings, &l.windows, grid)?;
+        let d = stepped(d, &gp);
+        // Traffic of the launch's chunks, not of the whole bound tensors.
+        let table_bytes = (l.bound * l.count * blocks(p.cout as usize) * 16) as f64;
+        let bytes = (cin * l.count * 4) as f64 + table_bytes + (2 * cin * k * k * l.group_cout * 4) as f64;
+        let mut list = vec![d.with_flops(2.0 * (cin * k * k * l.group_cout * l.count) as f64).with_bytes(bytes)];
+        if let (Some(partials), true) = (&partials, l.last) {
+            let reduce = kernel("reduce_partials").with("VALID", l.group_cout as f64).with("SPLIT", split as f64);
             let bindings = [(1, partials.view()), (4, dw.view())];
-            let grid = Grid::Groups((group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
+            let grid = Grid::Groups((l.group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
+            let gp = Params { group: u32_of(l.first), ..p };
             list.push(gpu.dispatch(
-                format!("conv.reduce_partials {} group {group}", dw.shape),
+                format!("conv.reduce_partials {} group {}", dw.shape, l.group),
                 &reduce,
                 &gp,
                 &bindings,
                 grid,
             )?);
         }
+        Ok(list)
+    })
+}
+
+/// The input gradient of a 1x1 convolution by `table_data` (conv.wgsl):
+/// dy packed into tables as for the weight gradient (`dy_tables`), then per
+/// group of TABLES blocks of dy's channels and per CHUNKS chunks a launch
+/// of one invocation per trio of dx's channels (later groups add).
+#[allow(clippy::too_many_arguments)]
+fn table_data(
+    gpu: &Gpu,
+    variant: Variant,
+    label: String,
+    p: Params,
+    w: &Tensor,
+    dy: View,
+    dx: View,
+) -> Result<Vec<Dispatch>> {
+    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", 1.0).with("COB", blocks(dy.c) as f64);
+    let mut data = data_launch(gpu, &kernel, &label, p, w, dx);
+    dy_tables(gpu, &kernel, p, dy, &mut data)
+}
+
+/// table_data's launch over the tables of a `TableLaunch`.
+fn data_launch<'a>(
+    gpu: &'a Gpu,
+    kernel: &'a dyn Fn(&'static str) -> Kernel,
+    label: &'a str,
+    p: Params,
+    w: &'a Tensor,
+    dx: View<'a>,
+) -> impl FnMut(&TableLaunch) -> Result<Vec<Dispatch>> + 'a {
+    let cin = dx.c;
+    move |l: &TableLaunch| {
+        let accumulate = u32::from(p.accumulate > 0 || l.group > 0);
+        let gp = Params { group: u32_of(l.first), chunk: u32_of(l.c), accumulate, ..p };
+        let launch = kernel("table_data")
+            .with("TABLES", l.bound as f64)
+            .with("CHUNKS", l.per_launch as f64)
+            .with("DROP_STORES", f64::from(u8::from(p.drop_p > 0.0)));
+        let bindings = [(2, w.view()), (4, dx)];
+        let grid = Grid::Groups(cin.div_ceil(3).div_ceil(WEIGHT_WORKGROUP));
+        let d = gpu.dispatch_windowed(
+            format!("{label} group {}", l.group),
+            &stores(launch, &gp),
+            &gp,
+            &bindings,
+            &l.windows,
+            grid,
+        )?;
+        let bytes = ((cin + l.bound * blocks(p.cout as usize) * 4) * l.count * 4) as f64;
+        Ok(vec![stepped(d, &gp).with_flops(2.0 * (cin * l.group_cout * l.count) as f64).with_bytes(bytes)])
     }
-    Ok(list)
 }
 
 /// Chunks of dy each blocked_weight launch walks (`CHUNKS`) for `bound`
