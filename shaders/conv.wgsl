@@ -1590,11 +1590,12 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
 // tables (a pixel's row, fetched and broadcast once, shared by every lane),
 // the weights held by the invocation. An invocation takes a trio of input
 // channels (x's, whose gradient is written into `y` as x's layout: P.in_*)
-// and walks CHUNKS chunks of pixels; at each pixel its three sums over the
-// group's TABLES blocks of output channels never leave registers and are
-// stored once. blocked_data instead keeps 384 sums a lane (3 pixels x 128
+// and walks chunk P.chunk; at each pixel its three sums over the group's
+// TABLES blocks of output channels never leave registers and are stored
+// once. blocked_data instead keeps 384 sums a lane (3 pixels x 128
 // channels) on the stack, a load and a store for every multiply-add, and
-// loads dy lane by lane from storage.
+// loads dy lane by lane from storage. One chunk a launch (not CHUNKS, as
+// blocked_weight): each inlined walk lengthened a cold start by seconds.
 const TD_CHANNELS: u32 = 128u;
 var<private> td_w: array<vec3<f32>, TD_CHANNELS>;
 
@@ -1616,36 +1617,17 @@ fn table_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     mask_key = dropout_key(P.drop_seed, P.drop_step);
     let stored = select(0u, min(3u, P.cin - 3u * trio), i < trios);
-    data_walk(ci, stored, lane, 0u);
-    if (CHUNKS > 1u) { data_walk(ci, stored, lane, 1u); }
-    if (CHUNKS > 2u) { data_walk(ci, stored, lane, 2u); }
-    if (CHUNKS > 3u) { data_walk(ci, stored, lane, 3u); }
-    if (CHUNKS > 4u) { data_walk(ci, stored, lane, 4u); }
-    if (CHUNKS > 5u) { data_walk(ci, stored, lane, 5u); }
-    if (CHUNKS > 6u) { data_walk(ci, stored, lane, 6u); }
-    if (CHUNKS > 7u) { data_walk(ci, stored, lane, 7u); }
-    if (CHUNKS > 8u) { data_walk(ci, stored, lane, 8u); }
-    if (CHUNKS > 9u) { data_walk(ci, stored, lane, 9u); }
-    if (CHUNKS > 10u) { data_walk(ci, stored, lane, 10u); }
-    if (CHUNKS > 11u) { data_walk(ci, stored, lane, 11u); }
-    if (CHUNKS > 12u) { data_walk(ci, stored, lane, 12u); }
-    if (CHUNKS > 13u) { data_walk(ci, stored, lane, 13u); }
-}
-
-// table_data over chunk P.chunk + j (tables j * TABLES + t): the gradient
-// of the trio's first `stored` channels ci at each pixel.
-fn data_walk(ci: vec3<u32>, stored: u32, lane: u32, j: u32) {
     let hw = P.h * P.w;
     let pixels = P.n * hw;
-    let q0 = (P.chunk + j) * CHUNK;
-    let count = select(0u, min(CHUNK, pixels - q0), q0 < pixels);
+    let q0 = P.chunk * CHUNK;
+    let count = min(CHUNK, pixels - q0);
     var n = q0 / hw;
     var p = q0 % hw;
     for (var at = 0u; at < count; at++) {
-        var s = table_dot(vec3<f32>(0.0), j * TABLES, 0u, at * COB, lane);
-        if (TABLES > 1u) { s = table_dot(s, j * TABLES + 1u, 1u, at * COB, lane); }
-        if (TABLES > 2u) { s = table_dot(s, j * TABLES + 2u, 2u, at * COB, lane); }
-        if (TABLES > 3u) { s = table_dot(s, j * TABLES + 3u, 3u, at * COB, lane); }
+        var s = table_dot(vec3<f32>(0.0), 0u, at * COB, lane);
+        if (TABLES > 1u) { s = table_dot(s, 1u, at * COB, lane); }
+        if (TABLES > 2u) { s = table_dot(s, 2u, at * COB, lane); }
+        if (TABLES > 3u) { s = table_dot(s, 3u, at * COB, lane); }
         let base = slice_index(n, 0u, p, hw, P.in_ctotal, P.in_coff);
         // store_one's dropout mask: the element's index in the masked
         // concatenation (the weights' input channels).
@@ -1661,10 +1643,10 @@ fn data_walk(ci: vec3<u32>, stored: u32, lane: u32, j: u32) {
     }
 }
 
-// s plus table tbl's row wb (block t of the group's output channels: dy at
+// s plus table t's row wb (block t of the group's output channels: dy at
 // one pixel) times the trio's weights for those channels.
-fn table_dot(s: vec3<f32>, tbl: u32, t: u32, wb: u32, lane: u32) -> vec3<f32> {
-    let r = table_row(tbl, wb, lane);
+fn table_dot(s: vec3<f32>, t: u32, wb: u32, lane: u32) -> vec3<f32> {
+    let r = table_row(t, wb, lane);
     let k = t * COB * 4u;
     var v = block_dot(s, r.a0, k);
     if (COB > 1u) { v = block_dot(v, r.a1, k + 4u); }

@@ -674,9 +674,9 @@ pub fn backward_data_parts(
 
 /// `backward_weight_parts` and `backward_data_parts` together: where both
 /// read dy from uniform tables (a 1x1 convolution of one part on CPU
-/// adapters: blocked_weight and table_data), from one packing of them, each
-/// launch of the weight gradient followed by the input gradient's over the
-/// same chunks.
+/// adapters: blocked_weight and table_data), from one packing of them, the
+/// input gradient's launches over each batch of tables after the weight
+/// gradient's.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_parts(
     gpu: &Gpu,
@@ -702,9 +702,16 @@ pub fn backward_parts(
             let kernel = |entry| Kernel::new(variant.family(), entry).with("K", 1.0).with("COB", blocks(dy.c) as f64);
             let mut weight = weight_launch(gpu, &kernel, &label, pw, k, *x, dw)?;
             let mut data = data_launch(gpu, &kernel, &data_label, pd, w, *dx);
+            // A batch's weight launches, then its data launches: one after
+            // another, a weight launch finds the next pixels of x in the
+            // caches.
+            let mut pending = Vec::new();
             return dy_tables(gpu, &kernel, pw, dy, &mut |l| {
                 let mut list = weight(l)?;
-                list.extend(data(l)?);
+                pending.extend(data(l)?);
+                if l.batch_end {
+                    list.append(&mut pending);
+                }
                 Ok(list)
             });
         }
@@ -1128,8 +1135,9 @@ fn weight_trios(cin: usize, k: usize) -> usize {
 
 /// One launch over dy's tables (`dy_tables`): group `group` of TABLES =
 /// `bound` blocks of output channels from block `first`, chunks `c` ..
-/// `c + walked` of dy (`CHUNKS` = `per_launch`; `count` pixels), the
-/// group's last launch or not, and the table windows to bind.
+/// `c + walked` of dy (`CHUNKS` = `per_launch`; `count` pixels), whether
+/// it is the group's last launch and its batch's (the next one repacks),
+/// and the table windows to bind.
 struct TableLaunch<'a> {
     group: usize,
     first: usize,
@@ -1139,6 +1147,7 @@ struct TableLaunch<'a> {
     per_launch: usize,
     count: usize,
     last: bool,
+    batch_end: bool,
     windows: Vec<Window<'a>>,
 }
 
@@ -1198,6 +1207,7 @@ fn dy_tables(
                 per_launch,
                 count: pixels.min((c + walked) * chunk) - c * chunk,
                 last: c + per_launch >= chunks,
+                batch_end: c + per_launch >= chunks || (c + per_launch).is_multiple_of(batch_len),
                 windows,
             })?);
         }
@@ -1311,23 +1321,37 @@ fn data_launch<'a>(
     let cin = dx.c;
     move |l: &TableLaunch| {
         let accumulate = u32::from(p.accumulate > 0 || l.group > 0);
-        let gp = Params { group: u32_of(l.first), chunk: u32_of(l.c), accumulate, ..p };
         let launch = kernel("table_data")
             .with("TABLES", l.bound as f64)
-            .with("CHUNKS", l.per_launch as f64)
             .with("DROP_STORES", f64::from(u8::from(p.drop_p > 0.0)));
         let bindings = [(2, w.view()), (4, dx)];
         let grid = Grid::Groups(cin.div_ceil(3).div_ceil(WEIGHT_WORKGROUP));
-        let d = gpu.dispatch_windowed(
-            format!("{label} group {}", l.group),
-            &stores(launch, &gp),
-            &gp,
-            &bindings,
-            &l.windows,
-            grid,
-        )?;
-        let bytes = ((cin + l.bound * blocks(p.cout as usize) * 4) * l.count * 4) as f64;
-        Ok(vec![stepped(d, &gp).with_flops(2.0 * (cin * l.group_cout * l.count) as f64).with_bytes(bytes)])
+        // A launch per chunk: one inlined walk to compile, not CHUNKS.
+        let chunk = PACK_LEN / blocks(p.cout as usize);
+        let mut list = Vec::new();
+        for (j, tables) in l.windows.chunks(l.bound).enumerate().take(l.count.div_ceil(chunk)) {
+            let gp = Params { group: u32_of(l.first), chunk: u32_of(l.c + j), accumulate, ..p };
+            // Bindings past the last table repeat it, unread.
+            let windows: Vec<Window> = table_bindings(l.bound)
+                .enumerate()
+                .map(|(t, binding)| {
+                    let t = &tables[t.min(tables.len() - 1)];
+                    Window { binding, tensor: t.tensor, offset: t.offset }
+                })
+                .collect();
+            let d = gpu.dispatch_windowed(
+                format!("{label} group {}", l.group),
+                &stores(launch.clone(), &gp),
+                &gp,
+                &bindings,
+                &windows,
+                grid,
+            )?;
+            let count = chunk.min(l.count - j * chunk);
+            let bytes = ((cin + l.bound * blocks(p.cout as usize) * 4) * count * 4) as f64;
+            list.push(stepped(d, &gp).with_flops(2.0 * (cin * l.group_cout * count) as f64).with_bytes(bytes));
+        }
+        Ok(list)
     }
 }
 
