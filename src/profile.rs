@@ -53,6 +53,13 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Launches per iteration: each also costs the adapter something the
+    /// timestamps leave out (on lavapipe waking its worker threads, about
+    /// 0.05 ms).
+    pub fn launches_per_iter(&self) -> f64 {
+        self.rows.iter().map(|r| r.calls).sum::<usize>() as f64 / self.iters as f64
+    }
+
     /// Total of the per-dispatch times over the timed iterations.
     pub fn total_ms(&self) -> f64 {
         self.rows.iter().map(|r| r.total_ms).sum()
@@ -64,6 +71,7 @@ impl Profile {
             "time_source": format!("{:?}", self.source),
             "iterations": self.iters,
             "step_ms_median": self.step_ms,
+            "launches_per_iteration": self.launches_per_iter(),
             "kernels": self.rows.iter().map(|r| serde_json::json!({
                 "name": r.name, "calls": r.calls, "total_ms": r.total_ms,
                 "mean_ms": r.total_ms / r.calls as f64, "share": r.total_ms / total,

@@ -74,6 +74,9 @@ fn profile_json_is_machine_readable() {
     assert!(v["kernels"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
     assert!(v["step_ms_median"].as_f64().is_some_and(|t| t > 0.0), "{v}");
     assert_eq!(v["time_source"], "GpuTimestamps", "lavapipe has timestamps");
+    // One iteration: the launches are the kernels' calls.
+    let calls: u64 = v["kernels"].as_array().unwrap().iter().map(|k| k["calls"].as_u64().unwrap()).sum();
+    assert_eq!(v["launches_per_iteration"].as_f64(), Some(calls as f64), "{v}");
 }
 
 #[test]

@@ -111,8 +111,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
         println!("{:<60} {:>6} {:>11.2} per iteration", format!("{phase:?} total"), "", per_iter(*ms));
     }
     println!(
-        "sum of kernels {:.2} ms per iteration; the step itself (one submission, CPU clock) {:.2} ms median",
+        "sum of kernels {:.2} ms in {:.0} launches per iteration; the step itself (one submission, CPU clock) {:.2} ms median",
         per_iter(total),
+        profile.launches_per_iter(),
         profile.step_ms
     );
     Ok(())
