@@ -691,16 +691,16 @@ pub fn backward_parts(
     let variant = Variant::for_weight_grad(gpu, dy.c);
     if let ([x], [dx]) = (xs, dxs) {
         let label = part_label("backward_weight", x, dw, dilation, 0, 1);
+        let data_label = part_label("backward_data", dx, w, dilation, 0, 1);
         let (k, pw) = part_params(&label, x, dw, 0, &dy, dilation)?;
-        let (_, pd) = part_params(&label, dx, w, 0, &dy, dilation)?;
+        let (_, pd) = part_params(&data_label, dx, w, 0, &dy, dilation)?;
         let data_variant = Variant::choose(gpu, dy.c, dx.c, k);
         if matches!(variant, Variant::Blocked | Variant::BlockedSubgroup) && takes_table_data(gpu, data_variant, k, &pd)
         {
             let (pw, pd) =
-                (with_dropout(&label, variant, k, pw, drop)?, with_dropout(&label, data_variant, k, pd, drop)?);
-            let data_label = part_label("backward_data", dx, w, dilation, 0, 1);
+                (with_dropout(&label, variant, k, pw, drop)?, with_dropout(&data_label, data_variant, k, pd, drop)?);
             let kernel = |entry| Kernel::new(variant.family(), entry).with("K", 1.0).with("COB", blocks(dy.c) as f64);
-            let mut weight = weight_launch(gpu, &kernel, &label, pw, k, *x, dw)?;
+            let mut weight = weight_launch(gpu, &kernel, &label, pw, k, *x, dw);
             let mut data = data_launch(gpu, &kernel, &data_label, pd, w, *dx);
             // A batch's weight launches one after another, as without
             // table_data, then its data launches (interleaving them one by
@@ -1231,7 +1231,7 @@ fn blocked_weight(
 ) -> Result<Vec<Dispatch>> {
     ensure(BLOCKED_K.contains(&k), &label, || format!("the blocked kernels take 1x1 and 3x3 kernels, not {k}x{k}"))?;
     let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", blocks(dy.c) as f64);
-    let mut weight = weight_launch(gpu, &kernel, &label, p, k, x, dw)?;
+    let mut weight = weight_launch(gpu, &kernel, &label, p, k, x, dw);
     dy_tables(gpu, &kernel, p, dy, &mut weight)
 }
 
@@ -1245,12 +1245,12 @@ fn weight_launch<'a>(
     k: usize,
     x: View<'a>,
     dw: &'a Tensor,
-) -> Result<impl FnMut(&TableLaunch) -> Result<Vec<Dispatch>> + 'a> {
+) -> impl FnMut(&TableLaunch) -> Result<Vec<Dispatch>> + 'a {
     let cin = x.c;
     let trios = weight_trios(cin, k);
     let split = weight_split(trios);
     let mut partials: Option<Tensor> = None;
-    Ok(move |l: &TableLaunch| {
+    move |l: &TableLaunch| {
         let gp = Params { group: u32_of(l.first), chunk: u32_of(l.c), ..p };
         if split > 1 && l.c == 0 {
             partials = Some(gpu.tensor(Shape::new(split, cin * k * k, l.group_cout, 1))?);
@@ -1287,7 +1287,7 @@ fn weight_launch<'a>(
             )?);
         }
         Ok(list)
-    })
+    }
 }
 
 /// The input gradient of a 1x1 convolution by `table_data` (conv.wgsl):
