@@ -1623,15 +1623,13 @@ fn table_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let count = min(CHUNK, pixels - q0);
     var n = q0 / hw;
     var p = q0 % hw;
+    table_data_mask(n);
     for (var at = 0u; at < count; at++) {
         var s = table_dot(vec3<f32>(0.0), 0u, at * COB, lane);
         if (TABLES > 1u) { s = table_dot(s, 1u, at * COB, lane); }
         if (TABLES > 2u) { s = table_dot(s, 2u, at * COB, lane); }
         if (TABLES > 3u) { s = table_dot(s, 3u, at * COB, lane); }
         let base = slice_index(n, 0u, p, hw, P.in_ctotal, P.in_coff);
-        // store_one's dropout mask: the element's index in the masked
-        // concatenation (the weights' input channels).
-        mask_shift = slice_index(n, 0u, 0u, hw, P.w_ctotal, P.w_coff) - slice_index(n, 0u, 0u, hw, P.in_ctotal, P.in_coff);
         if (stored > 0u) { store_one(base + ci.x * hw, 0u, s.x); }
         if (stored > 1u) { store_one(base + ci.y * hw, 0u, s.y); }
         if (stored > 2u) { store_one(base + ci.z * hw, 0u, s.z); }
@@ -1639,7 +1637,18 @@ fn table_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         if (p == hw) {
             p = 0u;
             n++;
+            table_data_mask(n);
         }
+    }
+}
+
+// store_one's dropout mask for sample n in table_data: added to an index
+// of y, the element's index in the masked concatenation (the weights'
+// input channels); set when the walk enters a sample, not per pixel.
+fn table_data_mask(n: u32) {
+    if (DROP_STORES) {
+        let hw = P.h * P.w;
+        mask_shift = slice_index(n, 0u, 0u, hw, P.w_ctotal, P.w_coff) - slice_index(n, 0u, 0u, hw, P.in_ctotal, P.in_coff);
     }
 }
 

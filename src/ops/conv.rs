@@ -699,7 +699,7 @@ pub fn backward_parts(
         {
             let (pw, pd) =
                 (with_dropout(&label, variant, k, pw, drop)?, with_dropout(&data_label, data_variant, k, pd, drop)?);
-            let kernel = |entry| Kernel::new(variant.family(), entry).with("K", 1.0).with("COB", blocks(dy.c) as f64);
+            let kernel = table_kernel(variant, k, &dy);
             let mut weight = weight_launch(gpu, &kernel, &label, pw, k, *x, dw);
             let mut data = data_launch(gpu, &kernel, &data_label, pd, w, *dx);
             // A batch's weight launches one after another, as without
@@ -1133,9 +1133,17 @@ fn weight_trios(cin: usize, k: usize) -> usize {
     }
 }
 
+/// The kernels that read dy's tables (pack_dy, blocked_weight, table_data,
+/// reduce_partials) for a k x k convolution with output gradient `dy`.
+fn table_kernel(variant: Variant, k: usize, dy: &View) -> impl Fn(&'static str) -> Kernel {
+    let cob = blocks(dy.c);
+    move |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", cob as f64)
+}
+
 /// One launch over dy's tables (`dy_tables`): group `group` of TABLES =
 /// `bound` blocks of output channels from block `first`, chunks `c` ..
-/// `c + walked` of dy (`CHUNKS` = `per_launch`; `count` pixels), whether
+/// `c + walked` of dy (`CHUNKS` = `per_launch`; `chunk` pixels each,
+/// `count` in all), whether
 /// it is the group's last launch and its batch's (the next one repacks),
 /// and the table windows to bind.
 struct TableLaunch<'a> {
@@ -1144,6 +1152,7 @@ struct TableLaunch<'a> {
     bound: usize,
     group_cout: usize,
     c: usize,
+    chunk: usize,
     per_launch: usize,
     count: usize,
     last: bool,
@@ -1204,6 +1213,7 @@ fn dy_tables(
                 bound,
                 group_cout: (bound * per_table).min(cout - per_table * first),
                 c,
+                chunk,
                 per_launch,
                 count: pixels.min((c + walked) * chunk) - c * chunk,
                 last: c + per_launch >= chunks,
@@ -1230,7 +1240,7 @@ fn blocked_weight(
     dw: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     ensure(BLOCKED_K.contains(&k), &label, || format!("the blocked kernels take 1x1 and 3x3 kernels, not {k}x{k}"))?;
-    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", k as f64).with("COB", blocks(dy.c) as f64);
+    let kernel = table_kernel(variant, k, &dy);
     let mut weight = weight_launch(gpu, &kernel, &label, p, k, x, dw);
     dy_tables(gpu, &kernel, p, dy, &mut weight)
 }
@@ -1304,7 +1314,7 @@ fn table_data(
     dy: View,
     dx: View,
 ) -> Result<Vec<Dispatch>> {
-    let kernel = |entry| Kernel::new(variant.family(), entry).with("K", 1.0).with("COB", blocks(dy.c) as f64);
+    let kernel = table_kernel(variant, 1, &dy);
     let mut data = data_launch(gpu, &kernel, &label, p, w, dx);
     dy_tables(gpu, &kernel, p, dy, &mut data)
 }
@@ -1327,7 +1337,7 @@ fn data_launch<'a>(
         let bindings = [(2, w.view()), (4, dx)];
         let grid = Grid::Groups(cin.div_ceil(3).div_ceil(WEIGHT_WORKGROUP));
         // A launch per chunk: one inlined walk to compile, not CHUNKS.
-        let chunk = PACK_LEN / blocks(p.cout as usize);
+        let chunk = l.chunk;
         let mut list = Vec::new();
         for (j, tables) in l.windows.chunks(l.bound).enumerate().take(l.count.div_ceil(chunk)) {
             let gp = Params { group: u32_of(l.first), chunk: u32_of(l.c + j), accumulate, ..p };
