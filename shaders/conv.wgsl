@@ -52,7 +52,9 @@ struct Params {
     w_coff: u32,
     // window_*: the sample and the band of output rows of this launch, and
     // each window's offset: input (ci, iy, ix) is element
-    // win[k / 4][k % 4] + iy * w + ix of window k = ci * 3 + ky.
+    // win[k / 4][k % 4] + iy * w + ix of window k = ci * 3 + ky. Blocked
+    // forward and data kernels with CHAIN > 1: the band of output rows of
+    // this launch (of every sample; band_n unused).
     band_n: u32,
     band_y0: u32,
     band_rows: u32,
@@ -446,7 +448,7 @@ override CHAIN: u32 = 1u;
 // row. On lavapipe a 32 -> 32 3x3 layer at 256x256, dilation 13, took 92
 // against 122 ms (scratch kernels, 2026-11-28); with 3 (5 input rows for 9
 // pixels) `conv3x3-d13-fwd` 28.0-28.4 against 29.5-29.6 ms (2026-11-29;
-// `rows` in src/ops/conv.rs chooses). Its chains sit in Chain's t0 (row
+// `row_bands` in src/ops/conv.rs chooses). Its chains sit in Chain's t0 (row
 // oy), t1 (row oy + d) and t2 (row oy + 2d).
 override ROWS: u32 = 1u;
 
@@ -470,7 +472,9 @@ fn slots(len: u32, block: u32, span: u32) -> u32 {
 // (ox, ox + s, ...), the last one no more than it has columns (`slots`):
 // per row `chains_per_row` in src/ops/conv.rs; with ROWS > 1 the rows
 // likewise into blocks of ROWS * s rows, each holding min(s, h) pairs (oy,
-// oy + s) or triples: `row_slots` there.
+// oy + s) or triples: `row_slots` there. A launch covers the band_rows
+// rows from band_y0 (`row_bands` there: every band but the last is whole
+// blocks, so no chain's rows leave its band).
 fn chain_start(q: u32) -> vec4<u32> {
     let hw = P.h * P.w;
     if (CHAIN == 1u) {
@@ -481,10 +485,10 @@ fn chain_start(q: u32) -> vec4<u32> {
     let s = chain_stride();
     let span = min(s, P.w);
     let per_row = slots(P.w, CHAIN * s, span);
-    let span_y = min(s, P.h);
-    var rows = P.h;
+    let span_y = min(s, P.band_rows);
+    var rows = P.band_rows;
     if (ROWS > 1u) {
-        rows = slots(P.h, ROWS * s, span_y);
+        rows = slots(P.band_rows, ROWS * s, span_y);
     }
     let total = P.n * rows * per_row;
     let qc = min(q, total - 1u);
@@ -495,6 +499,7 @@ fn chain_start(q: u32) -> vec4<u32> {
     if (ROWS > 1u) {
         oy = ROWS * s * (oy / span_y) + oy % span_y;
     }
+    oy += P.band_y0;
     return vec4<u32>(slot / rows, oy, ox, select(0u, 1u, q < total && ox < P.w && oy < P.h));
 }
 

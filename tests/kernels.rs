@@ -339,7 +339,7 @@ fn conv1x1_matches_cpu_for_5_to_140_channels_batch_2() {
 #[test]
 fn conv3x3_matches_cpu_for_batch_2_when_the_last_row_ends_a_pair() {
     // 44 rows at dilation 11 in blocks of 22: on CPU adapters pairs of rows
-    // (`ROWS` = 2, `rows` in src/ops/conv.rs), rows 33 to 43 the lower rows
+    // (`ROWS` = 2, `row_bands` in src/ops/conv.rs), rows 33 to 43 the lower rows
     // of the pairs (22, 33) to (32, 43).
     check_conv(2, 3, 8, 44, 29, 3, 11, 13);
 }
@@ -353,6 +353,14 @@ fn conv3x3_matches_cpu_for_batch_2_when_triples_of_rows_end_short() {
     // third row.
     check_conv(2, 3, 8, 53, 29, 3, 5, 15);
     check_conv(2, 5, 7, 37, 31, 3, 13, 16);
+}
+
+#[test]
+fn conv3x3_matches_cpu_for_batch_2_in_two_bands_of_rows() {
+    // 64 rows at dilation 13: on CPU adapters a launch of 13 pairs over
+    // rows 0 to 25, then one of 13 triples over rows 26 to 63, (38, 51, 64)
+    // without its third row (`row_bands` in src/ops/conv.rs).
+    check_conv(2, 4, 9, 64, 23, 3, 13, 22);
 }
 
 #[test]

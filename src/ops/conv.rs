@@ -277,20 +277,54 @@ fn slots(len: usize, block: usize, span: usize) -> usize {
     len / block * span + span.min(len % block)
 }
 
-/// Output rows per chain (`ROWS` in conv.wgsl), for 3x3 one-table launches
-/// on CPU adapters: 1, 2 or 3, whichever leaves the least work, a chain of
-/// r rows costing `ROW_COST[r - 1]` single rows (on lavapipe the rows share
-/// input rows and table rows: a pair costs about 1.5 rows, a triple about
-/// 2.05, `conv3x3-d13-fwd` 29.5 against 28.2 ms, 2026-11-29), counted with
-/// the empty slots a large dilation leaves (`row_slots`): at 256 rows,
-/// dilation 55 takes pairs, 21 triples.
-fn rows(chain: usize, k: usize, tables: usize, h: usize, stride: usize) -> usize {
-    if chain == 1 || k != 3 || tables != 1 {
-        return 1;
-    }
-    let cost = |r: usize| row_slots(h, stride, r) as f64 * ROW_COST[r - 1];
-    (1..=ROW_COST.len()).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
+/// A band of output rows one blocked launch covers (`band_y0`,
+/// `band_rows`) and its chains' rows (`ROWS` in conv.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Band {
+    y0: usize,
+    len: usize,
+    rows: usize,
 }
+
+/// The bands of output rows of the blocked forward and data kernels: for
+/// 3x3 one-table launches on CPU adapters, chains of 1, 2 or 3 rows,
+/// whichever leaves the least work, a chain of r rows costing
+/// `ROW_COST[r - 1]` single rows (on lavapipe the rows share input rows and
+/// table rows: a pair costs about 1.5 rows, a triple about 2.05,
+/// `conv3x3-d13-fwd` 29.5 against 28.2 ms, 2026-11-29), counted with the
+/// empty slots a large dilation leaves (`row_slots`). Or two launches:
+/// whole blocks of one kind from the top, the rest of another kind, where
+/// that saves more than `LAUNCH_ROWS`: at 256 rows and dilation 55 a
+/// third of the pairs' slots were empty below row 220; triples over rows 0
+/// to 164 and pairs over the rest leave 11% less work.
+fn row_bands(chain: usize, k: usize, tables: usize, h: usize, stride: usize) -> Vec<Band> {
+    if chain == 1 || k != 3 || tables != 1 {
+        return vec![Band { y0: 0, len: h, rows: 1 }];
+    }
+    let cost = |len: usize, r: usize| row_slots(len, stride, r) as f64 * ROW_COST[r - 1];
+    let modes = 1..=ROW_COST.len();
+    let whole = modes.clone().map(|r| (cost(h, r), vec![Band { y0: 0, len: h, rows: r }]));
+    // The second band takes pairs or triples only: a split into single rows
+    // gains little and would compile one more pipeline.
+    let split = modes.clone().flat_map(|r| {
+        let block = r * stride;
+        (1..h.div_ceil(block)).flat_map(move |blocks| {
+            let y = blocks * block;
+            (2..=ROW_COST.len()).filter(move |&r2| r2 != r).map(move |r2| {
+                let bands = vec![Band { y0: 0, len: y, rows: r }, Band { y0: y, len: h - y, rows: r2 }];
+                (cost(y, r) + cost(h - y, r2) + LAUNCH_ROWS, bands)
+            })
+        })
+    });
+    whole.chain(split).min_by(|a, b| a.0.total_cmp(&b.0)).map_or_else(|| vec![Band { y0: 0, len: h, rows: 1 }], |b| b.1)
+}
+
+/// What a second launch must save, in single rows of chains (see
+/// `row_bands`): one for its own cost (on lavapipe a launch costs 0.05-0.15
+/// ms, a row of a 32 -> 32 layer's chains at 256x256 about 0.15 ms) and two
+/// for the error of `ROW_COST`, so that a split is not made for less than
+/// about 1% of a 256-row layer (dilation 21: 0.2 rows).
+const LAUNCH_ROWS: f64 = 3.0;
 
 /// What a chain of 1, 2 or 3 rows costs, in single rows (see `rows`).
 const ROW_COST: [f64; 3] = [1.0, 1.5, 2.05];
@@ -829,30 +863,37 @@ fn blocked(
             .collect();
         let valid = (packed.len() * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
-        // Narrow: an invocation per run of a row; blocked: one per chain.
-        let rows = rows(chain, k, packed.len(), s.h, stride);
-        let (mut launch, grid) = if narrow {
+        // Narrow: an invocation per run of a row, one launch; blocked: one
+        // per chain, a launch per band of rows.
+        let launches: Vec<(Kernel, Grid, Band)> = if narrow {
             let (strided, runs) = narrow_runs(s.w, k, p.dilation as usize);
-            (kernel(entry).with("STRIDED", f64::from(u8::from(strided))), Grid::Elements(s.n * s.h * runs))
+            let launch = kernel(entry).with("STRIDED", f64::from(u8::from(strided)));
+            vec![(launch, Grid::Elements(s.n * s.h * runs), Band { y0: 0, len: s.h, rows: 1 })]
         } else {
-            let chains = s.n * row_slots(s.h, stride, rows) * chains_per_row(s.w, stride, chain);
-            (kernel(entry).with("ROWS", rows as f64), Grid::Elements(chains))
+            let per_row = chains_per_row(s.w, stride, chain);
+            let bands = row_bands(chain, k, packed.len(), s.h, stride);
+            let grid = |band: &Band| Grid::Elements(s.n * row_slots(band.len, stride, band.rows) * per_row);
+            bands.iter().map(|band| (kernel(entry).with("ROWS", band.rows as f64), grid(band), *band)).collect()
         };
         let drop = p.drop_p > 0.0;
-        launch = launch
-            .with("VALID", valid as f64)
-            .with("TABLES", packed.len() as f64)
-            .with("DROP_LOADS", f64::from(u8::from(drop && pass == Pass::Forward)))
-            .with("DROP_STORES", f64::from(u8::from(drop && pass == Pass::Data)));
-        let d = gpu.dispatch_windowed(
-            format!("{label} group {group}"),
-            &stores(launch, &p),
-            &Params { group: u32_of(first), ..p },
-            &bindings,
-            &windows,
-            grid,
-        )?;
-        list.push(stepped(d, &p).with_flops(group_flops));
+        for (launch, grid, band) in launches {
+            let launch = launch
+                .with("VALID", valid as f64)
+                .with("TABLES", packed.len() as f64)
+                .with("DROP_LOADS", f64::from(u8::from(drop && pass == Pass::Forward)))
+                .with("DROP_STORES", f64::from(u8::from(drop && pass == Pass::Data)));
+            let bp = Params { group: u32_of(first), band_y0: u32_of(band.y0), band_rows: u32_of(band.len), ..p };
+            let d = gpu.dispatch_windowed(
+                format!("{label} group {group}"),
+                &stores(launch, &p),
+                &bp,
+                &bindings,
+                &windows,
+                grid,
+            )?;
+            let share = band.len as f64 / s.h as f64;
+            list.push(stepped(d, &p).with_flops(group_flops * share));
+        }
     }
     Ok(list)
 }
@@ -1526,21 +1567,48 @@ pub fn backward_bias(gpu: &Gpu, dy: View, db: &Tensor) -> Result<Vec<Dispatch>> 
 mod tests {
     use super::*;
 
+    /// Every output row is computed once: by the chains of row_bands'
+    /// launches, mapped as chain_start in conv.wgsl maps them.
+    #[test]
+    fn row_bands_cover_every_row_once() {
+        for h in 1..=80 {
+            for d in [1, 2, 3, 5, 8, 13, 21, 34, 55] {
+                let bands = row_bands(3, 3, 1, h, d);
+                let mut seen = vec![0; h];
+                for (i, band) in bands.iter().enumerate() {
+                    let last = i + 1 == bands.len();
+                    let span = d.min(band.len);
+                    for slot in 0..row_slots(band.len, d, band.rows) {
+                        let oy = band.y0 + band.rows * d * (slot / span) + slot % span;
+                        for row in (0..band.rows).map(|r| oy + r * d).filter(|&y| y < h) {
+                            assert!(last || row < band.y0 + band.len, "{h} rows, d {d}: {bands:?} leaves its band");
+                            seen[row] += 1;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&c| c == 1), "{h} rows, d {d}: {bands:?} covers {seen:?}");
+            }
+        }
+    }
+
     /// The shapes tests/kernels.rs runs for each row mode take that mode.
     #[test]
-    fn rows_takes_single_rows_pairs_or_triples_by_their_cost() {
-        let mode = |h, dilation| rows(3, 3, 1, h, dilation);
-        assert_eq!(mode(44, 11), 2);
-        assert_eq!(mode(46, 21), 2);
-        assert_eq!(mode(53, 5), 3);
-        assert_eq!(mode(37, 13), 3);
-        // At 256 rows a large dilation wastes the triples' slots.
-        assert_eq!(mode(256, 13), 3);
-        assert_eq!(mode(256, 55), 2);
+    fn row_bands_take_single_rows_pairs_or_triples_by_their_cost() {
+        let modes = |h, dilation| row_bands(3, 3, 1, h, dilation).iter().map(|b| b.rows).collect::<Vec<_>>();
+        assert_eq!(modes(44, 11), [2]);
+        assert_eq!(modes(46, 21), [2]);
+        assert_eq!(modes(37, 13), [3]);
+        assert_eq!(modes(53, 5), [3]);
+        // Two launches: 13 pairs over rows 0 to 25, then triples.
+        assert_eq!(row_bands(3, 3, 1, 64, 13), [Band { y0: 0, len: 26, rows: 2 }, Band { y0: 26, len: 38, rows: 3 }]);
+        // At 256 rows small dilations fill the triples' blocks, large ones
+        // leave slots empty below the last whole block: pairs and triples.
+        assert_eq!(modes(256, 5), [3]);
+        assert_eq!(modes(256, 55), [2, 3]);
         // 40 rows at dilation 55: every row alone.
-        assert_eq!(mode(40, 55), 1);
+        assert_eq!(modes(40, 55), [1]);
         // Several tables or a 1x1 kernel: no row sharing.
-        assert_eq!(rows(3, 3, 2, 256, 13), 1);
-        assert_eq!(rows(3, 1, 1, 256, 1), 1);
+        assert_eq!(row_bands(3, 3, 2, 256, 13), [Band { y0: 0, len: 256, rows: 1 }]);
+        assert_eq!(row_bands(3, 1, 1, 256, 1), [Band { y0: 0, len: 256, rows: 1 }]);
     }
 }
