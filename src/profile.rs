@@ -50,6 +50,10 @@ pub struct Profile {
     /// Median wall time of a normal (untimed, one submission) step, ms.
     pub step_ms: f64,
     pub events: Vec<Event>,
+    /// The warm-up iteration's launches in order (label, ms): where a
+    /// driver compiles a pipeline at its first launch, as lavapipe does (its
+    /// LLVM step), that launch holds the compile (docs/KERNELS.md "Start-up").
+    pub first: Vec<(String, f64)>,
 }
 
 impl Profile {
@@ -65,6 +69,14 @@ impl Profile {
         self.rows.iter().map(|r| r.total_ms).sum()
     }
 
+    /// The warm-up iteration's `n` slowest launches, slowest first.
+    pub fn slowest_first(&self, n: usize) -> Vec<(String, f64)> {
+        let mut first = self.first.clone();
+        first.sort_by(|a, b| b.1.total_cmp(&a.1));
+        first.truncate(n);
+        first
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let total = self.total_ms();
         serde_json::json!({
@@ -78,6 +90,9 @@ impl Profile {
                 "gflops": r.gflops(), "gbytes_per_s": r.gbytes_per_s(),
             })).collect::<Vec<_>>(),
             "phases_ms": self.phases.iter().map(|(p, ms)| (phase_name(*p), *ms)).collect::<BTreeMap<_, _>>(),
+            "first_iteration_ms": self.first.iter().map(|f| f.1).sum::<f64>(),
+            "first_iteration_slowest": self.slowest_first(FIRST_SHOWN).iter()
+                .map(|(name, ms)| serde_json::json!({"name": name, "ms": ms})).collect::<Vec<_>>(),
         })
     }
 
@@ -106,8 +121,12 @@ fn phase_name(p: Phase) -> String {
     format!("{p:?}").to_lowercase()
 }
 
+/// The warm-up launches the profile lists, slowest first.
+pub const FIRST_SHOWN: usize = 10;
+
 /// Profiles `iters` training steps (`train`) or forward passes of `graph`,
-/// after one warm-up (which compiles nothing new but settles the driver).
+/// after one warm-up, timed too: it settles the driver, and on lavapipe its
+/// launches compile their pipelines (`Profile::first`).
 pub fn profile(gpu: &Gpu, graph: &mut Graph, train: bool, iters: usize) -> Result<Profile> {
     let iters = iters.max(1);
     let mut per_label: BTreeMap<String, KernelRow> = BTreeMap::new();
@@ -116,6 +135,7 @@ pub fn profile(gpu: &Gpu, graph: &mut Graph, train: bool, iters: usize) -> Resul
     let mut walls = Vec::new();
     let mut events = Vec::new();
     let mut origin = 0.0;
+    let mut first = Vec::new();
     for it in 0..=iters {
         let step = it as u32 + 1;
         let list: Vec<(Phase, &Dispatch)> = if train {
@@ -124,15 +144,17 @@ pub fn profile(gpu: &Gpu, graph: &mut Graph, train: bool, iters: usize) -> Resul
             graph.forward_dispatches().into_iter().map(|d| (Phase::Forward, d)).collect()
         };
         let dispatches: Vec<&Dispatch> = list.iter().map(|(_, d)| *d).collect();
+        if it == 0 {
+            let (_, spans) = gpu.run_timed(&dispatches)?;
+            first = dispatches.iter().zip(&spans).map(|(d, s)| (d.label().to_string(), s.ms)).collect();
+            continue;
+        }
         // The step as training runs it: one submission, timed by the CPU.
         let t = Instant::now();
         gpu.run(&dispatches)?;
         gpu.sync()?;
         let wall = t.elapsed().as_secs_f64() * 1e3;
         let (src, spans) = gpu.run_timed(&dispatches)?;
-        if it == 0 {
-            continue; // warm-up
-        }
         walls.push(wall);
         source = src;
         for ((phase, d), span) in list.iter().zip(&spans) {
@@ -160,5 +182,5 @@ pub fn profile(gpu: &Gpu, graph: &mut Graph, train: bool, iters: usize) -> Resul
     walls.sort_by(f64::total_cmp);
     let mut rows: Vec<KernelRow> = per_label.into_values().collect();
     rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
-    Ok(Profile { source, iters, rows, phases, step_ms: walls[walls.len() / 2], events })
+    Ok(Profile { source, iters, rows, phases, step_ms: walls[walls.len() / 2], events, first })
 }

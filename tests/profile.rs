@@ -60,6 +60,15 @@ fn profile_has_a_row_per_kernel_and_adds_up_to_the_step() {
     // The timeline: one event per timed dispatch, in submission order.
     assert_eq!(p.events.len(), 2 * dispatches);
     assert!(p.events.windows(2).all(|e| e[1].start_ms >= e[0].start_ms), "events out of order");
+    // The warm-up: every launch of one step, in order, each timed; its
+    // slowest first.
+    let order: Vec<String> = graph.step_dispatches(gpu, 1, true).iter().map(|(_, d)| d.label().to_string()).collect();
+    assert_eq!(p.first.iter().map(|f| f.0.clone()).collect::<Vec<_>>(), order);
+    assert!(p.first.iter().all(|f| f.1 > 0.0), "{:?}", p.first);
+    let slowest = p.slowest_first(3);
+    assert_eq!(slowest.len(), 3);
+    assert!(slowest.windows(2).all(|s| s[0].1 >= s[1].1), "{slowest:?}");
+    assert_eq!(slowest[0].1, p.first.iter().map(|f| f.1).fold(0.0, f64::max));
 }
 
 #[test]
@@ -77,6 +86,12 @@ fn profile_json_is_machine_readable() {
     // One iteration: the launches are the kernels' calls.
     let calls: u64 = v["kernels"].as_array().unwrap().iter().map(|k| k["calls"].as_u64().unwrap()).sum();
     assert_eq!(v["launches_per_iteration"].as_f64(), Some(calls as f64), "{v}");
+    // The warm-up's time and its slowest launches, slowest first.
+    let slowest = v["first_iteration_slowest"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(slowest.len() as u64, calls.min(dilaseg::profile::FIRST_SHOWN as u64), "{v}");
+    let ms: Vec<f64> = slowest.iter().map(|k| k["ms"].as_f64().unwrap()).collect();
+    assert!(ms.windows(2).all(|m| m[0] >= m[1]), "{v}");
+    assert!(v["first_iteration_ms"].as_f64().is_some_and(|t| t >= ms.iter().sum::<f64>() && t > 0.0), "{v}");
 }
 
 #[test]
