@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{ensure, ensure_apart, reduction_parts, u32_of, window_align, window_of};
 use crate::gpu::shaders::Family;
-use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES};
+use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, Tuning, View, Window, WINDOW_BYTES, WORKGROUP};
 use crate::shape::Shape;
 
 #[repr(C)]
@@ -203,8 +203,17 @@ const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
 /// and a multiple of the 14 (or 7, 4, 2) chunks a weight launch walks.
 const PACK_BATCH: usize = 28;
 
-/// Entries of dw per workgroup of reduce_partials (`REDUCE_ENTRIES`).
-const REDUCE_ENTRIES: usize = 32;
+/// reduce_partials with its invocations per entry (`REDUCE_LANES`: one on
+/// CPU adapters, where a workgroup barrier is dear, 8 on GPUs, whose
+/// weight gradients have up to 512 parts) and the grid for `entries`
+/// entries of dw (WG / REDUCE_LANES a workgroup).
+fn reduce_launch(gpu: &Gpu, kernel: Kernel, entries: usize) -> (Kernel, Grid) {
+    let lanes = match gpu.tuning() {
+        Tuning::Cpu => 1,
+        Tuning::Gpu => 8,
+    };
+    (kernel.with("REDUCE_LANES", lanes as f64), Grid::Groups(entries.div_ceil(WORKGROUP / lanes)))
+}
 
 /// Workgroups the tiled weight gradient aims for: its (Cout / 32) x (Cin *
 /// K * K / 64) tiles, times as many pixel parts as it takes to give a large
@@ -1124,12 +1133,13 @@ fn partials_tensor(gpu: &Gpu, split: usize, cout: usize, rows: usize) -> Result<
 fn reduce_partials(gpu: &Gpu, p: Params, k: usize, partials: &Tensor, dw: &Tensor) -> Result<Dispatch> {
     let (split, entries) = (partials.shape.n, partials.shape.c * partials.shape.h);
     let reduce = kernel("reduce_partials", k).with("VALID", f64::from(p.cout)).with("SPLIT", split as f64);
+    let (reduce, grid) = reduce_launch(gpu, reduce, entries);
     gpu.dispatch(
         format!("conv.reduce_partials {} {split} parts", dw.shape),
         &reduce,
         &Params { group: 0, ..p },
         &[(1, partials.view()), (4, dw.view())],
-        Grid::Groups(entries.div_ceil(REDUCE_ENTRIES)),
+        grid,
     )
 }
 
@@ -1326,8 +1336,8 @@ fn weight_launch<'a>(
         let mut list = vec![d.with_flops(2.0 * (cin * k * k * l.group_cout * l.count) as f64).with_bytes(bytes)];
         if let (Some(partials), true) = (&partials, l.last) {
             let reduce = kernel("reduce_partials").with("VALID", l.group_cout as f64).with("SPLIT", split as f64);
+            let (reduce, grid) = reduce_launch(gpu, reduce, l.group_cout * cin * k * k);
             let bindings = [(1, partials.view()), (4, dw.view())];
-            let grid = Grid::Groups((l.group_cout * cin * k * k).div_ceil(REDUCE_ENTRIES));
             let gp = Params { group: u32_of(l.first), ..p };
             list.push(gpu.dispatch(
                 format!("conv.reduce_partials {} group {}", dw.shape, l.group),
