@@ -203,18 +203,6 @@ const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
 /// and a multiple of the 14 (or 7, 4, 2) chunks a weight launch walks.
 const PACK_BATCH: usize = 28;
 
-/// reduce_partials with its invocations per entry (`REDUCE_LANES`: one on
-/// CPU adapters, where a workgroup barrier is dear, 8 on GPUs, whose
-/// weight gradients have up to 512 parts) and the grid for `entries`
-/// entries of dw (WG / REDUCE_LANES a workgroup).
-fn reduce_launch(gpu: &Gpu, kernel: Kernel, entries: usize) -> (Kernel, Grid) {
-    let lanes = match gpu.tuning() {
-        Tuning::Cpu => 1,
-        Tuning::Gpu => 8,
-    };
-    (kernel.with("REDUCE_LANES", lanes as f64), Grid::Groups(entries.div_ceil(WORKGROUP / lanes)))
-}
-
 /// Workgroups the tiled weight gradient aims for: its (Cout / 32) x (Cin *
 /// K * K / 64) tiles, times as many pixel parts as it takes to give a large
 /// GPU (132 multiprocessors on an H200) several workgroups each, at most
@@ -1131,16 +1119,34 @@ fn partials_tensor(gpu: &Gpu, split: usize, cout: usize, rows: usize) -> Result<
 /// K, a part of the input channels at `p.w_coff`) as the in-order sums of
 /// `partials` [part][Cout][Cin * K * K].
 fn reduce_partials(gpu: &Gpu, p: Params, k: usize, partials: &Tensor, dw: &Tensor) -> Result<Dispatch> {
+    let label = format!("conv.reduce_partials {} {} parts", dw.shape, partials.shape.n);
+    let p = Params { group: 0, ..p };
+    reduce_into(gpu, kernel("reduce_partials", k), label, p, p.cout as usize, partials, dw)
+}
+
+/// The reduce_partials launch (`reduce`: its kernel with K, COB) adding the
+/// `valid` output channels of `partials` [part][Cin * K * K][valid] from
+/// group `p.group` into `dw`: one invocation per entry on CPU adapters
+/// (`REDUCE_LANES` 1: a workgroup barrier is dear there), 8 on GPUs, whose
+/// weight gradients have up to 512 parts; WG / REDUCE_LANES entries a
+/// workgroup.
+fn reduce_into(
+    gpu: &Gpu,
+    reduce: Kernel,
+    label: String,
+    p: Params,
+    valid: usize,
+    partials: &Tensor,
+    dw: &Tensor,
+) -> Result<Dispatch> {
     let (split, entries) = (partials.shape.n, partials.shape.c * partials.shape.h);
-    let reduce = kernel("reduce_partials", k).with("VALID", f64::from(p.cout)).with("SPLIT", split as f64);
-    let (reduce, grid) = reduce_launch(gpu, reduce, entries);
-    gpu.dispatch(
-        format!("conv.reduce_partials {} {split} parts", dw.shape),
-        &reduce,
-        &Params { group: 0, ..p },
-        &[(1, partials.view()), (4, dw.view())],
-        grid,
-    )
+    let lanes = match gpu.tuning() {
+        Tuning::Cpu => 1,
+        Tuning::Gpu => 8,
+    };
+    let reduce = reduce.with("VALID", valid as f64).with("SPLIT", split as f64).with("REDUCE_LANES", lanes as f64);
+    let grid = Grid::Groups(entries.div_ceil(WORKGROUP / lanes));
+    gpu.dispatch(label, &reduce, &p, &[(1, partials.view()), (4, dw.view())], grid)
 }
 
 /// The narrow weight gradient (at most 4 output channels): narrow_weight's
@@ -1335,17 +1341,9 @@ fn weight_launch<'a>(
         let bytes = (cin * l.count * 4) as f64 + table_bytes + (2 * cin * k * k * l.group_cout * 4) as f64;
         let mut list = vec![d.with_flops(2.0 * (cin * k * k * l.group_cout * l.count) as f64).with_bytes(bytes)];
         if let (Some(partials), true) = (&partials, l.last) {
-            let reduce = kernel("reduce_partials").with("VALID", l.group_cout as f64).with("SPLIT", split as f64);
-            let (reduce, grid) = reduce_launch(gpu, reduce, l.group_cout * cin * k * k);
-            let bindings = [(1, partials.view()), (4, dw.view())];
+            let label = format!("conv.reduce_partials {} group {}", dw.shape, l.group);
             let gp = Params { group: u32_of(l.first), ..p };
-            list.push(gpu.dispatch(
-                format!("conv.reduce_partials {} group {}", dw.shape, l.group),
-                &reduce,
-                &gp,
-                &bindings,
-                grid,
-            )?);
+            list.push(reduce_into(gpu, kernel("reduce_partials"), label, gp, l.group_cout, partials, dw)?);
         }
         Ok(list)
     }
