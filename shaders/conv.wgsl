@@ -158,6 +158,70 @@ const WG_WEIGHT: u32 = 8u;
 override DROP_LOADS: bool = false;
 override DROP_STORES: bool = false;
 
+// A deferred norm block on the input (LAZY; src/model/graph.rs): `x` holds
+// the block's input t, its output act(t + Norm(t)) is never stored, and
+// each value is read as block_input(t, a): a = (mean, k = gamma * inv,
+// beta, slope) of the value's (sample, channel), from the table that
+// norm.wgsl's AFFINE wrote, indexed as x's buffer's channels are (entries
+// for channels stored as they are: (0, 0, 0, 1), which read t + 0). What
+// the norm's apply pass did (a load and a store per element) is then a
+// few arithmetic operations on loads the convolutions make anyway. The
+// forward kernels read the table as a uniform (a gather per input channel
+// and lane); blocked_weight, whose launches may bind fourteen tables and P
+// (the fifteen uniform buffers lavapipe allows a stage), from storage, a
+// row at a time.
+override LAZY: bool = false;
+@group(0) @binding(26) var<uniform> affine: array<vec4<f32>, PACK_LEN>;
+@group(0) @binding(27) var<storage, read> affine_rows: array<vec4<f32>>;
+
+// The blocked forward's input read from `y`'s binding (X_IN_Y): where the
+// input and output are channel slices of one buffer (a deferred layer
+// writing its output beside its input in the concatenation), since wgpu
+// lets a dispatch that writes a buffer bind it only once.
+override X_IN_Y: bool = false;
+
+fn x_at(i: u32) -> f32 {
+    var v: f32;
+    if (X_IN_Y) {
+        v = y[i];
+    } else {
+        v = x[i];
+    }
+    return v;
+}
+
+// The block's output for stored value v: norm.wgsl's block_value, then
+// its activation (u * slope below zero, as norm.wgsl's apply), or v
+// without LAZY.
+// (The `if`s on pipeline constants keep one side, with its bindings, in
+// each pipeline's module: gpu::specialize.)
+fn block_input(v: f32, a: vec4<f32>) -> f32 {
+    var r = v;
+    if (LAZY) {
+        let u = v + fma(v - a.x, a.y, a.z);
+        r = select(u * a.w, u, u > 0.0);
+    }
+    return r;
+}
+
+// The table entry of channel c (of x's view) of sample n, from the uniform
+// table (forward kernels) or storage (blocked_weight); zero without LAZY.
+fn affine_of(n: u32, c: u32) -> vec4<f32> {
+    var a = vec4<f32>(0.0);
+    if (LAZY) {
+        a = affine[n * P.in_ctotal + P.in_coff + c];
+    }
+    return a;
+}
+
+fn affine_row(n: u32, c: u32) -> vec4<f32> {
+    var a = vec4<f32>(0.0);
+    if (LAZY) {
+        a = affine_rows[n * P.in_ctotal + P.in_coff + c];
+    }
+    return a;
+}
+
 // v kept (scaled by 1 / (1 - p), as dropout.wgsl) or dropped: element i of
 // the masked concatenation, `key` = dropout_key(P.drop_seed, P.drop_step).
 fn dropped(v: f32, key: u32, i: u32) -> f32 {
@@ -557,13 +621,14 @@ struct Vals {
     v4: f32,
 }
 
-fn chain_values(row: u32, ok: bool, k: Cols) -> Vals {
+// (The padding stays zero: it pads the block's output.)
+fn chain_values(row: u32, ok: bool, k: Cols, a: vec4<f32>) -> Vals {
     var r: Vals;
-    r.v.x = select(0.0, x[row + k.at.x], ok && k.ok.x);
-    r.v.y = select(0.0, x[row + k.at.y], ok && k.ok.y);
-    r.v.z = select(0.0, x[row + k.at.z], ok && k.ok.z);
-    if (CHAIN > 1u) { r.v.w = select(0.0, x[row + k.at.w], ok && k.ok.w); }
-    if (CHAIN > 2u) { r.v4 = select(0.0, x[row + k.at4], ok && k.ok4); }
+    r.v.x = select(0.0, block_input(x_at(row + k.at.x), a), ok && k.ok.x);
+    r.v.y = select(0.0, block_input(x_at(row + k.at.y), a), ok && k.ok.y);
+    r.v.z = select(0.0, block_input(x_at(row + k.at.z), a), ok && k.ok.z);
+    if (CHAIN > 1u) { r.v.w = select(0.0, block_input(x_at(row + k.at.w), a), ok && k.ok.w); }
+    if (CHAIN > 2u) { r.v4 = select(0.0, block_input(x_at(row + k.at4), a), ok && k.ok4); }
     return r;
 }
 
@@ -773,13 +838,14 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
     for (var ci = 0u; ci < P.cin; ci++) {
         let plane = base + ci * hw;
         let wb = ci * K * K * COB;
+        let a = affine_of(start.x, ci);
         if (K == 1u) {
             // Columns past the row are clamped into it: their pixels are
             // not stored.
             let at = plane + row.y;
-            var v = vec3<f32>(x[at + k.at.y], 0.0, 0.0);
-            if (CHAIN > 1u) { v.y = x[at + k.at.z]; }
-            if (CHAIN > 2u) { v.z = x[at + k.at.w]; }
+            var v = vec3<f32>(block_input(x_at(at + k.at.y), a), 0.0, 0.0);
+            if (CHAIN > 1u) { v.y = block_input(x_at(at + k.at.z), a); }
+            if (CHAIN > 2u) { v.z = block_input(x_at(at + k.at.w), a); }
             if (masked) {
                 let m = mask_base + ci * hw;
                 v = vec3<f32>(dropped(v.x, key, m + k.at.y), dropped(v.y, key, m + k.at.z),
@@ -788,11 +854,11 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
             c = chain_step(c, v, wb, lane, 0u);
         } else {
             var g: Rows;
-            g.u0 = chain_values(plane + row.x, ry.x, k);
-            g.u1 = chain_values(plane + row.y, ry.y, k);
-            g.u2 = chain_values(plane + row.z, ry.z, k);
-            if (ROWS > 1u) { g.u3 = chain_values(plane + row.w, ry.w, k); }
-            if (ROWS > 2u) { g.u4 = chain_values(plane + row4, oy + 3 * d <= last.x, k); }
+            g.u0 = chain_values(plane + row.x, ry.x, k, a);
+            g.u1 = chain_values(plane + row.y, ry.y, k, a);
+            g.u2 = chain_values(plane + row.z, ry.z, k, a);
+            if (ROWS > 1u) { g.u3 = chain_values(plane + row.w, ry.w, k, a); }
+            if (ROWS > 2u) { g.u4 = chain_values(plane + row4, oy + 3 * d <= last.x, k, a); }
             c = table_taps(c, 0u, g, wb, lane);
             if (TABLES > 1u) { c = table_taps(c, 1u, g, wb, lane); }
             if (TABLES > 2u) { c = table_taps(c, 2u, g, wb, lane); }
@@ -1542,7 +1608,8 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
     let d = P.dilation;
     // K = 1: the trio's input channels (the last repeated past Cin; those
     // rows are not stored).
-    let ch = min(vec3<u32>(r0, r0 + 1u, r0 + 2u), vec3<u32>(P.cin - 1u)) * hw;
+    let chans = min(vec3<u32>(r0, r0 + 1u, r0 + 2u), vec3<u32>(P.cin - 1u));
+    let ch = chans * hw;
     let key = dropout_key(P.drop_seed, P.drop_step);
     // Row by row: the divisions that find a row, its validity and its base
     // are paid once per row, not per pixel (llvmpipe runs a division as
@@ -1556,8 +1623,12 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
         if (K == 1u) {
             let row = slice_index(q / hw, 0u, p - px0, hw, P.in_ctotal, P.in_coff);
             let mask_row = slice_index(q / hw, 0u, p - px0, hw, P.w_ctotal, P.w_coff);
+            let a0 = affine_row(q / hw, chans.x);
+            let a1 = affine_row(q / hw, chans.y);
+            let a2 = affine_row(q / hw, chans.z);
             for (var ox = px0; ox < px0 + len; ox++) {
-                var v = vec3<f32>(x[row + ch.x + ox], x[row + ch.y + ox], x[row + ch.z + ox]);
+                var v = vec3<f32>(block_input(x[row + ch.x + ox], a0), block_input(x[row + ch.y + ox], a1),
+                                  block_input(x[row + ch.z + ox], a2));
                 if (DROP_LOADS) {
                     let m = vec3<u32>(mask_row + ox) + ch;
                     v = vec3<f32>(dropped(v.x, key, m.x), dropped(v.y, key, m.y), dropped(v.z, key, m.z));
@@ -1569,14 +1640,15 @@ fn weight_walk(c0: Chain, w: WeightWalk, j: u32) -> Chain {
             let row_ok = iy >= 0 && iy < i32(P.h);
             let row = slice_index(q / hw, ic / 3u, u32(clamp(iy, 0, i32(P.h) - 1)) * P.w, hw, P.in_ctotal,
                                   P.in_coff);
+            let a = affine_row(q / hw, ic / 3u);
             for (var r = 0u; r < min(d, len); r++) {
                 // Columns ox - d, ox, ox + d of the chain's pixel ox.
                 var ix = i32(px0 + r) - i32(d);
-                var left = select(0.0, x[row + u32(clamp(ix, 0, last))], row_ok && ix >= 0);
-                var centre = select(0.0, x[row + px0 + r], row_ok);
+                var left = select(0.0, block_input(x[row + u32(clamp(ix, 0, last))], a), row_ok && ix >= 0);
+                var centre = select(0.0, block_input(x[row + px0 + r], a), row_ok);
                 for (var ox = px0 + r; ox < px0 + len; ox += d) {
                     ix = i32(ox + d);
-                    let right = select(0.0, x[row + u32(min(ix, last))], row_ok && ix <= last);
+                    let right = select(0.0, block_input(x[row + u32(min(ix, last))], a), row_ok && ix <= last);
                     c = chain_step(c, vec3<f32>(left, centre, right), (at + ox) * COB, w.lane, j * TABLES);
                     left = centre;
                     centre = right;

@@ -41,6 +41,11 @@ struct Params {
     // With ACT: the slope of the activation after the block (0 for ReLU).
     slope: f32,
     _pad1: u32,
+    // backward_data: dx's layout (a deferred block's x is a slice of the
+    // concatenation, its gradient a tensor of its own).
+    dx_ctotal: u32,
+    dx_coff: u32,
+    _pad2: vec2<u32>,
     // The windowed reductions' windows k < WINDOWS (for the backward sums
     // k < SUMS_WINDOWS, dy's k + SUMS_WINDOWS): (first element of x's
     // window holding the parts, likewise for dy, part_out index of the
@@ -71,6 +76,8 @@ struct Params {
 // param_grads_and_bias: the gradient of the bias of the convolution before
 // the block.
 @group(0) @binding(18) var<storage, read_write> input_bias_grad: array<f32>;
+// With AFFINE: the deferred block's table (see store_moments).
+@group(0) @binding(33) var<storage, read_write> affine_out: array<vec4<f32>>;
 
 // Batch norm (a group per channel) or instance norm (a group per (n, c)),
 // fixed per pipeline: on llvmpipe a branch on a uniform runs both sides, and
@@ -83,6 +90,14 @@ override PER_CHANNEL: bool = false;
 override ACT: bool = false;
 // Parts each group's statistics are split into (see moments).
 override PARTS: u32 = 1u;
+// A deferred block (src/model/graph.rs): its output is never stored, the
+// convolutions that read it apply it as they load (conv.wgsl's LAZY), and
+// no apply pass runs. The kernel that writes a group's statistics then
+// also writes, for each of its (sample, channel), the entry (mean, k =
+// gamma * inv, beta, slope) at the channel's index in x's buffer (n *
+// x_ctotal + x_coff + c), with k worked out as apply does; P.slope is the
+// activation's slope, 1 without one.
+override AFFINE: bool = false;
 
 // The block's output for input v of a group with mean `mean`, k = gamma * inv
 // and beta: the one formula of apply and the backward masks, so both see the
@@ -136,9 +151,10 @@ fn part_size(part: u32) -> u32 {
 struct Run {
     group: u32,
     channel: u32,
-    // Its first element in x (and dx) and in y (and dy).
+    // Its first element in x, in y (and dy) and in dx.
     x_at: u32,
     y_at: u32,
+    dx_at: u32,
     // Pixels in the run (fewer than RUN at the end of a plane).
     len: u32,
 }
@@ -148,7 +164,8 @@ fn run_at(i: u32) -> Run {
     let n = r.x / P.c;
     let c = r.x % P.c;
     return Run(select(r.x, c, PER_CHANNEL), c, slice_index(n, c, r.y, P.hw, P.x_ctotal, P.x_coff),
-               slice_index(n, c, r.y, P.hw, P.y_ctotal, P.y_coff), min(RUN, P.hw - r.y));
+               slice_index(n, c, r.y, P.hw, P.y_ctotal, P.y_coff), slice_index(n, c, r.y, P.hw, P.dx_ctotal, P.dx_coff),
+               min(RUN, P.hw - r.y));
 }
 
 // An invocation's moments, from its `count` values' sums s and ss of
@@ -208,8 +225,20 @@ fn moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     }
     let m = part_moments(g, lid.x);
     if (lid.x == 0u) {
-        mean_out[g] = m.x;
-        var_out[g] = m.y / f32(group_size());
+        store_moments(g, m.x, m.y / f32(group_size()));
+    }
+}
+
+// Group g's mean and variance, and with AFFINE its table entries.
+fn store_moments(g: u32, mean: f32, variance: f32) {
+    mean_out[g] = mean;
+    var_out[g] = variance;
+    if (AFFINE) {
+        let gp = group_planes(g);
+        let a = vec4<f32>(mean, gamma[gp.z] * inverseSqrt(variance + P.eps), beta[gp.z], P.slope);
+        for (var n = gp.x; n < gp.x + gp.y; n++) {
+            affine_out[n * P.x_ctotal + P.x_coff + gp.z] = a;
+        }
     }
 }
 
@@ -252,8 +281,7 @@ fn combine_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             count = total;
         }
     }
-    mean_out[g] = mean;
-    var_out[g] = m2 / count;
+    store_moments(g, mean, m2 / count);
 }
 
 // apply: y = x + k * (x - mean) + beta, k = gamma * inv worked out once per
@@ -406,7 +434,7 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if (t < r.len) {
             let v = x[r.x_at + t];
             let d = dy[r.y_at + t] * act_factor(block_value(v, mean, k, beta_c));
-            dx[r.x_at + t] = fma(a, d, fma(b, (v - mean) * inv, c));
+            dx[r.dx_at + t] = fma(a, d, fma(b, (v - mean) * inv, c));
         }
     }
 }

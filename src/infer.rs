@@ -140,8 +140,9 @@ impl<'g> Predictor<'g> {
                 let site = &graph.norm_sites()[k];
                 graph.set_input(self.gpu, &window.data)?;
                 graph.forward_to(self.gpu, site)?;
-                let c = site.input.shape.c;
-                let kept = win.kept(Planes { c, h: window.h, w: window.w, data: self.gpu.read(&site.input)? });
+                let c = site.channels();
+                let data = graph.read_norm_input(self.gpu, site)?;
+                let kept = win.kept(Planes { c, h: window.h, w: window.w, data });
                 stats.resize(c, Running::default());
                 for (s, plane) in stats.iter_mut().zip(kept.data.chunks(kept.h * kept.w)) {
                     s.add(plane);

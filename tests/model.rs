@@ -119,6 +119,36 @@ fn lungnet_width_4_training_step_matches_cpu_for_batch_2_on_33x29() {
     check_training_step(cfg, Shape::new(2, 1, 33, 29), 2);
 }
 
+// Width 8: the dilated layers and the head run the blocked kernels, so on a
+// CPU adapter their norm blocks are deferred (`View::affine`: the next
+// convolutions apply them as they load, no apply pass), in the
+// concatenation (with the head's fused dropout) and in the head's first
+// block; on a GPU-tuned adapter (a tiled weight gradient) they are not.
+fn check_deferred(cfg: ModelConfig, shape: Shape, seed: u64) {
+    let gpu = gpu_or_skip!();
+    let arch = Architecture::new(&cfg);
+    let graph = Graph::new(gpu, &arch, &params(&arch, seed), shape, Some(&setup(1))).unwrap();
+    let deferred = graph.forward_dispatches().iter().filter(|d| d.label().contains("deferred")).count();
+    // Every dilated layer, and the head's first block (whose reader, the
+    // second, computes more than 4 channels: blocked kernels).
+    let expected = if gpu.tuning() == Tuning::Cpu { cfg.dilations.len() + 1 } else { 0 };
+    assert_eq!(deferred, expected, "deferred norm blocks with {:?} tuning", gpu.tuning());
+    check_training_step_on(gpu, cfg, shape, seed);
+}
+
+#[test]
+fn lungnet_width_8_with_deferred_norm_blocks_matches_cpu_for_batch_2() {
+    check_deferred(ModelConfig { width: 8, ..ModelConfig::lungnet() }, Shape::new(2, 1, 33, 29), 11);
+}
+
+#[test]
+fn batch_norm_blocks_deferred_in_training_match_cpu() {
+    // seo2018 without residuals: batch statistics, one table entry per
+    // sample written from each channel's statistics.
+    let cfg = ModelConfig { width: 8, layer_residual: false, head: vec![8, 8], ..ModelConfig::seo2018() };
+    check_deferred(cfg, Shape::new(2, 1, 33, 29), 12);
+}
+
 #[test]
 fn lungnet_dropout_mask_matches_cpu_in_a_training_step() {
     check_training_step(narrow(ModelConfig::lungnet()), Shape::new(2, 1, 33, 29), 3);
@@ -167,7 +197,8 @@ fn seo2018_training_step_matches_cpu_for_batch_2_on_33x29() {
 #[test]
 fn inference_matches_cpu_for_both_presets() {
     let gpu = gpu_or_skip!();
-    for (cfg, seed) in [(narrow(ModelConfig::lungnet()), 6), (narrow(ModelConfig::seo2018()), 7)] {
+    let wide = ModelConfig { width: 8, ..ModelConfig::lungnet() };
+    for (cfg, seed) in [(narrow(ModelConfig::lungnet()), 6), (narrow(ModelConfig::seo2018()), 7), (wide, 8)] {
         let arch = Architecture::new(&cfg);
         let p = params(&arch, seed);
         let x = Rng::new(seed).tensor(Shape::new(2, 1, 33, 29), 0.0, 1.0);

@@ -177,6 +177,16 @@ impl Gpu {
                 });
             }
         }
+        let lazy = kernel.constants.contains(&("LAZY", 1.0));
+        if let Some((b, _)) = bindings.iter().find(|(_, v)| v.affine.is_some() && !lazy) {
+            return Err(GpuError::Shape {
+                kernel: label,
+                message: format!(
+                    "binding {b} is a deferred norm block's input, which {} would read as stored values",
+                    kernel.entry
+                ),
+            });
+        }
         let limit = self.limits.max_storage_buffer_binding_size;
         for (binding, view) in bindings {
             let t = view.tensor;

@@ -71,14 +71,14 @@ impl Tensor {
 
     /// The whole tensor as a view.
     pub fn view(&self) -> View<'_> {
-        View { tensor: self, c_offset: 0, c: self.shape.c }
+        View { tensor: self, c_offset: 0, c: self.shape.c, affine: None }
     }
 
     /// Channels `[c_offset, c_offset + c)`: how a layer reads or writes its
     /// part of the concatenation buffer without a copy.
     pub fn channels(&self, c_offset: usize, c: usize) -> View<'_> {
         assert!(c_offset + c <= self.shape.c, "channels {c_offset}..{} of a {} tensor", c_offset + c, self.shape);
-        View { tensor: self, c_offset, c }
+        View { tensor: self, c_offset, c, affine: None }
     }
 }
 
@@ -88,12 +88,30 @@ pub struct View<'a> {
     pub tensor: &'a Tensor,
     pub c_offset: usize,
     pub c: usize,
+    /// A deferred norm block: the slice holds the block's input t, and its
+    /// values are act(t + Norm(t)), applied by the kernels that read it
+    /// from this table of per (sample, channel) entries (mean, gamma /
+    /// sqrt(var + eps), beta, activation slope), indexed as the tensor's
+    /// channels (written by `ops::norm::moments_deferred`). Only kernels
+    /// built for it (conv.wgsl's LAZY) may bind such a view:
+    /// `Gpu::dispatch` refuses it elsewhere.
+    pub affine: Option<&'a Tensor>,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
     /// The logical shape of the slice.
     pub fn shape(&self) -> Shape {
         self.tensor.shape.with_c(self.c)
+    }
+
+    /// The view read through a deferred norm block's `table`.
+    pub fn deferred(self, table: &'a Tensor) -> View<'a> {
+        View { affine: Some(table), ..self }
+    }
+
+    /// The values as stored (a deferred block's input).
+    pub fn stored(self) -> View<'a> {
+        View { affine: None, ..self }
     }
 }
 

@@ -9,8 +9,10 @@
 //! one tensor, or, when that tensor would exceed the device's binding
 //! limit, tensors of their own, so an image is limited by what one layer
 //! needs, not by the whole concatenation), each block's convolution
-//! output `t` and norm-block output `u`, head outputs, the logits; in
-//! training, their gradients mirror them. CPU oracle: `model::reference`.
+//! output `t`, head outputs, the logits; in training, their gradients
+//! mirror them. A deferred norm block (`View::affine`, on CPU adapters)
+//! stores only `t`, in its output's place, and its readers apply the
+//! block as they load. CPU oracle: `model::reference`.
 
 use super::config::{NormKind, OutputKind};
 use super::params::ParamSet;
@@ -47,22 +49,50 @@ pub struct TrainSetup {
 }
 
 /// A channel slice held by value (a `View` borrows): a part of the
-/// concatenation or its gradient.
+/// concatenation or its gradient, with a deferred norm block's table
+/// (`View::affine`) where it holds one's input.
 #[derive(Clone)]
 struct Slice {
     tensor: Tensor,
     offset: usize,
     c: usize,
+    affine: Option<Tensor>,
 }
 
 impl Slice {
     fn whole(t: &Tensor) -> Self {
-        Slice { tensor: t.clone(), offset: 0, c: t.shape.c }
+        Slice { tensor: t.clone(), offset: 0, c: t.shape.c, affine: None }
     }
 
     fn view(&self) -> View<'_> {
-        self.tensor.channels(self.offset, self.c)
+        let v = self.tensor.channels(self.offset, self.c);
+        match &self.affine {
+            Some(table) => v.deferred(table),
+            None => v,
+        }
     }
+
+    /// The slice as stored (without its deferred block).
+    fn stored(&self) -> Slice {
+        Slice { affine: None, ..self.clone() }
+    }
+
+    fn deferred(&self, table: &Tensor) -> Slice {
+        Slice { affine: Some(table.clone()), ..self.clone() }
+    }
+}
+
+/// Entries of a deferred norm block's table: conv.wgsl's PACK_LEN vec4s, one
+/// per (sample, channel) of the buffer it describes.
+const DEFERRED_ENTRIES: usize = 4096;
+
+/// A table for deferred norm blocks (`View::affine`), every entry (0, 0,
+/// 0, 1): a channel read as stored, until a deferred block's statistics
+/// pass writes its own.
+fn deferred_table(gpu: &Gpu) -> Result<Tensor> {
+    let table = gpu.uniform_table(4 * DEFERRED_ENTRIES)?;
+    gpu.write(&table, &[0.0, 0.0, 0.0, 1.0].repeat(DEFERRED_ENTRIES))?;
+    Ok(table)
 }
 
 /// Parts of `channels` each (N x c x H x W): consecutive parts share a
@@ -83,7 +113,7 @@ fn concat_parts(gpu: &Gpu, n: usize, h: usize, w: usize, channels: &[usize]) -> 
         let t = gpu.tensor(Shape::new(n, g.iter().sum(), h, w))?;
         let mut offset = 0;
         for c in g {
-            parts.push(Slice { tensor: t.clone(), offset, c });
+            parts.push(Slice { tensor: t.clone(), offset, c, affine: None });
             offset += c;
         }
     }
@@ -96,7 +126,17 @@ fn views(parts: &[Slice]) -> Vec<View<'_>> {
     let mut out: Vec<View> = Vec::new();
     for p in parts {
         match out.last_mut() {
-            Some(last) if last.tensor.same_storage(&p.tensor) && last.c_offset + last.c == p.offset => last.c += p.c,
+            Some(last)
+                if last.tensor.same_storage(&p.tensor)
+                    && last.c_offset + last.c == p.offset
+                    && match (last.affine, &p.affine) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => a.same_storage(b),
+                        _ => false,
+                    } =>
+            {
+                last.c += p.c
+            }
             _ => out.push(p.view()),
         }
     }
@@ -115,10 +155,11 @@ struct NormBufs {
 struct BlockBufs {
     /// The convolution's input: one slice, or the concatenation's parts.
     input: Vec<Slice>,
-    /// The convolution's output. With a norm block, the block's output is
-    /// never stored: the activation is fused into it (`ops::norm` with an
-    /// activation) and its backward works the block's output out again.
-    t: Tensor,
+    /// The convolution's output. With a norm block, the block's output
+    /// before the activation is never stored: the activation is fused into
+    /// it (`ops::norm` with an activation) and its backward works the
+    /// block's output out again. A deferred block's `t` is `out` as stored.
+    t: Slice,
     out: Slice,
     norm: Option<(String, NormBufs)>,
     /// The head's dropout where the convolution does it (its input is the
@@ -131,8 +172,15 @@ struct BlockBufs {
 /// `infer.rs`) reads `input` after running the first `after` dispatches.
 pub struct NormSite {
     pub prefix: String,
-    pub input: Tensor,
+    input: Slice,
     pub after: usize,
+}
+
+impl NormSite {
+    /// The channels of the block's input.
+    pub fn channels(&self) -> usize {
+        self.input.c
+    }
 }
 
 pub struct Graph {
@@ -199,6 +247,7 @@ impl Builder<'_> {
     /// follows: batch statistics (and the running-statistics update) in
     /// training, running statistics in batch-norm inference, per-sample
     /// statistics for instance norm.
+    #[allow(clippy::too_many_arguments)]
     fn norm_forward(
         &self,
         out: &mut Vec<Dispatch>,
@@ -207,6 +256,7 @@ impl Builder<'_> {
         act: Option<Activation>,
         y: View,
         residual: Option<View>,
+        deferred: Option<&Tensor>,
     ) -> Result<NormBufs> {
         let gpu = self.gpu;
         let groups = self.stats.groups(self.n, x.c);
@@ -228,12 +278,18 @@ impl Builder<'_> {
             out.extend(apply(NormStats::PerChannel, &t)?);
             return Ok(bufs);
         }
-        out.extend(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?);
+        let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
+        match deferred {
+            // The block's output is y = x as stored, read through the table.
+            Some(table) => out.extend(ops::norm::moments_deferred(gpu, x, self.stats, &t, act, table)?),
+            None => out.extend(ops::norm::moments(gpu, x, self.stats, &bufs.mean, &bufs.var)?),
+        }
         if let Some((rm, rv)) = &running {
             out.push(ops::norm::update_running(gpu, x, &bufs.mean, &bufs.var, rm, rv)?);
         }
-        let t = NormTensors { gamma: &bufs.gamma, beta: &bufs.beta, mean: &bufs.mean, var: &bufs.var };
-        out.extend(apply(self.stats, &t)?);
+        if deferred.is_none() {
+            out.extend(apply(self.stats, &t)?);
+        }
         Ok(bufs)
     }
 
@@ -390,8 +446,8 @@ impl Graph {
         let (input, input_norm) = match &arch.input_norm {
             Some(prefix) => {
                 let input = Slice::whole(&gpu.tensor(shape)?);
-                norm_sites.push(NormSite { prefix: prefix.clone(), input: input.tensor.clone(), after: 0 });
-                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), None, parts[0].view(), None)?;
+                norm_sites.push(NormSite { prefix: prefix.clone(), input: input.clone(), after: 0 });
+                let bufs = bld.norm_forward(&mut trunk, prefix, input.view(), None, parts[0].view(), None, None)?;
                 (input, Some((prefix.clone(), bufs)))
             }
             None => (parts[0].clone(), None),
@@ -405,6 +461,33 @@ impl Graph {
         let head_cout = arch.blocks.iter().find(|b| !matches!(b.place, Place::Concat { .. })).map_or(0, |b| b.cout);
         let fused = dropout_p > 0.0 && ops::conv::takes_dropout(gpu, &views(&parts), head_cout);
         let head_drop = fused.then_some(InputDropout { p: dropout_p, seed: dropout_seed });
+        // Deferred norm blocks (`View::affine`): a block's output act(t +
+        // Norm(t)) is not stored where every convolution reading it applies
+        // it as it loads (`ops::conv::reads_deferred`); its statistics pass
+        // writes the table they read, and no apply pass runs. Not with the
+        // running statistics (batch-norm inference has no statistics pass to
+        // write the table), nor where a residual reads a block's output,
+        // nor past a table's entries. The concatenation's parts share one
+        // table; a part stored as it is read (the normalised input) keeps
+        // its initial entries.
+        let defers = (training || cfg.norm != NormKind::Batch) && !arch.blocks.iter().any(|b| b.residual);
+        let fits = |t: &Tensor| n * t.shape.c <= DEFERRED_ENTRIES;
+        let cat_defers = defers
+            && arch.blocks.iter().any(|b| matches!(b.place, Place::Concat { .. }) && b.norm.is_some())
+            && (dropout_p == 0.0 || fused)
+            && parts.iter().all(|p| p.tensor.same_storage(&parts[0].tensor) && fits(&p.tensor))
+            && arch.blocks.iter().all(|b| match b.place {
+                Place::Concat { .. } => ops::conv::reads_deferred(gpu, b.cin, b.cout, b.kernel),
+                _ => true,
+            })
+            && arch.blocks.iter().find(|b| !matches!(b.place, Place::Concat { .. })).is_some_and(|hb| {
+                views(&parts).iter().all(|v| ops::conv::reads_deferred(gpu, v.c, hb.cout, hb.kernel))
+            });
+        let cat_table = cat_defers.then(|| deferred_table(gpu)).transpose()?;
+        let parts: Vec<Slice> = match &cat_table {
+            Some(table) => parts.iter().map(|p| p.deferred(table)).collect(),
+            None => parts,
+        };
         let head_input = if dropout_p > 0.0 && !fused {
             let dropped = concat_parts(gpu, n, h, w, &widths)?;
             let mut offset = 0;
@@ -422,7 +505,7 @@ impl Graph {
         let mut head_prev: Option<Slice> = None;
         let mut out_input = None;
         let mut logits = None;
-        for b in &arch.blocks {
+        for (i, b) in arch.blocks.iter().enumerate() {
             let dilated = matches!(b.place, Place::Concat { .. });
             // Where `list` starts in the forward order (the head follows the trunk and dropout).
             let base = if dilated { 0 } else { trunk.len() + dropout_forward.len() };
@@ -432,27 +515,50 @@ impl Graph {
                 (false, Some(prev)) => (vec![prev.clone()], None),
                 (false, None) => (head_input.clone(), head_drop),
             };
-            let t = gpu.tensor(Shape::new(n, b.cout, h, w))?;
+            let shape_t = Shape::new(n, b.cout, h, w);
             let (wt, bias) = (bld.param(&format!("{}.weight", b.conv)), bld.param(&format!("{}.bias", b.conv)));
-            list.extend(ops::conv::forward_parts(gpu, &views(&input), &wt, &bias, b.dilation, t.view(), drop)?);
             if b.place == Place::Out {
+                let t = gpu.tensor(shape_t)?;
+                list.extend(ops::conv::forward_parts(gpu, &views(&input), &wt, &bias, b.dilation, t.view(), drop)?);
                 out_input = Some((input, drop));
                 logits = Some(t);
                 break;
             }
-            let out = if dilated { parts[layer + 1].clone() } else { Slice::whole(&gpu.tensor(t.shape)?) };
+            // How the block's output is read (`out`) and where it is
+            // written (`stored`): a head block's is deferred where its
+            // reader (the next 1x1 convolution) takes it.
+            let (stored, table) = if dilated {
+                (parts[layer + 1].stored(), cat_table.clone().filter(|_| b.norm.is_some()))
+            } else {
+                let reader = &arch.blocks[i + 1];
+                let stored = Slice::whole(&gpu.tensor(shape_t)?);
+                let defer = defers
+                    && b.norm.is_some()
+                    && fits(&stored.tensor)
+                    && ops::conv::reads_deferred(gpu, b.cout, reader.cout, reader.kernel);
+                (stored, defer.then(|| deferred_table(gpu)).transpose()?)
+            };
+            let out = match (&table, dilated) {
+                (_, true) => parts[layer + 1].clone(),
+                (Some(table), false) => stored.deferred(table),
+                (None, false) => stored.clone(),
+            };
+            // A deferred block's convolution writes its output in place.
+            let t = if table.is_some() { stored.clone() } else { Slice::whole(&gpu.tensor(shape_t)?) };
+            list.extend(ops::conv::forward_parts(gpu, &views(&input), &wt, &bias, b.dilation, t.view(), drop)?);
             // The residual is added after the activation: by the norm
             // block's apply where there is one (ops::norm::apply_with_residual).
             let residual = b.residual.then(|| input[0].view());
             let norm = match &b.norm {
                 Some(prefix) => {
                     norm_sites.push(NormSite { prefix: prefix.clone(), input: t.clone(), after: base + list.len() });
-                    let bufs = bld.norm_forward(list, prefix, t.view(), Some(act), out.view(), residual)?;
+                    let bufs =
+                        bld.norm_forward(list, prefix, t.view(), Some(act), stored.view(), residual, table.as_ref())?;
                     Some((prefix.clone(), bufs))
                 }
                 None => {
-                    list.push(ops::elementwise::act_forward(gpu, t.view(), act, out.view())?);
-                    list.extend(residual.map(|r| ops::elementwise::add(gpu, r, out.view())).transpose()?);
+                    list.push(ops::elementwise::act_forward(gpu, t.view(), act, stored.view())?);
+                    list.extend(residual.map(|r| ops::elementwise::add(gpu, r, stored.view())).transpose()?);
                     None
                 }
             };
@@ -642,7 +748,7 @@ impl Graph {
         let db = g.of(&format!("{}.bias", b.conv));
         let dt = match &bb.norm {
             Some((prefix, bufs)) => {
-                dt_tensor = bld.gpu.tensor(bb.t.shape)?;
+                dt_tensor = bld.gpu.tensor(bb.t.view().shape())?;
                 let dx = Some((dt_tensor.view(), &db));
                 bld.norm_backward(out, g, prefix, bufs, bb.t.view(), Some(act), dout, dx)?;
                 dt_tensor.view()
@@ -713,6 +819,20 @@ impl Graph {
     /// Runs the forward pass as far as `site`'s input (then read it).
     pub fn forward_to(&self, gpu: &Gpu, site: &NormSite) -> Result<()> {
         gpu.run(&self.forward_dispatches()[..site.after])
+    }
+
+    /// `site`'s input (N x its channels x H x W), which may be a channel
+    /// slice of a wider buffer (a deferred block's, in the concatenation).
+    pub fn read_norm_input(&self, gpu: &Gpu, site: &NormSite) -> Result<Vec<f32>> {
+        let all = gpu.read(&site.input.tensor)?;
+        let s = site.input.tensor.shape;
+        let plane = s.plane();
+        Ok((0..s.n)
+            .flat_map(|n| {
+                let at = s.index(n, site.input.offset, 0, 0);
+                all[at..at + site.input.c * plane].iter().copied()
+            })
+            .collect())
     }
 
     /// Prepares training step `step` (from 1: the dropout mask's counter and

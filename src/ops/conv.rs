@@ -331,6 +331,11 @@ const ROW_COST: [f64; 3] = [1.0, 1.5, 2.05];
 /// table again in the others (unread).
 const TABLE_BINDINGS: [u32; 4] = [9, 23, 24, 25];
 
+/// conv.wgsl's `affine` (uniform) and `affine_rows` (storage): a deferred
+/// norm block's table (`View::affine`).
+const AFFINE_BINDING: u32 = 26;
+const AFFINE_ROWS_BINDING: u32 = 27;
+
 /// Invocations per row of the blocked forward and data kernels for chains
 /// of `chain` pixels `stride` apart (`chain_start` in conv.wgsl): blocks of
 /// chain * stride columns, min(stride, w) chains each.
@@ -615,6 +620,16 @@ pub fn takes_dropout(gpu: &Gpu, inputs: &[View], cout: usize) -> bool {
             .all(|x| blocked(Variant::choose(gpu, x.c, cout, 1)) && blocked(Variant::choose(gpu, cout, x.c, 1)))
 }
 
+/// Whether a k x k convolution from `cin` to `cout` channels can read its
+/// input through a deferred norm block (`View::affine`): where its forward
+/// and weight-gradient kernels are the blocked ones, which apply the block
+/// as they load (conv.wgsl's LAZY). Its input gradient does not read the
+/// input.
+pub fn reads_deferred(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> bool {
+    let blocked = |v| matches!(v, Variant::Blocked | Variant::BlockedSubgroup);
+    blocked(Variant::choose(gpu, cin, cout, k)) && blocked(Variant::for_weight_grad(gpu, cout))
+}
+
 /// A part's parameters with `drop` (checked: 1x1, blocked kernels).
 fn with_dropout(label: &str, variant: Variant, k: usize, mut p: Params, drop: Option<InputDropout>) -> Result<Params> {
     if let Some(d) = drop {
@@ -809,6 +824,8 @@ fn blocked(
     let narrow = matches!(variant, Variant::Narrow | Variant::Windowed);
     ensure(!narrow || cob == 1, &label, || format!("the narrow kernels compute at most 4 channels, not {cout}"))?;
     if variant == Variant::Windowed {
+        // Its input is read through windows, which no binding check sees.
+        ensure(input.affine.is_none(), &label, || "the windowed kernels do not read deferred norm blocks".into())?;
         ensure(k == 3 && cin <= WINDOW_CIN, &label, || {
             format!("the windowed kernels take 3x3 kernels over at most {WINDOW_CIN} channels, not {k}x{k} over {cin}")
         })?;
@@ -850,14 +867,22 @@ fn blocked(
             )?);
             packed.push(table);
         }
-        let mut bindings = vec![(1, input), (4, output)];
+        // An input beside the output in one buffer is read through the
+        // output's binding (X_IN_Y: a dispatch may bind a buffer it writes
+        // only once).
+        let in_place = !narrow && pass == Pass::Forward && input.tensor.shares_buffer(output.tensor);
+        let mut bindings = if in_place { vec![(4, output)] } else { vec![(1, input), (4, output)] };
         bindings.extend(bias.map(|b| (3, b.view())));
         let bound = if narrow { 1 } else { TABLE_BINDINGS.len() };
-        let windows: Vec<Window> = TABLE_BINDINGS[..bound]
+        let mut windows: Vec<Window> = TABLE_BINDINGS[..bound]
             .iter()
             .enumerate()
             .map(|(t, &binding)| Window { binding, tensor: &packed[t.min(packed.len() - 1)], offset: 0 })
             .collect();
+        // A deferred norm block's input: its table as a uniform (the
+        // narrow kernels do not take one: `Gpu::dispatch` refuses it).
+        let lazy = input.affine.filter(|_| !narrow);
+        windows.extend(lazy.map(|tensor| Window { binding: AFFINE_BINDING, tensor, offset: 0 }));
         let valid = (packed.len() * per_table).min(cout - per_table * first);
         let group_flops = 2.0 * (cin * k * k * valid * pixels) as f64;
         // Narrow: an invocation per run of a row, one launch; blocked: one
@@ -875,6 +900,8 @@ fn blocked(
         let drop = p.drop_p > 0.0;
         for (launch, grid, band) in launches {
             let launch = launch
+                .with("LAZY", f64::from(u8::from(lazy.is_some())))
+                .with("X_IN_Y", f64::from(u8::from(in_place)))
                 .with("VALID", valid as f64)
                 .with("TABLES", packed.len() as f64)
                 .with("DROP_LOADS", f64::from(u8::from(drop && pass == Pass::Forward)))
@@ -1332,7 +1359,11 @@ fn weight_launch<'a>(
             .with("SPLIT", split as f64)
             .with("CHUNKS", l.per_launch as f64)
             .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
-        let bindings = [(1, x), (4, sums)];
+        let mut bindings = vec![(1, x), (4, sums)];
+        // A deferred norm block's input: its table from storage (the
+        // launch's uniform bindings may all be dy's tables).
+        let weight = weight.with("LAZY", f64::from(u8::from(x.affine.is_some())));
+        bindings.extend(x.affine.map(|t| (AFFINE_ROWS_BINDING, t.view())));
         let d =
             gpu.dispatch_windowed(format!("{label} group {}", l.group), &weight, &gp, &bindings, &l.windows, grid)?;
         let d = stepped(d, &gp);

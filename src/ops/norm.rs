@@ -24,6 +24,9 @@ pub(super) struct Params {
     momentum: f32,
     slope: f32,
     _pad1: u32,
+    dx_ctotal: u32,
+    dx_coff: u32,
+    _pad2: [u32; 2],
     win: [[u32; 4]; WINDOWS],
 }
 
@@ -43,6 +46,9 @@ fn params(x: &View, y: &View) -> Params {
         momentum: BN_MOMENTUM,
         slope: 0.0,
         _pad1: 0,
+        dx_ctotal: u32_of(x.tensor.shape.c),
+        dx_coff: u32_of(x.c_offset),
+        _pad2: [0; 2],
         win: [[0; 4]; WINDOWS],
     }
 }
@@ -264,10 +270,46 @@ fn in_windows(
 pub fn moments(gpu: &Gpu, x: View, stats: NormStats, mean: &Tensor, var: &Tensor) -> Result<Vec<Dispatch>> {
     let label = format!("norm.moments {} {stats:?}", x.shape());
     ensure_stats(&label, x.shape(), stats, &[mean, var])?;
+    let results = vec![(6, mean.view()), (7, var.view())];
+    moments_with(gpu, label, x, stats, kernel("moments", stats), params(&x, &x), results)
+}
+
+/// `moments` into `t.mean`, `t.var` for a deferred block (`View::affine`):
+/// its output act(x + Norm(x)) is never stored, and the kernel that writes
+/// the statistics also writes `table`'s entries for x's channels (norm.wgsl's
+/// AFFINE), from which the convolutions reading the block apply it. No apply
+/// pass follows.
+pub fn moments_deferred(
+    gpu: &Gpu,
+    x: View,
+    stats: NormStats,
+    t: &NormTensors,
+    act: Option<Activation>,
+    table: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let label = format!("norm.moments {} {stats:?} deferred", x.shape());
+    t.ensure_fits(&label, &x, stats)?;
+    let entries = x.shape().n * x.tensor.shape.c;
+    ensure(table.shape.numel() >= 4 * entries, &label, || {
+        format!("a table of {} floats for {entries} (sample, channel) entries", table.shape.numel())
+    })?;
+    let mut p = params(&x, &x);
+    p.slope = act.map_or(1.0, |a| a.slope);
+    let results =
+        vec![(2, t.gamma.view()), (3, t.beta.view()), (6, t.mean.view()), (7, t.var.view()), (33, table.view())];
+    moments_with(gpu, label, x, stats, kernel("moments", stats).with("AFFINE", 1.0), p, results)
+}
+
+fn moments_with(
+    gpu: &Gpu,
+    label: String,
+    x: View,
+    stats: NormStats,
+    k: Kernel,
+    p: Params,
+    results: Vec<(u32, View)>,
+) -> Result<Vec<Dispatch>> {
     let groups = stats.groups(x.shape().n, x.c);
-    let k = kernel("moments", stats);
-    let results = [(6, mean.view()), (7, var.view())];
-    let p = params(&x, &x);
     let entries = ("moments_windows", "combine_moments");
     if let Some(list) = in_windows(gpu, &label, &k, stats, p, &[x], &[], &results, entries, groups)? {
         return Ok(list);
@@ -400,14 +442,10 @@ pub fn backward_data(
     ensure_same(&label, &x, &dy)?;
     ensure_same(&label, &x, &dx)?;
     t.ensure_fits(&label, &x, stats)?;
-    // The kernel addresses dx through x's slice parameters: a gradient
-    // mirrors its tensor's layout.
-    ensure((dx.tensor.shape.c, dx.c_offset) == (x.tensor.shape.c, x.c_offset), &label, || {
-        "the input gradient must have the input's channel layout".to_string()
-    })?;
     let mut bindings = vec![(1, x), (9, dy), (12, sums.view()), (10, dx)];
     bindings.extend(t.bindings());
-    let (kernel, p) = with_act(kernel("backward_data", stats), params(&x, &dy), act);
+    let (kernel, mut p) = with_act(kernel("backward_data", stats), params(&x, &dy), act);
+    (p.dx_ctotal, p.dx_coff) = (u32_of(dx.tensor.shape.c), u32_of(dx.c_offset));
     gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
 }
 
