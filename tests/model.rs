@@ -173,6 +173,25 @@ fn a_concatenation_over_the_binding_limit_is_held_in_parts_and_still_matches_cpu
     check_training_step_on(&gpu, cfg, shape, 6);
 }
 
+#[test]
+fn deferred_norm_blocks_in_a_concatenation_held_in_parts_match_cpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // 128 KiB bindings: the 81-channel concatenation (620 KB) is held in
+    // several tensors, each with its own table of deferred blocks.
+    let gpu = Gpu::new(&GpuOptions { max_storage_binding: Some(128 << 10), ..GpuOptions::from_env() }).unwrap();
+    let cfg = ModelConfig { width: 8, head: vec![8, 8], ..ModelConfig::lungnet() };
+    let shape = Shape::new(2, 1, 33, 29);
+    let arch = Architecture::new(&cfg);
+    let graph = Graph::new(&gpu, &arch, &params(&arch, 13), shape, Some(&setup(1))).unwrap();
+    let labels: Vec<&str> = graph.forward_dispatches().iter().map(|d| d.label()).collect();
+    assert!(labels.iter().any(|l| l.contains(" part ")), "the concatenation is one tensor");
+    let deferred = labels.iter().filter(|l| l.contains("deferred")).count();
+    assert_eq!(deferred, if gpu.tuning() == Tuning::Cpu { cfg.dilations.len() + 1 } else { 0 });
+    check_training_step_on(&gpu, cfg, shape, 13);
+}
+
 // Whole training steps with the kernels hardware GPUs get (tiled
 // convolutions, one pixel per invocation), run on whatever adapter is here.
 #[test]

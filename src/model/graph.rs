@@ -467,15 +467,16 @@ impl Graph {
         // writes the table they read, and no apply pass runs. Not with the
         // running statistics (batch-norm inference has no statistics pass to
         // write the table), nor where a residual reads a block's output,
-        // nor past a table's entries. The concatenation's parts share one
-        // table; a part stored as it is read (the normalised input) keeps
-        // its initial entries.
+        // nor past a table's entries. The concatenation's parts share a
+        // table per tensor (one, unless it exceeds a binding); a part
+        // stored as it is read (the normalised input) keeps its initial
+        // entries.
         let defers = (training || cfg.norm != NormKind::Batch) && !arch.blocks.iter().any(|b| b.residual);
         let fits = |t: &Tensor| n * t.shape.c <= DEFERRED_ENTRIES;
         let cat_defers = defers
             && arch.blocks.iter().any(|b| matches!(b.place, Place::Concat { .. }) && b.norm.is_some())
             && (dropout_p == 0.0 || fused)
-            && parts.iter().all(|p| p.tensor.same_storage(&parts[0].tensor) && fits(&p.tensor))
+            && parts.iter().all(|p| fits(&p.tensor))
             && arch.blocks.iter().all(|b| match b.place {
                 Place::Concat { .. } => ops::conv::reads_deferred(gpu, b.cin, b.cout, b.kernel),
                 _ => true,
@@ -483,10 +484,23 @@ impl Graph {
             && arch.blocks.iter().find(|b| !matches!(b.place, Place::Concat { .. })).is_some_and(|hb| {
                 views(&parts).iter().all(|v| ops::conv::reads_deferred(gpu, v.c, hb.cout, hb.kernel))
             });
-        let cat_table = cat_defers.then(|| deferred_table(gpu)).transpose()?;
-        let parts: Vec<Slice> = match &cat_table {
-            Some(table) => parts.iter().map(|p| p.deferred(table)).collect(),
-            None => parts,
+        let parts: Vec<Slice> = if cat_defers {
+            let mut tables: Vec<(Tensor, Tensor)> = Vec::new();
+            let mut deferred = Vec::with_capacity(parts.len());
+            for p in &parts {
+                let table = match tables.iter().find(|(t, _)| t.same_storage(&p.tensor)) {
+                    Some((_, table)) => table.clone(),
+                    None => {
+                        let table = deferred_table(gpu)?;
+                        tables.push((p.tensor.clone(), table.clone()));
+                        table
+                    }
+                };
+                deferred.push(p.deferred(&table));
+            }
+            deferred
+        } else {
+            parts
         };
         let head_input = if dropout_p > 0.0 && !fused {
             let dropped = concat_parts(gpu, n, h, w, &widths)?;
@@ -528,7 +542,7 @@ impl Graph {
             // written (`stored`): a head block's is deferred where its
             // reader (the next 1x1 convolution) takes it.
             let (stored, table) = if dilated {
-                (parts[layer + 1].stored(), cat_table.clone().filter(|_| b.norm.is_some()))
+                (parts[layer + 1].stored(), parts[layer + 1].affine.clone().filter(|_| b.norm.is_some()))
             } else {
                 let reader = &arch.blocks[i + 1];
                 let stored = Slice::whole(&gpu.tensor(shape_t)?);
