@@ -871,6 +871,9 @@ fn blocked(
         // output's binding (X_IN_Y: a dispatch may bind a buffer it writes
         // only once).
         let in_place = !narrow && pass == Pass::Forward && input.tensor.shares_buffer(output.tensor);
+        if in_place {
+            ensure_apart(&label, &input, &output)?;
+        }
         let mut bindings = if in_place { vec![(4, output)] } else { vec![(1, input), (4, output)] };
         bindings.extend(bias.map(|b| (3, b.view())));
         let bound = if narrow { 1 } else { TABLE_BINDINGS.len() };
