@@ -30,7 +30,7 @@ fn ensure_same(kernel: &str, a: &View, b: &View) -> Result<()> {
 /// Two slices of one buffer that do not overlap (an operand read from the
 /// buffer its result is written to).
 fn ensure_apart(kernel: &str, a: &View, b: &View) -> Result<()> {
-    ensure(a.c_offset.abs_diff(b.c_offset) >= a.c.max(b.c), kernel, || {
+    ensure(a.c_offset + a.c <= b.c_offset || b.c_offset + b.c <= a.c_offset, kernel, || {
         format!("channels {}.. and {}.. of one buffer overlap", a.c_offset, b.c_offset)
     })
 }
