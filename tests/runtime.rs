@@ -95,3 +95,16 @@ fn devices_command_lists_the_adapter_and_its_limits() {
     }
     assert!(stdout.contains("dilaseg would use:"), "{stdout}");
 }
+
+#[test]
+fn a_channel_slice_reads_back_sample_by_sample() {
+    let Some(gpu) = own_gpu(None) else { return };
+    let shape = Shape::new(3, 5, 4, 7);
+    let t = gpu.tensor(shape).unwrap();
+    let values: Vec<f32> = (0..shape.numel()).map(|i| i as f32).collect();
+    gpu.write(&t, &values).unwrap();
+    let got = gpu.read_view(t.channels(2, 2)).unwrap();
+    let want: Vec<f32> =
+        (0..3).flat_map(|n| values[shape.index(n, 2, 0, 0)..shape.index(n, 4, 0, 0)].to_vec()).collect();
+    assert_eq!(got, want);
+}

@@ -201,6 +201,18 @@ impl Gpu {
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t.buffer(), t.offset, t.bytes())?))
     }
 
+    /// A view's values as stored (N x its channels x H x W): one read from
+    /// the first sample's slice to the last's.
+    pub fn read_view(&self, v: View) -> Result<Vec<f32>> {
+        let s = v.tensor.shape;
+        let (first, len) = (s.index(0, v.c_offset, 0, 0), v.c * s.plane());
+        let span = s.index(s.n - 1, v.c_offset, 0, 0) + len - first;
+        let bytes = self.read_bytes(v.tensor.buffer(), v.tensor.offset + 4 * first as u64, 4 * span as u64)?;
+        let read: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let per_sample = s.c * s.plane();
+        Ok((0..s.n).flat_map(|n| read[n * per_sample..n * per_sample + len].iter().copied()).collect())
+    }
+
     /// Copies `bytes` from byte `offset` of `buffer` (COPY_SRC) back to the
     /// host, in a submission of its own, and waits for it: the one read-back
     /// path.

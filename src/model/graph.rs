@@ -65,11 +65,7 @@ impl Slice {
     }
 
     fn view(&self) -> View<'_> {
-        let v = self.tensor.channels(self.offset, self.c);
-        match &self.affine {
-            Some(table) => v.deferred(table),
-            None => v,
-        }
+        View { affine: self.affine.as_ref(), ..self.tensor.channels(self.offset, self.c) }
     }
 
     /// The slice as stored (without its deferred block).
@@ -838,15 +834,7 @@ impl Graph {
     /// `site`'s input (N x its channels x H x W), which may be a channel
     /// slice of a wider buffer (a deferred block's, in the concatenation).
     pub fn read_norm_input(&self, gpu: &Gpu, site: &NormSite) -> Result<Vec<f32>> {
-        let all = gpu.read(&site.input.tensor)?;
-        let s = site.input.tensor.shape;
-        let plane = s.plane();
-        Ok((0..s.n)
-            .flat_map(|n| {
-                let at = s.index(n, site.input.offset, 0, 0);
-                all[at..at + site.input.c * plane].iter().copied()
-            })
-            .collect())
+        gpu.read_view(site.input.view())
     }
 
     /// Prepares training step `step` (from 1: the dropout mask's counter and
