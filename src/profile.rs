@@ -69,6 +69,11 @@ impl Profile {
         self.rows.iter().map(|r| r.total_ms).sum()
     }
 
+    /// The warm-up iteration's launches' sum, ms.
+    pub fn first_ms(&self) -> f64 {
+        self.first.iter().map(|f| f.1).sum()
+    }
+
     /// The warm-up iteration's `n` slowest launches, slowest first.
     pub fn slowest_first(&self, n: usize) -> Vec<(String, f64)> {
         let mut first = self.first.clone();
@@ -90,7 +95,7 @@ impl Profile {
                 "gflops": r.gflops(), "gbytes_per_s": r.gbytes_per_s(),
             })).collect::<Vec<_>>(),
             "phases_ms": self.phases.iter().map(|(p, ms)| (phase_name(*p), *ms)).collect::<BTreeMap<_, _>>(),
-            "first_iteration_ms": self.first.iter().map(|f| f.1).sum::<f64>(),
+            "first_iteration_ms": self.first_ms(),
             "first_iteration_slowest": self.slowest_first(FIRST_SHOWN).iter()
                 .map(|(name, ms)| serde_json::json!({"name": name, "ms": ms})).collect::<Vec<_>>(),
         })

@@ -116,8 +116,10 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
         profile.launches_per_iter(),
         profile.step_ms
     );
-    let first: f64 = profile.first.iter().map(|f| f.1).sum();
-    println!("the warm-up iteration {first:.2} ms (on lavapipe a pipeline's first launch compiles it); its slowest launches:");
+    println!(
+        "the warm-up iteration {:.2} ms (on lavapipe a pipeline's first launch compiles it); its slowest launches:",
+        profile.first_ms()
+    );
     for (name, ms) in profile.slowest_first(dilaseg::profile::FIRST_SHOWN) {
         println!("  {name:<58} {ms:>11.2}");
     }
