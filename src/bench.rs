@@ -16,8 +16,10 @@ use crate::ops::{self, conv::Variant};
 use crate::rng::Rng;
 use crate::shape::Shape;
 
-/// Every workload id of BENCH.md, in its order.
-pub const WORKLOADS: [&str; 14] = [
+/// Every workload id of BENCH.md, in its order, then the head's backward
+/// passes (BENCH.md times only its forward; they are a third of a lungnet
+/// training step on lavapipe).
+pub const WORKLOADS: [&str; 16] = [
     "lungnet-256-infer",
     "lungnet-256-train",
     "lungnet-kaggle-infer",
@@ -32,6 +34,8 @@ pub const WORKLOADS: [&str; 14] = [
     "conv3x3-d13-bwd-weight",
     "conv3x3-d55-bwd-weight",
     "conv1x1-321-128-fwd",
+    "conv1x1-321-128-bwd-data",
+    "conv1x1-321-128-bwd-weight",
 ];
 
 /// A graph with seeded random weights, input and (for training) targets:
@@ -221,29 +225,32 @@ pub fn run(gpu: &Gpu, id: &str, warmup: usize, runs: usize, variant: Option<Vari
         "lungnet-256-train" => model("lungnet", Shape::new(1, 1, 256, 256), true),
         "lungnet-kaggle-infer" => model("lungnet", Shape::new(1, 1, 420, 580), false),
         "seo2018-256-train" => model("seo2018", Shape::new(2, 1, 256, 256), true),
-        "conv1x1-321-128-fwd" => {
-            let variant = variant.unwrap_or_else(|| Variant::choose(gpu, 321, 128, 1));
-            let d = conv_workload(gpu, variant, "fwd", 321, 128, 1, 1)?;
-            kernel_outcome(gpu, id, variant, &d, warmup, runs)
-        }
         _ => {
-            let (dilation, pass) = parse_conv3x3(id).ok_or_else(unknown)?;
+            let (k, cin, cout, dilation, pass) = parse_conv(id).ok_or_else(unknown)?;
             let variant = variant.unwrap_or_else(|| match pass {
-                "bwd-weight" => Variant::for_weight_grad(gpu, 32),
-                _ => Variant::choose(gpu, 32, 32, 3),
+                "bwd-weight" => Variant::for_weight_grad(gpu, cout),
+                _ => Variant::choose(gpu, cin, cout, k),
             });
-            let d = conv_workload(gpu, variant, pass, 32, 32, 3, dilation)?;
+            let d = conv_workload(gpu, variant, pass, cin, cout, k, dilation)?;
             kernel_outcome(gpu, id, variant, &d, warmup, runs)
         }
     }
 }
 
-/// `conv3x3-d{D}-{fwd|bwd-data|bwd-weight}` -> (D, pass) for D in 1, 13, 55.
-fn parse_conv3x3(id: &str) -> Option<(usize, &str)> {
-    let rest = id.strip_prefix("conv3x3-d")?;
-    let (d, pass) = rest.split_once('-')?;
-    let d: usize = d.parse().ok()?;
-    ([1, 13, 55].contains(&d) && ["fwd", "bwd-data", "bwd-weight"].contains(&pass)).then_some((d, pass))
+/// `conv3x3-d{D}-{PASS}` for D in 1, 13, 55 -> (3, 32, 32, D, PASS), and
+/// `conv1x1-321-128-{PASS}` -> (1, 321, 128, 1, PASS): (kernel size, input
+/// and output channels, dilation, pass), PASS one of fwd, bwd-data,
+/// bwd-weight.
+fn parse_conv(id: &str) -> Option<(usize, usize, usize, usize, &str)> {
+    let (shape, pass) = match id.strip_prefix("conv1x1-321-128-") {
+        Some(pass) => ((1, 321, 128, 1), pass),
+        None => {
+            let (d, pass) = id.strip_prefix("conv3x3-d")?.split_once('-')?;
+            let d: usize = d.parse().ok()?;
+            ([1, 13, 55].contains(&d).then_some((3, 32, 32, d))?, pass)
+        }
+    };
+    ["fwd", "bwd-data", "bwd-weight"].contains(&pass).then_some((shape.0, shape.1, shape.2, shape.3, pass))
 }
 
 /// One convolution's launches on 1 x cin x 256 x 256 with random operands.
@@ -293,10 +300,12 @@ mod tests {
 
     #[test]
     fn conv_workload_ids_parse() {
-        assert_eq!(parse_conv3x3("conv3x3-d13-bwd-weight"), Some((13, "bwd-weight")));
-        assert_eq!(parse_conv3x3("conv3x3-d2-fwd"), None);
-        assert_eq!(parse_conv3x3("conv3x3-d1-sideways"), None);
-        let conv = WORKLOADS.iter().filter(|id| id.starts_with("conv3x3")).count();
-        assert_eq!(conv, WORKLOADS.iter().filter_map(|id| parse_conv3x3(id)).count());
+        assert_eq!(parse_conv("conv3x3-d13-bwd-weight"), Some((3, 32, 32, 13, "bwd-weight")));
+        assert_eq!(parse_conv("conv1x1-321-128-bwd-data"), Some((1, 321, 128, 1, "bwd-data")));
+        assert_eq!(parse_conv("conv3x3-d2-fwd"), None);
+        assert_eq!(parse_conv("conv3x3-d1-sideways"), None);
+        assert_eq!(parse_conv("conv1x1-321-64-fwd"), None);
+        let conv = WORKLOADS.iter().filter(|id| is_kernel_workload(id)).count();
+        assert_eq!(conv, WORKLOADS.iter().filter_map(|id| parse_conv(id)).count());
     }
 }
