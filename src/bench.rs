@@ -17,8 +17,8 @@ use crate::rng::Rng;
 use crate::shape::Shape;
 
 /// Every workload id of BENCH.md, in its order, then the head's backward
-/// passes (BENCH.md times only its forward; they are a third of a lungnet
-/// training step on lavapipe).
+/// passes (BENCH.md times only its forward; with it they are about a third
+/// of a lungnet training step on lavapipe).
 pub const WORKLOADS: [&str; 16] = [
     "lungnet-256-infer",
     "lungnet-256-train",
