@@ -78,6 +78,16 @@ struct Params {
 @group(0) @binding(18) var<storage, read_write> input_bias_grad: array<f32>;
 // With AFFINE: the deferred block's table (see store_moments).
 @group(0) @binding(33) var<storage, read_write> affine_out: array<vec4<f32>>;
+// apply and backward_data with VEC4 (the host's choice: runs of a multiple
+// of 4 pixels that divide the planes, so every run is whole and starts on
+// a vec4): x, y, dy and dx read and written as vec4s, since llvmpipe loads
+// storage in a loop over the lanes that takes a vec4's four components in
+// one trip (src/ops/norm.rs, vec4_runs).
+@group(0) @binding(40) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(41) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(42) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(43) var<storage, read_write> dx4: array<vec4<f32>>;
+override VEC4: bool = false;
 
 // Batch norm (a group per channel) or instance norm (a group per (n, c)),
 // fixed per pipeline: on llvmpipe a branch on a uniform runs both sides, and
@@ -304,16 +314,32 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let k = gamma[r.channel] * inverseSqrt(var_in[g] + P.eps);
     let mean = mean_in[g];
     let shift = beta[r.channel];
-    for (var t = 0u; t < RUN; t++) {
-        if (t < r.len) {
-            let u = block_value(x[r.x_at + t], mean, k, shift);
-            var v = u * act_factor(u);
+    if (VEC4) {
+        for (var t = 0u; t < RUN; t += 4u) {
+            let x0 = x4[(r.x_at + t) / 4u];
+            let u = x0 + fma(x0 - vec4<f32>(mean), vec4<f32>(k), vec4<f32>(shift));
+            var v = u * act4(u);
             if (RESIDUAL) {
-                v += y[r.y_at - P.y_coff * P.hw + P.res_coff * P.hw + t];
+                v += y4[(r.y_at - P.y_coff * P.hw + P.res_coff * P.hw + t) / 4u];
             }
-            y[r.y_at + t] = v;
+            y4[(r.y_at + t) / 4u] = v;
+        }
+    } else {
+        for (var t = 0u; t < RUN; t++) {
+            if (t < r.len) {
+                let u = block_value(x[r.x_at + t], mean, k, shift);
+                var v = u * act_factor(u);
+                if (RESIDUAL) {
+                    v += y[r.y_at - P.y_coff * P.hw + P.res_coff * P.hw + t];
+                }
+                y[r.y_at + t] = v;
+            }
         }
     }
+}
+
+fn act4(u: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(1.0), select(vec4<f32>(P.slope), vec4<f32>(1.0), u > vec4<f32>(0.0)), ACT);
 }
 
 @compute @workgroup_size(WG)
@@ -430,11 +456,20 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let c = -k * mean_dy;
     let mean = mean_in[g];
     let beta_c = beta[r.channel];
-    for (var t = 0u; t < RUN; t++) {
-        if (t < r.len) {
-            let v = x[r.x_at + t];
-            let d = dy[r.y_at + t] * act_factor(block_value(v, mean, k, beta_c));
-            dx[r.dx_at + t] = fma(a, d, fma(b, (v - mean) * inv, c));
+    if (VEC4) {
+        for (var t = 0u; t < RUN; t += 4u) {
+            let v = x4[(r.x_at + t) / 4u];
+            let u = v + fma(v - vec4<f32>(mean), vec4<f32>(k), vec4<f32>(beta_c));
+            let d = dy4[(r.y_at + t) / 4u] * act4(u);
+            dx4[(r.dx_at + t) / 4u] = fma(vec4<f32>(a), d, fma(vec4<f32>(b), (v - vec4<f32>(mean)) * inv, vec4<f32>(c)));
+        }
+    } else {
+        for (var t = 0u; t < RUN; t++) {
+            if (t < r.len) {
+                let v = x[r.x_at + t];
+                let d = dy[r.y_at + t] * act_factor(block_value(v, mean, k, beta_c));
+                dx[r.dx_at + t] = fma(a, d, fma(b, (v - mean) * inv, c));
+            }
         }
     }
 }

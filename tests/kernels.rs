@@ -534,6 +534,12 @@ fn check_norm(
     assert_close("norm backward_data", &read_channels(gpu, &gdx, 2, c), &g_ref.dx.data, 1e-3, 1e-3);
     assert_close("norm dgamma", &gpu.read(&dgamma).unwrap(), &g_ref.dgamma, 1e-2, 1e-3);
     assert_close("norm dbeta", &gpu.read(&dbeta).unwrap(), &g_ref.dbeta, 1e-3, 1e-4);
+    // Runs of 8 pixels (CPU adapters) that divide the planes take vec4s.
+    let vec4 = gpu.tuning() == Tuning::Cpu && (h * w) % 8 == 0;
+    for kernel in ["norm.apply", "norm.backward_data"] {
+        let label = d.iter().map(|d| d.label()).find(|l| l.starts_with(kernel)).expect("launched");
+        assert_eq!(label.ends_with("vec4"), vec4, "{label} at {h}x{w}");
+    }
     d.iter().map(|d| d.label().to_string()).collect()
 }
 
@@ -626,11 +632,18 @@ fn batch_norm_running_statistics_update_and_inference_match_cpu() {
     assert_close("inference with running statistics", &gpu.read(&gy).unwrap(), &y_ref.data, 1e-5, 1e-5);
 }
 
+/// Also with vec4 runs (planes of 24 x 16 on CPU adapters: runs of 8
+/// pixels divide them), and lane by lane (29 x 31).
 #[test]
 fn norm_apply_adds_the_residual_in_its_pass_or_after_it() {
     let gpu = gpu_or_skip!();
-    let mut rng = Rng::new(16);
-    let (n, c, h, w) = (2, 3, 29, 31);
+    for (seed, (h, w)) in [(29, 31), (24, 16)].into_iter().enumerate() {
+        check_apply_residual(gpu, 2, 3, h, w, 16 + seed as u64);
+    }
+}
+
+fn check_apply_residual(gpu: &Gpu, n: usize, c: usize, h: usize, w: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
     let x = rng.tensor(Shape::new(n, c, h, w), -1.0, 2.0);
     let res = rng.tensor(x.shape, -1.0, 1.0);
     let (gamma, beta) = (rng.vec(c, 0.5, 1.5), rng.vec(c, -0.5, 0.5));
@@ -657,6 +670,8 @@ fn norm_apply_adds_the_residual_in_its_pass_or_after_it() {
     assert_close("apply + residual in one pass", &read_channels(gpu, &shared, 4, c), &y_ref, 1e-5, 1e-5);
     assert_close("the residual left alone", &read_channels(gpu, &shared, 1, c), &res.data, 0.0, 0.0);
     assert_close("apply, then the residual", &gpu.read(&gy).unwrap(), &y_ref, 1e-5, 1e-5);
+    let vec4 = gpu.tuning() == Tuning::Cpu && (h * w) % 8 == 0;
+    assert_eq!(fused[0].label().ends_with("vec4"), vec4, "{} at {h}x{w}", fused[0].label());
 }
 
 #[test]

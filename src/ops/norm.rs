@@ -372,6 +372,7 @@ fn apply_with(
         p.res_coff = u32_of(res.c_offset);
         kernel = kernel.with("RESIDUAL", 1.0);
     }
+    let (label, kernel, bindings) = vec4_runs(gpu, &x, label, kernel, bindings);
     let d = gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))?;
     // With a residual it reads y's buffer besides (x, the residual, y).
     Ok(if residual.is_some() { d.with_bytes(3.0 * y.shape().numel() as f64 * 4.0) } else { d })
@@ -446,7 +447,36 @@ pub fn backward_data(
     bindings.extend(t.bindings());
     let (kernel, mut p) = with_act(kernel("backward_data", stats), params(&x, &dy), act);
     (p.dx_ctotal, p.dx_coff) = (u32_of(dx.tensor.shape.c), u32_of(dx.c_offset));
+    let (label, kernel, bindings) = vec4_runs(gpu, &x, label, kernel, bindings);
     gpu.dispatch(label, &kernel, &p, &bindings, run_grid(gpu, &x))
+}
+
+/// apply's and backward_data's x, y, dy and dx bound as vec4s (`VEC4` in
+/// norm.wgsl, the label marked) where every run is whole and starts on a
+/// vec4: runs of a multiple of 4 pixels (CPU adapters) that divide the
+/// planes. llvmpipe loads (and stores) storage lane by lane, a vec4's four
+/// components in one trip of that loop: seo2018's apply and data-gradient
+/// passes took 25-35% less time (docs/KERNELS.md).
+fn vec4_runs<'a>(
+    gpu: &Gpu,
+    x: &View,
+    label: String,
+    kernel: Kernel,
+    bindings: Vec<(u32, View<'a>)>,
+) -> (String, Kernel, Vec<(u32, View<'a>)>) {
+    let run = gpu.run_length();
+    if run % 4 != 0 || x.shape().plane() % run != 0 {
+        return (label, kernel, bindings);
+    }
+    let vec4 = |b: u32| match b {
+        1 => 40,
+        8 => 41,
+        9 => 42,
+        10 => 43,
+        other => other,
+    };
+    let bindings = bindings.into_iter().map(|(b, v)| (vec4(b), v)).collect();
+    (format!("{label} vec4"), kernel.with("VEC4", 1.0), bindings)
 }
 
 /// dgamma and dbeta (overwritten) from the per-group sums, and with
