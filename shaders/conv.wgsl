@@ -110,6 +110,16 @@ struct Params {
 @group(0) @binding(21) var<uniform> win10: array<vec4<f32>, PACK_LEN>;
 @group(0) @binding(22) var<uniform> win11: array<vec4<f32>, PACK_LEN>;
 
+// The narrow 1x1 kernels with VEC4 (the host's choice, src/ops/conv.rs
+// `narrow_vec4`: rows of a multiple of 8 pixels, so that every run of 8 is
+// whole and starts on a vec4): x, dy and y as vec4s of 4 neighbouring
+// pixels. llvmpipe loads and stores storage in a loop over the lanes that
+// takes a vec4's four components in one trip (norm.wgsl's VEC4 likewise).
+@group(0) @binding(40) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(41) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(42) var<storage, read_write> y4: array<vec4<f32>>;
+override VEC4: bool = false;
+
 // Output channels per invocation of `blocked_*`, in vec4 blocks (1..8).
 override COB: u32 = 8u;
 // Uniform tables of the blocked kernels, 1 to 4, each the weights (or dy)
@@ -1117,7 +1127,13 @@ fn narrow_sums(run: vec3<u32>) -> Acc {
         let plane = base + ci * hw;
         let wb = ci * K * K;
         if (K == 1u) {
-            c = narrow_tap(c, plane + run.y * P.w, true, ix0, wpack[wb]);
+            // (Nested ifs: the specializer prunes an `if` on one constant.)
+            if (VEC4) {
+                let at = (plane + run.y * P.w + run.z) / 4u;
+                c = run_fma(c, x4[at], x4[at + 1u], wpack[wb]);
+            } else {
+                c = narrow_tap(c, plane + run.y * P.w, true, ix0, wpack[wb]);
+            }
         } else {
             for (var ky = 0u; ky < 3u; ky++) {
                 let iy = i32(run.y) + (i32(ky) - 1) * d;
@@ -1141,15 +1157,43 @@ fn narrow_store(run: vec3<u32>, c: Acc, b: vec4<f32>) {
     let hw = P.h * P.w;
     let q = run_stride();
     let at = slice_index(run.x, 0u, run.y * P.w + run.z, hw, P.out_ctotal, P.out_coff);
-    let len = min(NARROW_RUN, (P.w - run.z + q - 1u) / q);
-    store_block(at, hw, 0u, c.a0 + b);
-    if (len > 1u) { store_block(at + q, hw, 0u, c.a1 + b); }
-    if (len > 2u) { store_block(at + 2u * q, hw, 0u, c.a2 + b); }
-    if (len > 3u) { store_block(at + 3u * q, hw, 0u, c.a3 + b); }
-    if (len > 4u) { store_block(at + 4u * q, hw, 0u, c.a4 + b); }
-    if (len > 5u) { store_block(at + 5u * q, hw, 0u, c.a5 + b); }
-    if (len > 6u) { store_block(at + 6u * q, hw, 0u, c.a6 + b); }
-    if (len > 7u) { store_block(at + 7u * q, hw, 0u, c.a7 + b); }
+    if (VEC4) {
+        // Channel k's 8 pixels as two vec4s (the run is whole, q = 1):
+        // pixel m's channels are c.a<m> + b.
+        let lo = mat4x4<f32>(c.a0 + b, c.a1 + b, c.a2 + b, c.a3 + b);
+        let hi = mat4x4<f32>(c.a4 + b, c.a5 + b, c.a6 + b, c.a7 + b);
+        let lt = transpose(lo);
+        let ht = transpose(hi);
+        store_pixels(at, 0u, lt[0], ht[0]);
+        store_pixels(at + hw, 1u, lt[1], ht[1]);
+        store_pixels(at + 2u * hw, 2u, lt[2], ht[2]);
+        store_pixels(at + 3u * hw, 3u, lt[3], ht[3]);
+    } else {
+        let len = min(NARROW_RUN, (P.w - run.z + q - 1u) / q);
+        store_block(at, hw, 0u, c.a0 + b);
+        if (len > 1u) { store_block(at + q, hw, 0u, c.a1 + b); }
+        if (len > 2u) { store_block(at + 2u * q, hw, 0u, c.a2 + b); }
+        if (len > 3u) { store_block(at + 3u * q, hw, 0u, c.a3 + b); }
+        if (len > 4u) { store_block(at + 4u * q, hw, 0u, c.a4 + b); }
+        if (len > 5u) { store_block(at + 5u * q, hw, 0u, c.a5 + b); }
+        if (len > 6u) { store_block(at + 6u * q, hw, 0u, c.a6 + b); }
+        if (len > 7u) { store_block(at + 7u * q, hw, 0u, c.a7 + b); }
+    }
+}
+
+// narrow_store's 8 pixels of output channel k from element `at` of y (a
+// multiple of 4), as two vec4s, if the channel exists; with ACCUMULATE
+// added to what is there.
+fn store_pixels(at: u32, k: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (k < VALID) {
+        if (ACCUMULATE) {
+            y4[at / 4u] += lo;
+            y4[at / 4u + 1u] += hi;
+        } else {
+            y4[at / 4u] = lo;
+            y4[at / 4u + 1u] = hi;
+        }
+    }
 }
 
 // Runs in the image (the narrow kernels' grid).
@@ -1343,36 +1387,65 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var c: Acc;
     var c8 = vec4<f32>(0.0);
     if (K == 1u) {
-        let pixels = P.n * hw;
-        let per = (pixels + SPLIT - 1u) / SPLIT;
-        let q1 = min((part + 1u) * per, pixels);
-        var q = min(part * per, pixels);
-        while (q < q1) {
-            let n = q / hw;
-            let p = q % hw;
-            let py = p / P.w;
-            let px0 = p % P.w;
-            let len = min(P.w - px0, q1 - q);
-            let dyb = slice_index(n, 0u, py * P.w, hw, P.out_ctotal, P.out_coff);
-            // Input channels 9 b .. 9 b + 8 (the last repeated past Cin,
-            // their products stored nowhere).
-            let xb = slice_index(n, 0u, py * P.w, hw, P.in_ctotal, P.in_coff);
+        if (VEC4) {
+            // Four neighbouring pixels (a vec4) a step; the planes hold
+            // whole vec4s, so none straddles two.
+            let quads = P.n * hw / 4u;
+            let per = (quads + SPLIT - 1u) / SPLIT;
             let ci = 9u * b;
-            for (var t = px0; t < px0 + len; t++) {
-                let g = select(vec4<f32>(0.0), vec4<f32>(dy[dyb + t + o.x], dy[dyb + t + o.y], dy[dyb + t + o.z],
-                               dy[dyb + t + o.w]), o_ok);
-                let at = xb + t;
-                c.a0 = fma(vec4<f32>(x[at + min(ci, last_c) * hw]), g, c.a0);
-                c.a1 = fma(vec4<f32>(x[at + min(ci + 1u, last_c) * hw]), g, c.a1);
-                c.a2 = fma(vec4<f32>(x[at + min(ci + 2u, last_c) * hw]), g, c.a2);
-                c.a3 = fma(vec4<f32>(x[at + min(ci + 3u, last_c) * hw]), g, c.a3);
-                c.a4 = fma(vec4<f32>(x[at + min(ci + 4u, last_c) * hw]), g, c.a4);
-                c.a5 = fma(vec4<f32>(x[at + min(ci + 5u, last_c) * hw]), g, c.a5);
-                c.a6 = fma(vec4<f32>(x[at + min(ci + 6u, last_c) * hw]), g, c.a6);
-                c.a7 = fma(vec4<f32>(x[at + min(ci + 7u, last_c) * hw]), g, c.a7);
-                c8 = fma(vec4<f32>(x[at + min(ci + 8u, last_c) * hw]), g, c8);
+            for (var q = min(part * per, quads); q < min((part + 1u) * per, quads); q++) {
+                let n = q * 4u / hw;
+                let p = q * 4u % hw;
+                let dyb = slice_index(n, 0u, p, hw, P.out_ctotal, P.out_coff) / 4u;
+                let xb = slice_index(n, 0u, p, hw, P.in_ctotal, P.in_coff) / 4u;
+                let h4 = hw / 4u;
+                // dy's channels k at the four pixels (zero past Cout).
+                let d0 = select(vec4<f32>(0.0), dy4[dyb + o.x / 4u], o_ok.x);
+                let d1 = select(vec4<f32>(0.0), dy4[dyb + o.y / 4u], o_ok.y);
+                let d2 = select(vec4<f32>(0.0), dy4[dyb + o.z / 4u], o_ok.z);
+                let d3 = select(vec4<f32>(0.0), dy4[dyb + o.w / 4u], o_ok.w);
+                c.a0 = quad_fma(c.a0, x4[xb + min(ci, last_c) * h4], d0, d1, d2, d3);
+                c.a1 = quad_fma(c.a1, x4[xb + min(ci + 1u, last_c) * h4], d0, d1, d2, d3);
+                c.a2 = quad_fma(c.a2, x4[xb + min(ci + 2u, last_c) * h4], d0, d1, d2, d3);
+                c.a3 = quad_fma(c.a3, x4[xb + min(ci + 3u, last_c) * h4], d0, d1, d2, d3);
+                c.a4 = quad_fma(c.a4, x4[xb + min(ci + 4u, last_c) * h4], d0, d1, d2, d3);
+                c.a5 = quad_fma(c.a5, x4[xb + min(ci + 5u, last_c) * h4], d0, d1, d2, d3);
+                c.a6 = quad_fma(c.a6, x4[xb + min(ci + 6u, last_c) * h4], d0, d1, d2, d3);
+                c.a7 = quad_fma(c.a7, x4[xb + min(ci + 7u, last_c) * h4], d0, d1, d2, d3);
+                c8 = quad_fma(c8, x4[xb + min(ci + 8u, last_c) * h4], d0, d1, d2, d3);
             }
-            q += len;
+        } else {
+            let pixels = P.n * hw;
+            let per = (pixels + SPLIT - 1u) / SPLIT;
+            let q1 = min((part + 1u) * per, pixels);
+            var q = min(part * per, pixels);
+            while (q < q1) {
+                let n = q / hw;
+                let p = q % hw;
+                let py = p / P.w;
+                let px0 = p % P.w;
+                let len = min(P.w - px0, q1 - q);
+                let dyb = slice_index(n, 0u, py * P.w, hw, P.out_ctotal, P.out_coff);
+                // Input channels 9 b .. 9 b + 8 (the last repeated past Cin,
+                // their products stored nowhere).
+                let xb = slice_index(n, 0u, py * P.w, hw, P.in_ctotal, P.in_coff);
+                let ci = 9u * b;
+                for (var t = px0; t < px0 + len; t++) {
+                    let g = select(vec4<f32>(0.0), vec4<f32>(dy[dyb + t + o.x], dy[dyb + t + o.y], dy[dyb + t + o.z],
+                                   dy[dyb + t + o.w]), o_ok);
+                    let at = xb + t;
+                    c.a0 = fma(vec4<f32>(x[at + min(ci, last_c) * hw]), g, c.a0);
+                    c.a1 = fma(vec4<f32>(x[at + min(ci + 1u, last_c) * hw]), g, c.a1);
+                    c.a2 = fma(vec4<f32>(x[at + min(ci + 2u, last_c) * hw]), g, c.a2);
+                    c.a3 = fma(vec4<f32>(x[at + min(ci + 3u, last_c) * hw]), g, c.a3);
+                    c.a4 = fma(vec4<f32>(x[at + min(ci + 4u, last_c) * hw]), g, c.a4);
+                    c.a5 = fma(vec4<f32>(x[at + min(ci + 5u, last_c) * hw]), g, c.a5);
+                    c.a6 = fma(vec4<f32>(x[at + min(ci + 6u, last_c) * hw]), g, c.a6);
+                    c.a7 = fma(vec4<f32>(x[at + min(ci + 7u, last_c) * hw]), g, c.a7);
+                    c8 = fma(vec4<f32>(x[at + min(ci + 8u, last_c) * hw]), g, c8);
+                }
+                q += len;
+            }
         }
     } else {
         // Chains of input channel b: `m` per row (one per residue of the
@@ -1429,6 +1502,16 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (9u * b + 6u < ckk) { store_block(base + 6u, ckk, 0u, c.a6); }
     if (9u * b + 7u < ckk) { store_block(base + 7u, ckk, 0u, c.a7); }
     if (9u * b + 8u < ckk) { store_block(base + 8u, ckk, 0u, c8); }
+}
+
+// a plus the products of one input channel's values v at four pixels with
+// dy's four channels there (d<k>: channel k's four pixels): pixel j adds
+// v[j] times (d0[j], d1[j], d2[j], d3[j]).
+fn quad_fma(a: vec4<f32>, v: vec4<f32>, d0: vec4<f32>, d1: vec4<f32>, d2: vec4<f32>, d3: vec4<f32>) -> vec4<f32> {
+    var s = fma(vec4<f32>(v.x), vec4<f32>(d0.x, d1.x, d2.x, d3.x), a);
+    s = fma(vec4<f32>(v.y), vec4<f32>(d0.y, d1.y, d2.y, d3.y), s);
+    s = fma(vec4<f32>(v.z), vec4<f32>(d0.z, d1.z, d2.z, d3.z), s);
+    return fma(vec4<f32>(v.w), vec4<f32>(d0.w, d1.w, d2.w, d3.w), s);
 }
 
 // pack_dy: chunks P.chunk, P.chunk + 1, ... of dy for output-channel group

@@ -329,6 +329,15 @@ fn conv1x1_with_31_to_3_channels_matches_cpu_for_batch_2() {
     check_conv(2, 31, 3, 19, 23, 1, 1, 8);
 }
 
+/// The narrow 1x1 kernels' vec4 runs (rows of a multiple of 8 pixels):
+/// 31 -> 3 (forward and weight gradient narrow), 3 -> 31 (the input
+/// gradient narrow, added into its destination), batch 2.
+#[test]
+fn conv1x1_narrow_kernels_match_cpu_in_vec4_runs() {
+    check_conv(2, 31, 3, 12, 24, 1, 1, 21);
+    check_conv(2, 3, 31, 9, 16, 1, 1, 22);
+}
+
 #[test]
 fn conv1x1_matches_cpu_for_5_to_140_channels_batch_2() {
     // 140 channels: on CPU adapters a launch of four 32-channel tables and

@@ -876,6 +876,10 @@ fn blocked(
         }
         let mut bindings = if in_place { vec![(4, output)] } else { vec![(1, input), (4, output)] };
         bindings.extend(bias.map(|b| (3, b.view())));
+        let vec4 = narrow && narrow_vec4(k, s.w, &p);
+        if vec4 {
+            bindings = vec4_bindings(bindings);
+        }
         let bound = if narrow { 1 } else { TABLE_BINDINGS.len() };
         let mut windows: Vec<Window> = TABLE_BINDINGS[..bound]
             .iter()
@@ -892,7 +896,8 @@ fn blocked(
         // per chain, a launch per band of rows.
         let launches: Vec<(Kernel, Grid, Band)> = if narrow {
             let (strided, runs) = narrow_runs(s.w, k, p.dilation as usize);
-            let launch = kernel(entry).with("STRIDED", f64::from(u8::from(strided)));
+            let launch =
+                kernel(entry).with("STRIDED", f64::from(u8::from(strided))).with("VEC4", f64::from(u8::from(vec4)));
             vec![(launch, Grid::Elements(s.n * s.h * runs), Band { y0: 0, len: s.h, rows: 1 })]
         } else {
             let per_row = chains_per_row(s.w, stride, chain);
@@ -1197,9 +1202,37 @@ fn narrow_weight(
     let partials = partials_tensor(gpu, NARROW_WEIGHT_INVOCATIONS.div_ceil(blocks), cout, rows)?;
     let split = partials.shape.n;
     let sums = kernel("narrow_weight", k).with("SPLIT", split as f64).with("VALID", cout as f64);
-    let bindings = [(1, x), (5, dy), (4, partials.view())];
+    // 1x1: four pixels a step, x and dy as vec4s, where the planes hold
+    // whole vec4s (the partials stay scalars).
+    let vec4 = k == 1 && x.shape().plane() % 4 == 0;
+    let (xb, dyb) = if vec4 { (X4_BINDING, DY4_BINDING) } else { (1, 5) };
+    let bindings = [(xb, x), (dyb, dy), (4, partials.view())];
+    let sums = sums.with("VEC4", f64::from(u8::from(vec4)));
     let d = gpu.dispatch(label, &sums, &p, &bindings, Grid::Elements(split * blocks))?;
     Ok(vec![d.with_flops(flops(&p, k)), reduce_partials(gpu, p, k, &partials, dw)?])
+}
+
+/// Whether the narrow forward and data kernels take a 1x1 convolution's
+/// runs as vec4s (`VEC4` in conv.wgsl): rows of a multiple of 8 pixels, so
+/// that every run is whole and starts on a vec4, and stores that only
+/// write or add (no fused dropout or residual).
+fn narrow_vec4(k: usize, w: usize, p: &Params) -> bool {
+    k == 1 && w % NARROW_RUN == 0 && p.drop_p == 0.0 && p.accumulate != ADD_RESIDUAL
+}
+
+/// conv.wgsl's x4, dy4 and y4: x, dy and y as vec4s.
+const X4_BINDING: u32 = 40;
+const DY4_BINDING: u32 = 41;
+const Y4_BINDING: u32 = 42;
+
+/// A narrow forward or data launch's x (1) and y (4) bound as vec4s.
+fn vec4_bindings(bindings: Vec<(u32, View)>) -> Vec<(u32, View)> {
+    let vec4 = |b: u32| match b {
+        1 => X4_BINDING,
+        4 => Y4_BINDING,
+        other => other,
+    };
+    bindings.into_iter().map(|(b, v)| (vec4(b), v)).collect()
 }
 
 /// blocked_weight's invocations per trio of (ci, tap) rows: enough to give
