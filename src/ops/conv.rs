@@ -1204,7 +1204,7 @@ fn narrow_weight(
     let sums = kernel("narrow_weight", k).with("SPLIT", split as f64).with("VALID", cout as f64);
     // 1x1: four pixels a step, x and dy as vec4s, where the planes hold
     // whole vec4s (the partials stay scalars).
-    let vec4 = k == 1 && x.shape().plane() % 4 == 0;
+    let vec4 = k == 1 && x.shape().plane().is_multiple_of(4);
     let (xb, dyb) = if vec4 { (X4_BINDING, DY4_BINDING) } else { (1, 5) };
     let bindings = [(xb, x), (dyb, dy), (4, partials.view())];
     let sums = sums.with("VEC4", f64::from(u8::from(vec4)));
@@ -1217,7 +1217,7 @@ fn narrow_weight(
 /// that every run is whole and starts on a vec4, and stores that only
 /// write or add (no fused dropout or residual).
 fn narrow_vec4(k: usize, w: usize, p: &Params) -> bool {
-    k == 1 && w % NARROW_RUN == 0 && p.drop_p == 0.0 && p.accumulate != ADD_RESIDUAL
+    k == 1 && w.is_multiple_of(NARROW_RUN) && p.drop_p == 0.0 && p.accumulate != ADD_RESIDUAL
 }
 
 /// conv.wgsl's x4, dy4 and y4: x, dy and y as vec4s.

@@ -465,7 +465,7 @@ fn vec4_runs<'a>(
     bindings: Vec<(u32, View<'a>)>,
 ) -> (String, Kernel, Vec<(u32, View<'a>)>) {
     let run = gpu.run_length();
-    if run % 4 != 0 || x.shape().plane() % run != 0 {
+    if !run.is_multiple_of(4) || !x.shape().plane().is_multiple_of(run) {
         return (label, kernel, bindings);
     }
     let vec4 = |b: u32| match b {
