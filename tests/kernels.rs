@@ -544,7 +544,7 @@ fn check_norm(
     assert_close("norm dgamma", &gpu.read(&dgamma).unwrap(), &g_ref.dgamma, 1e-2, 1e-3);
     assert_close("norm dbeta", &gpu.read(&dbeta).unwrap(), &g_ref.dbeta, 1e-3, 1e-4);
     // Runs of 8 pixels (CPU adapters) that divide the planes take vec4s.
-    let vec4 = gpu.tuning() == Tuning::Cpu && (h * w) % 8 == 0;
+    let vec4 = gpu.tuning() == Tuning::Cpu && (h * w).is_multiple_of(8);
     for kernel in ["norm.apply", "norm.backward_data"] {
         let label = d.iter().map(|d| d.label()).find(|l| l.starts_with(kernel)).expect("launched");
         assert_eq!(label.ends_with("vec4"), vec4, "{label} at {h}x{w}");
@@ -679,7 +679,7 @@ fn check_apply_residual(gpu: &Gpu, n: usize, c: usize, h: usize, w: usize, seed:
     assert_close("apply + residual in one pass", &read_channels(gpu, &shared, 4, c), &y_ref, 1e-5, 1e-5);
     assert_close("the residual left alone", &read_channels(gpu, &shared, 1, c), &res.data, 0.0, 0.0);
     assert_close("apply, then the residual", &gpu.read(&gy).unwrap(), &y_ref, 1e-5, 1e-5);
-    let vec4 = gpu.tuning() == Tuning::Cpu && (h * w) % 8 == 0;
+    let vec4 = gpu.tuning() == Tuning::Cpu && (h * w).is_multiple_of(8);
     assert_eq!(fused[0].label().ends_with("vec4"), vec4, "{} at {h}x{w}", fused[0].label());
 }
 
