@@ -1380,10 +1380,8 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let hw = P.h * P.w;
     let d = i32(P.dilation);
     let last_c = P.cin - 1u;
-    let last_o = P.cout - 1u;
-    // dy's channels (the last repeated past Cout, zeroed by `o_ok`).
-    let o = vec4<u32>(min(0u, last_o), min(1u, last_o), min(2u, last_o), min(3u, last_o)) * hw;
-    let o_ok = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.cout);
+    // dy's channels' offsets (those past VALID, Cout here, not loaded).
+    let o = vec4<u32>(0u, 1u, 2u, 3u) * hw;
     var c: Acc;
     var c8 = vec4<f32>(0.0);
     if (K == 1u) {
@@ -1399,11 +1397,14 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 let dyb = slice_index(n, 0u, p, hw, P.out_ctotal, P.out_coff) / 4u;
                 let xb = slice_index(n, 0u, p, hw, P.in_ctotal, P.in_coff) / 4u;
                 let h4 = hw / 4u;
-                // dy's channels k at the four pixels (zero past Cout).
-                let d0 = select(vec4<f32>(0.0), dy4[dyb + o.x / 4u], o_ok.x);
-                let d1 = select(vec4<f32>(0.0), dy4[dyb + o.y / 4u], o_ok.y);
-                let d2 = select(vec4<f32>(0.0), dy4[dyb + o.z / 4u], o_ok.z);
-                let d3 = select(vec4<f32>(0.0), dy4[dyb + o.w / 4u], o_ok.w);
+                // dy's channels k at the four pixels (zero past VALID).
+                let d0 = dy4[dyb + o.x / 4u];
+                var d1 = vec4<f32>(0.0);
+                var d2 = vec4<f32>(0.0);
+                var d3 = vec4<f32>(0.0);
+                if (VALID > 1u) { d1 = dy4[dyb + o.y / 4u]; }
+                if (VALID > 2u) { d2 = dy4[dyb + o.z / 4u]; }
+                if (VALID > 3u) { d3 = dy4[dyb + o.w / 4u]; }
                 c.a0 = quad_fma(c.a0, x4[xb + min(ci, last_c) * h4], d0, d1, d2, d3);
                 c.a1 = quad_fma(c.a1, x4[xb + min(ci + 1u, last_c) * h4], d0, d1, d2, d3);
                 c.a2 = quad_fma(c.a2, x4[xb + min(ci + 2u, last_c) * h4], d0, d1, d2, d3);
@@ -1431,8 +1432,7 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 let xb = slice_index(n, 0u, py * P.w, hw, P.in_ctotal, P.in_coff);
                 let ci = 9u * b;
                 for (var t = px0; t < px0 + len; t++) {
-                    let g = select(vec4<f32>(0.0), vec4<f32>(dy[dyb + t + o.x], dy[dyb + t + o.y], dy[dyb + t + o.z],
-                                   dy[dyb + t + o.w]), o_ok);
+                    let g = dy_channels(dyb + t, o);
                     let at = xb + t;
                     c.a0 = fma(vec4<f32>(x[at + min(ci, last_c) * hw]), g, c.a0);
                     c.a1 = fma(vec4<f32>(x[at + min(ci + 1u, last_c) * hw]), g, c.a1);
@@ -1472,8 +1472,7 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 let ix = i32(px) + d;
                 let right = vec3<f32>(narrow_value(row.x, ok.x, ix), narrow_value(row.y, ok.y, ix),
                                       narrow_value(row.z, ok.z, ix));
-                let g = select(vec4<f32>(0.0), vec4<f32>(dy[dyb + px + o.x], dy[dyb + px + o.y], dy[dyb + px + o.z],
-                               dy[dyb + px + o.w]), o_ok);
+                let g = dy_channels(dyb + px, o);
                 c.a0 = fma(vec4<f32>(left.x), g, c.a0);
                 c.a1 = fma(vec4<f32>(centre.x), g, c.a1);
                 c.a2 = fma(vec4<f32>(right.x), g, c.a2);
@@ -1502,6 +1501,17 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (9u * b + 6u < ckk) { store_block(base + 6u, ckk, 0u, c.a6); }
     if (9u * b + 7u < ckk) { store_block(base + 7u, ckk, 0u, c.a7); }
     if (9u * b + 8u < ckk) { store_block(base + 8u, ckk, 0u, c8); }
+}
+
+// narrow_weight's dy at element `at` of channels 0-3 (channel k at at +
+// o[k]): only the VALID that exist are loaded (seo2018's layers have 3,
+// its output 1), the others zero.
+fn dy_channels(at: u32, o: vec4<u32>) -> vec4<f32> {
+    var g = vec4<f32>(dy[at + o.x], 0.0, 0.0, 0.0);
+    if (VALID > 1u) { g.y = dy[at + o.y]; }
+    if (VALID > 2u) { g.z = dy[at + o.z]; }
+    if (VALID > 3u) { g.w = dy[at + o.w]; }
+    return g;
 }
 
 // a plus the products of one input channel's values v at four pixels with
