@@ -1389,6 +1389,7 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             // Four neighbouring pixels (a vec4) a step; the planes hold
             // whole vec4s, so none straddles two.
             let quads = P.n * hw / 4u;
+            let h4 = hw / 4u;
             let per = (quads + SPLIT - 1u) / SPLIT;
             let ci = 9u * b;
             for (var q = min(part * per, quads); q < min((part + 1u) * per, quads); q++) {
@@ -1396,7 +1397,6 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 let p = q * 4u % hw;
                 let dyb = slice_index(n, 0u, p, hw, P.out_ctotal, P.out_coff) / 4u;
                 let xb = slice_index(n, 0u, p, hw, P.in_ctotal, P.in_coff) / 4u;
-                let h4 = hw / 4u;
                 // dy's channels k at the four pixels (zero past VALID).
                 let d0 = dy4[dyb + o.x / 4u];
                 var d1 = vec4<f32>(0.0);

@@ -338,6 +338,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     }
 }
 
+// act_factor of four values (VEC4).
 fn act4(u: vec4<f32>) -> vec4<f32> {
     return select(vec4<f32>(1.0), select(vec4<f32>(P.slope), vec4<f32>(1.0), u > vec4<f32>(0.0)), ACT);
 }
