@@ -412,10 +412,11 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
     let loss_log = run.join("loss.csv");
     truncate_log(&loss_log, |s| s <= step)?;
     truncate_log(&run.join("metrics.csv"), |e| e < position.epoch as u64)?;
+    let header = needs_header(&loss_log);
     let mut loss_file =
         std::fs::OpenOptions::new().create(true).append(true).open(&loss_log).map_err(io_err(&loss_log))?;
-    if step == 0 {
-        writeln!(loss_file, "step,epoch,loss").map_err(io_err(&loss_log))?;
+    if header {
+        append_line(&mut loss_file, "step,epoch,loss").map_err(io_err(&loss_log))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -455,7 +456,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
             position.epoch_step += 1;
             loss_sum += loss as f64;
             losses += 1;
-            writeln!(loss_file, "{step},{epoch},{loss}").map_err(io_err(&loss_log))?;
+            append_line(&mut loss_file, &format!("{step},{epoch},{loss}")).map_err(io_err(&loss_log))?;
             obs.step(&StepReport {
                 step,
                 epoch,
@@ -548,14 +549,13 @@ fn save_last(gpu: &Gpu, graph: &Graph, run: &Path, meta: &CheckpointMeta, step: 
 
 fn append_metrics(run: &Path, r: &EpochReport) -> Result<()> {
     let path = run.join("metrics.csv");
-    let new = !path.exists();
+    let new = needs_header(&path);
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     if new {
-        writeln!(f, "epoch,train_loss,val_dice,val_iou,threshold,seconds").map_err(io_err(&path))?;
+        append_line(&mut f, "epoch,train_loss,val_dice,val_iou,threshold,seconds").map_err(io_err(&path))?;
     }
-    writeln!(
-        f,
+    let row = format!(
         "{},{:.6},{},{},{},{:.1}",
         r.epoch,
         r.train_loss,
@@ -563,13 +563,23 @@ fn append_metrics(run: &Path, r: &EpochReport) -> Result<()> {
         opt(r.val_iou),
         r.threshold,
         r.seconds
-    )
-    .map_err(io_err(&path))
+    );
+    append_line(&mut f, &row).map_err(io_err(&path))
+}
+
+/// Appends `line` and its newline in one write (`writeln!` on a file makes
+/// a write per formatted piece, and a run killed between them left half a
+/// row for the resumed run to append to).
+fn append_line(f: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    f.write_all(format!("{line}\n").as_bytes())
 }
 
 /// Drops the rows of a CSV log whose first column fails `keep` (rows
 /// written after the last checkpoint by a run that was killed), so a
-/// resumed run's logs have each step and epoch once.
+/// resumed run's logs have each step and epoch once. The log is replaced
+/// atomically: rewritten in place, a kill between its truncation and the
+/// write lost the rows before the checkpoint too (a run killed 12 times
+/// lost metrics.csv's header and first epoch, tests/crash.rs).
 fn truncate_log(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
@@ -580,7 +590,16 @@ fn truncate_log(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
     if !body.is_empty() {
         body.push('\n');
     }
-    std::fs::write(path, body).map_err(io_err(path))
+    if body == text {
+        return Ok(());
+    }
+    checkpoint::replace_file(path, body.as_bytes()).map_err(io_err(path))
+}
+
+/// Whether a log at `path` needs its header: absent or empty (a run killed
+/// between creating the file and writing to it leaves it empty).
+fn needs_header(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.len() == 0)
 }
 
 /// The optimiser state saved before `last.safetensors`' current one.
@@ -626,5 +645,35 @@ fn remove_stale_temporaries(run: &Path) {
         if name.starts_with('.') && name.contains(".tmp-") {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_log_keeps_its_header_and_earlier_rows_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.csv");
+        std::fs::write(&path, "epoch,train_loss\n0,0.5\n1,0.4\n2,0.3\n3,0.2\n").unwrap();
+        truncate_log(&path, |e| e < 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "epoch,train_loss\n0,0.5\n1,0.4\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["metrics.csv"], "a temporary file was left behind");
+        // Nothing to cut: the file is left as it is.
+        truncate_log(&path, |e| e < 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "epoch,train_loss\n0,0.5\n1,0.4\n");
+    }
+
+    #[test]
+    fn a_log_needs_its_header_when_absent_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.csv");
+        assert!(needs_header(&path));
+        std::fs::write(&path, "").unwrap();
+        assert!(needs_header(&path), "a run killed after creating the log left it empty");
+        std::fs::write(&path, "step,epoch,loss\n").unwrap();
+        assert!(!needs_header(&path));
     }
 }

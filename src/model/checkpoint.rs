@@ -92,12 +92,21 @@ fn write_atomic(
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| CheckpointError::Corrupt { path: path.to_path_buf(), message: e.to_string() })?;
+    replace_file(path, &bytes).map_err(io)
+}
+
+/// Replaces (or creates) `path` with `bytes` so that a crash at any moment
+/// leaves the old file or the new one, never a part: a temporary file
+/// beside it (`.NAME.tmp-PID`, which a resumed training run removes),
+/// synced, renamed over it, and the folder synced. Checkpoints and the
+/// training logs a resumed run cuts back are written this way.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy().into_owned());
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // The rename itself is durable once the folder is synced.
@@ -106,7 +115,7 @@ fn write_atomic(
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    result
 }
 
 /// A safetensors file read and checked for structure: its metadata and
