@@ -577,9 +577,10 @@ fn append_line(f: &mut std::fs::File, line: &str) -> std::io::Result<()> {
 /// Drops the rows of a CSV log whose first column fails `keep` (rows
 /// written after the last checkpoint by a run that was killed), so a
 /// resumed run's logs have each step and epoch once. The log is replaced
-/// atomically: rewritten in place, a kill between its truncation and the
-/// write lost the rows before the checkpoint too (a run killed 12 times
-/// lost metrics.csv's header and first epoch, tests/crash.rs).
+/// atomically (when it was rewritten in place, a kill between its
+/// truncation and the write lost the rows before the checkpoint too: a run
+/// killed 12 times lost metrics.csv's header and first epoch,
+/// tests/crash.rs).
 fn truncate_log(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
