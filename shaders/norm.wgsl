@@ -116,9 +116,19 @@ fn block_value(v: f32, mean: f32, k: f32, beta_c: f32) -> f32 {
     return v + fma(v - mean, k, beta_c);
 }
 
+// block_value of four values (VEC4).
+fn block_value4(v: vec4<f32>, mean: f32, k: f32, beta_c: f32) -> vec4<f32> {
+    return v + fma(v - vec4<f32>(mean), vec4<f32>(k), vec4<f32>(beta_c));
+}
+
 // act'(u) as a factor, or 1 without ACT.
 fn act_factor(u: f32) -> f32 {
     return select(1.0, select(P.slope, 1.0, u > 0.0), ACT);
+}
+
+// act_factor of four values (VEC4).
+fn act4(u: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(1.0), select(vec4<f32>(P.slope), vec4<f32>(1.0), u > vec4<f32>(0.0)), ACT);
 }
 
 fn group_count() -> u32 {
@@ -317,7 +327,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     if (VEC4) {
         for (var t = 0u; t < RUN; t += 4u) {
             let x0 = x4[(r.x_at + t) / 4u];
-            let u = x0 + fma(x0 - vec4<f32>(mean), vec4<f32>(k), vec4<f32>(shift));
+            let u = block_value4(x0, mean, k, shift);
             var v = u * act4(u);
             if (RESIDUAL) {
                 v += y4[(r.y_at - P.y_coff * P.hw + P.res_coff * P.hw + t) / 4u];
@@ -336,11 +346,6 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             }
         }
     }
-}
-
-// act_factor of four values (VEC4).
-fn act4(u: vec4<f32>) -> vec4<f32> {
-    return select(vec4<f32>(1.0), select(vec4<f32>(P.slope), vec4<f32>(1.0), u > vec4<f32>(0.0)), ACT);
 }
 
 @compute @workgroup_size(WG)
@@ -460,8 +465,7 @@ fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (VEC4) {
         for (var t = 0u; t < RUN; t += 4u) {
             let v = x4[(r.x_at + t) / 4u];
-            let u = v + fma(v - vec4<f32>(mean), vec4<f32>(k), vec4<f32>(beta_c));
-            let d = dy4[(r.y_at + t) / 4u] * act4(u);
+            let d = dy4[(r.y_at + t) / 4u] * act4(block_value4(v, mean, k, beta_c));
             dx4[(r.dx_at + t) / 4u] = fma(vec4<f32>(a), d, fma(vec4<f32>(b), (v - vec4<f32>(mean)) * inv, vec4<f32>(c)));
         }
     } else {
