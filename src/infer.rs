@@ -276,7 +276,11 @@ impl Model {
 
     /// The logits of `input` (C x H x W planes) in one pass.
     fn logits(&mut self, gpu: &Gpu, input: &Planes) -> Result<Vec<f32>, GpuError> {
+        let fresh = !self.graphs.contains_key(&(input.h, input.w));
         let graph = self.graph(gpu, input.h, input.w)?;
+        // A new plan's kernels compiled on the spare cores while its first
+        // pass launches them.
+        let _prewarm = if fresh { gpu.prewarm(&[graph.dispatches()]) } else { None };
         graph.set_input(gpu, &input.data)?;
         graph.forward(gpu)?;
         graph.read_logits(gpu)

@@ -381,6 +381,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
     gpu.check_memory(|| format!("training at {shape} (and validation at {val_shape})"), need)?;
     let mut graph = Graph::new(gpu, &arch, &params, shape, Some(&setup))?;
     let val_graph = Graph::new(gpu, &arch, &params, val_shape, None)?;
+    // The plans' kernels compiled on the spare cores while the first step
+    // and validation make their first launches.
+    let _prewarm = gpu.prewarm(&[graph.dispatches(), val_graph.dispatches()]);
 
     let steps_per_epoch = train_set.len() / opts.batch;
     let mut position = Position { epoch: 0, epoch_step: 0, best_dice: None };

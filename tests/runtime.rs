@@ -108,3 +108,33 @@ fn a_channel_slice_reads_back_sample_by_sample() {
         (0..3).flat_map(|n| values[shape.index(n, 2, 0, 0)..shape.index(n, 4, 0, 0)].to_vec()).collect();
     assert_eq!(got, want);
 }
+
+/// Prewarming (`Gpu::prewarm`) replays every launch of a plan on a twin
+/// device with blank buffers in place of the plan's tensors: each must be a
+/// valid launch there (the bindings' kinds and least sizes taken from the
+/// specialised module, uniform windows and tables included), or a twin
+/// would stop and compile nothing. Training and inference plans of both
+/// presets, at sizes where the windowed kernels run.
+#[test]
+fn every_launch_of_a_plan_replays_cleanly_on_a_twin_device() {
+    use dilaseg::bench::synthetic_graph;
+    use dilaseg::model::config::ModelConfig;
+    use dilaseg::model::params::ParamSet;
+    use dilaseg::model::Architecture;
+
+    let Some(gpu) = common::gpu() else { return };
+    let lungnet = ModelConfig { width: 8, ..ModelConfig::lungnet() };
+    for (name, cfg, shape) in
+        [("lungnet", lungnet, Shape::new(1, 1, 64, 64)), ("seo2018", ModelConfig::seo2018(), Shape::new(2, 1, 64, 64))]
+    {
+        let arch = Architecture::new(&cfg);
+        let params = ParamSet::init(&arch, 1);
+        let train = synthetic_graph(gpu, &arch, &params, shape, true).unwrap();
+        let infer = synthetic_graph(gpu, &arch, &params, shape.with_n(1), false).unwrap();
+        let plans = [train.dispatches(), infer.dispatches()];
+        let launches: usize = plans.iter().map(Vec::len).sum();
+        let replayed = gpu.replay_on_twin(&plans).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Launches with equal kernels and parameters are replayed once.
+        assert!(replayed > launches / 4 && replayed <= launches, "{name}: {replayed} of {launches}");
+    }
+}

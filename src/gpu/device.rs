@@ -95,6 +95,22 @@ fn instance(backend: BackendChoice) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// A device on `adapter` with `features` and `limits` (also the prewarming
+/// twins', `Gpu::prewarm`).
+pub(super) fn request_device(
+    adapter: &wgpu::Adapter,
+    features: wgpu::Features,
+    limits: &wgpu::Limits,
+) -> Result<(wgpu::Device, wgpu::Queue)> {
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("dilaseg"),
+        required_features: features,
+        required_limits: limits.clone(),
+        ..Default::default()
+    }))
+    .map_err(|e| GpuError::RequestDevice { adapter: adapter.get_info().name, message: e.to_string() })
+}
+
 /// The optional features worth having, where the adapter offers them.
 fn wanted_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY
@@ -122,6 +138,7 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
+    pub(super) adapter: wgpu::Adapter,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
@@ -175,13 +192,7 @@ impl Gpu {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
         }
         let features = adapter.features() & wanted_features();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("dilaseg"),
-            required_features: features,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| GpuError::RequestDevice { adapter: info.name.clone(), message: e.to_string() })?;
+        let (device, queue) = request_device(&adapter, features, &limits)?;
 
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -199,6 +210,7 @@ impl Gpu {
         Ok(Gpu {
             device,
             queue,
+            adapter,
             info,
             limits,
             features,

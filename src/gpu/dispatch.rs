@@ -32,7 +32,18 @@ impl Kernel {
         self.constants.push((name, value));
         self
     }
+
+    /// What tells pipelines apart (the constants' bits: f64 is not `Eq`).
+    pub(crate) fn key(&self) -> KernelKey {
+        (self.family, self.entry, self.constants.iter().map(|&(name, v)| (name, v.to_bits())).collect())
+    }
 }
+
+pub(crate) type KernelKey = (Family, &'static str, Vec<(&'static str, u64)>);
+
+/// A launch as `Gpu::prewarm` replays it: the kernel and its parameters'
+/// bytes.
+pub(crate) type Launch = (Kernel, Vec<u8>);
 
 /// How many invocations a launch needs.
 #[derive(Clone, Copy, Debug)]
@@ -75,11 +86,17 @@ pub struct Dispatch {
     workgroups: (u32, u32),
     /// Where the parameters hold the training step, if they do (`set_step`).
     step_at: Option<u64>,
+    /// The kernel and its first parameters, for `Gpu::prewarm`.
+    launch: Launch,
     /// The bound tensors' buffers stay out of the pool while this exists.
     _bound: Vec<Arc<PooledBuffer>>,
 }
 
 impl Dispatch {
+    pub(crate) fn launch(&self) -> &Launch {
+        &self.launch
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -213,6 +230,7 @@ impl Gpu {
         let kernel = &kernel.clone().with("RUN", self.run_length() as f64);
         let workgroups = self.fold(&label, grid)?;
         let bytes = bytemuck::bytes_of(params);
+        let launch = (kernel.clone(), bytes.to_vec());
         debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");
         let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let (pipeline, bind_group) = self.scoped(&label, || {
@@ -231,7 +249,7 @@ impl Gpu {
                     size: wgpu::BufferSize::new(WINDOW_BYTES),
                 }),
             }));
-            entries.retain(|e| compiled.bindings.contains(&e.binding));
+            entries.retain(|e| compiled.binds(e.binding));
             let pipeline = compiled.pipeline;
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&label),
@@ -249,6 +267,7 @@ impl Gpu {
             params: params_buf,
             workgroups,
             step_at: None,
+            launch,
             _bound: bindings
                 .iter()
                 .map(|(_, v)| v.tensor.buffer.clone())

@@ -9,6 +9,7 @@ mod device;
 mod dispatch;
 mod pipelines;
 mod pool;
+mod prewarm;
 mod profile;
 pub mod shaders;
 mod specialize;
@@ -17,6 +18,7 @@ mod tensor;
 pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions, Tuning};
 pub use dispatch::{Cost, Dispatch, Grid, Kernel, Window, WINDOW_BYTES, WORKGROUP};
 pub use pool::PoolStats;
+pub use prewarm::Prewarm;
 pub use profile::{Span, TimeSource};
 pub use tensor::{Tensor, View};
 

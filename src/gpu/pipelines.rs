@@ -4,11 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::dispatch::Kernel;
+use super::dispatch::{Kernel, KernelKey};
 use super::shaders::Family;
 use super::specialize::Parsed;
-
-type Key = (Family, &'static str, Vec<(&'static str, u64)>);
 
 /// A compiled pipeline and the bindings (group 0) its specialised module
 /// declares: a branch ruled out by the constants takes its bindings with
@@ -17,19 +15,33 @@ type Key = (Family, &'static str, Vec<(&'static str, u64)>);
 #[derive(Clone)]
 pub(crate) struct Compiled {
     pub pipeline: Arc<wgpu::ComputePipeline>,
-    pub bindings: Arc<[u32]>,
+    pub bindings: Arc<[Slot]>,
+}
+
+/// One binding of a specialised module: its number, whether it is a
+/// uniform (else storage) buffer, and the least bytes it takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub binding: u32,
+    pub uniform: bool,
+    pub min_bytes: u64,
+}
+
+impl Compiled {
+    pub fn binds(&self, binding: u32) -> bool {
+        self.bindings.iter().any(|s| s.binding == binding)
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     families: Mutex<HashMap<Family, Arc<Parsed>>>,
-    pipelines: Mutex<HashMap<Key, Compiled>>,
+    pipelines: Mutex<HashMap<KernelKey, Compiled>>,
 }
 
 impl PipelineCache {
     pub fn get(&self, device: &wgpu::Device, kernel: &Kernel) -> Compiled {
-        let key: Key =
-            (kernel.family, kernel.entry, kernel.constants.iter().map(|&(name, v)| (name, v.to_bits())).collect());
+        let key = kernel.key();
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipelines.get(&key) {
             return p.clone();
@@ -47,8 +59,16 @@ impl PipelineCache {
                 .clone()
         };
         let specialized = parsed.specialize(kernel.entry, &kernel.constants).unwrap_or_else(|e| panic!("{e}"));
-        let bindings = specialized.global_variables.iter().filter_map(|(_, g)| g.binding.as_ref().map(|b| b.binding));
-        let bindings: Arc<[u32]> = bindings.collect();
+        let layouter = specialized.to_ctx();
+        let bindings: Arc<[Slot]> = specialized
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| {
+                let binding = g.binding.as_ref()?.binding;
+                let uniform = g.space == naga::AddressSpace::Uniform;
+                Some(Slot { binding, uniform, min_bytes: u64::from(specialized.types[g.ty].inner.size(layouter)) })
+            })
+            .collect();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel.entry),
             source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(specialized)),

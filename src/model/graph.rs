@@ -850,6 +850,12 @@ impl Graph {
         if let Some(u) = self.update.as_mut().filter(|_| update) {
             u.set_step(gpu, step);
         }
+        self.phases(update)
+    }
+
+    /// A training step's dispatches by phase, in order (the forward pass's
+    /// alone in an inference graph).
+    fn phases(&self, update: bool) -> Vec<(Phase, &Dispatch)> {
         let mut list: Vec<(Phase, &Dispatch)> =
             self.forward_dispatches().into_iter().map(|d| (Phase::Forward, d)).collect();
         list.extend(self.head_backward.iter().map(|d| (Phase::Backward, d)));
@@ -859,6 +865,12 @@ impl Graph {
             list.extend(self.update.iter().map(|u| (Phase::Optimizer, &u.dispatch)));
         }
         list
+    }
+
+    /// Every dispatch a step (or an inference graph's forward pass) makes,
+    /// in order: what `Gpu::prewarm` compiles ahead.
+    pub fn dispatches(&self) -> Vec<&Dispatch> {
+        self.phases(true).into_iter().map(|(_, d)| d).collect()
     }
 
     /// One training step (see `step_dispatches`) in one submission.
