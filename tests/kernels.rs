@@ -320,6 +320,9 @@ fn conv3x3_with_3_channels_matches_cpu_over_several_bands_of_rows() {
     // Rows of 128 floats start aligned: windows of exactly 128 rows, no
     // room left for rounding a start down, then a band of 5.
     check_conv(2, 3, 2, 133, 128, 3, 7, 21);
+    // Dilation 1: the second band's windows clamped to the image's last
+    // rows.
+    check_conv(1, 3, 3, 131, 127, 3, 1, 23);
 }
 
 #[test]
@@ -686,8 +689,15 @@ fn check_apply_residual(gpu: &Gpu, n: usize, c: usize, h: usize, w: usize, seed:
 #[test]
 fn conv_data_gradient_adds_the_residual_gradient_in_its_stores_or_before() {
     let gpu = gpu_or_skip!();
-    let mut rng = Rng::new(17);
-    let (n, c, h, w) = (2, 3, 29, 31);
+    // The narrow kernels (dy under a 64 KiB window), then on CPU adapters
+    // the windowed ones.
+    check_residual_data(gpu, 2, 29, 31, 17);
+    check_residual_data(gpu, 2, 64, 48, 18);
+}
+
+fn check_residual_data(gpu: &Gpu, n: usize, h: usize, w: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let c = 3;
     let wt = rng.tensor(Shape::new(c, c, 3, 3), -0.5, 0.5);
     let x = rng.tensor(Shape::new(n, c, h, w), -1.0, 1.0);
     let dy = rng.tensor(x.shape, -1.0, 1.0);
