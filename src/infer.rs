@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::data::image::{load_image, load_mask, Planes};
 use crate::data::DataError;
 use crate::export;
-use crate::gpu::{Gpu, GpuError};
+use crate::gpu::{Gpu, GpuError, Prewarm};
 use crate::metrics;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, NormKind};
@@ -130,13 +130,13 @@ impl<'g> Predictor<'g> {
     fn given_stats(&self, input: &Planes, windows: &[Window]) -> Result<Model, GpuError> {
         let mut given = Model::given_stats(&self.arch, &self.model.params);
         let first = windows[0].input(input);
-        let sites = given.graph(self.gpu, first.h, first.w)?.norm_sites().len();
+        let sites = given.graph(self.gpu, first.h, first.w)?.0.norm_sites().len();
         for k in 0..sites {
             let mut stats: Vec<Running> = Vec::new();
             let mut prefix = String::new();
             for win in windows {
                 let window = win.input(input);
-                let graph = given.graph(self.gpu, window.h, window.w)?;
+                let (graph, _prewarm) = given.graph(self.gpu, window.h, window.w)?;
                 let site = &graph.norm_sites()[k];
                 graph.set_input(self.gpu, &window.data)?;
                 graph.forward_to(self.gpu, site)?;
@@ -255,14 +255,23 @@ impl Model {
         Model::new(arch, ParamSet { specs, values })
     }
 
-    fn graph(&mut self, gpu: &Gpu, h: usize, w: usize) -> Result<&Graph, GpuError> {
+    /// The plan for h x w, built on first use, and then the compiling of its
+    /// kernels on the spare cores (`Gpu::prewarm`): keep it while the plan
+    /// makes its first launches.
+    fn graph(&mut self, gpu: &Gpu, h: usize, w: usize) -> Result<(&Graph, Option<Prewarm>), GpuError> {
+        let mut prewarm = None;
         if !self.graphs.contains_key(&(h, w)) {
             let shape = Shape::new(1, self.arch.config.in_channels, h, w);
             let need = Graph::memory_need(gpu, &self.arch, &self.params, shape, None)?;
             gpu.check_memory(|| format!("inference at {shape}"), need)?;
+            // The launches from a plan built without pipelines (moments), so
+            // that the twins compile while this thread creates them.
+            let planned = gpu.planning(|| Graph::new(gpu, &self.arch, &self.params, shape, None))?;
+            prewarm = gpu.prewarm(&[planned.dispatches()]);
+            drop(planned);
             self.graphs.insert((h, w), Graph::new(gpu, &self.arch, &self.params, shape, None)?);
         }
-        Ok(&self.graphs[&(h, w)])
+        Ok((&self.graphs[&(h, w)], prewarm))
     }
 
     /// Gives norm `prefix` its statistics (the mean and biased variance).
@@ -276,11 +285,7 @@ impl Model {
 
     /// The logits of `input` (C x H x W planes) in one pass.
     fn logits(&mut self, gpu: &Gpu, input: &Planes) -> Result<Vec<f32>, GpuError> {
-        let fresh = !self.graphs.contains_key(&(input.h, input.w));
-        let graph = self.graph(gpu, input.h, input.w)?;
-        // A new plan's kernels compiled on the spare cores while its first
-        // pass launches them.
-        let _prewarm = if fresh { gpu.prewarm(&[graph.dispatches()]) } else { None };
+        let (graph, _prewarm) = self.graph(gpu, input.h, input.w)?;
         graph.set_input(gpu, &input.data)?;
         graph.forward(gpu)?;
         graph.read_logits(gpu)

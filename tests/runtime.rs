@@ -109,9 +109,12 @@ fn a_channel_slice_reads_back_sample_by_sample() {
     assert_eq!(got, want);
 }
 
-/// Prewarming (`Gpu::prewarm`) replays every launch of a plan on a twin
-/// device with blank buffers in place of the plan's tensors: each must be a
-/// valid launch there (the bindings' kinds and least sizes taken from the
+/// Prewarming (`Gpu::prewarm`) replays the launches of a plan built without
+/// pipelines (`Gpu::planning`) on a twin device with blank buffers in place
+/// of the plan's tensors. The planned plan must hold the memory the real
+/// one does (the memory estimate is built that way) and make the same
+/// launches (else the twins compile other code), and each launch must be
+/// valid on the twin (the bindings' kinds and least sizes taken from the
 /// specialised module, uniform windows and tables included), or a twin
 /// would stop and compile nothing. Training and inference plans of both
 /// presets, at sizes where the windowed kernels run.
@@ -122,14 +125,26 @@ fn every_launch_of_a_plan_replays_cleanly_on_a_twin_device() {
     use dilaseg::model::params::ParamSet;
     use dilaseg::model::Architecture;
 
-    let Some(gpu) = common::gpu() else { return };
+    // A device of its own: the memory counts are this test's alone.
+    let Some(gpu) = own_gpu(None) else { return };
+    let gpu = &gpu;
     let lungnet = ModelConfig { width: 8, ..ModelConfig::lungnet() };
     for (name, cfg, shape) in
         [("lungnet", lungnet, Shape::new(1, 1, 64, 64)), ("seo2018", ModelConfig::seo2018(), Shape::new(2, 1, 64, 64))]
     {
         let arch = Architecture::new(&cfg);
         let params = ParamSet::init(&arch, 1);
+        let held = || gpu.pool_stats().on_loan;
+        let before = held();
+        let planned = gpu.planning(|| synthetic_graph(gpu, &arch, &params, shape, true)).unwrap();
+        let planned_held = held() - before;
         let train = synthetic_graph(gpu, &arch, &params, shape, true).unwrap();
+        assert_eq!(held() - before - planned_held, planned_held, "{name}: memory held by the planned and real plans");
+        let launches = |plan: &dilaseg::model::graph::Graph| -> Vec<String> {
+            plan.dispatches().iter().map(|d| format!("{:?}", d.launch())).collect()
+        };
+        assert_eq!(launches(&planned), launches(&train), "{name}: the planned plan's launches");
+        drop(planned);
         let infer = synthetic_graph(gpu, &arch, &params, shape.with_n(1), false).unwrap();
         let plans = [train.dispatches(), infer.dispatches()];
         let launches: usize = plans.iter().map(Vec::len).sum();

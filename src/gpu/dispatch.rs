@@ -3,6 +3,7 @@
 //! is built; recording it into a pass allocates and compiles nothing, which
 //! is what lets a training step replay its dispatches every step.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use bytemuck::Pod;
@@ -43,7 +44,7 @@ pub(crate) type KernelKey = (Family, &'static str, Vec<(&'static str, u64)>);
 
 /// A launch as `Gpu::prewarm` replays it: the kernel and its parameters'
 /// bytes.
-pub(crate) type Launch = (Kernel, Vec<u8>);
+pub type Launch = (Kernel, Vec<u8>);
 
 /// How many invocations a launch needs.
 #[derive(Clone, Copy, Debug)]
@@ -80,8 +81,8 @@ pub struct Window<'a> {
 pub struct Dispatch {
     label: String,
     cost: Cost,
-    pipeline: Arc<wgpu::ComputePipeline>,
-    bind_group: wgpu::BindGroup,
+    /// None in a plan built only to count its memory (`Gpu::planning`).
+    compiled: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
     params: Arc<PooledBuffer>,
     workgroups: (u32, u32),
     /// Where the parameters hold the training step, if they do (`set_step`).
@@ -93,7 +94,8 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    pub(crate) fn launch(&self) -> &Launch {
+    /// The kernel and the parameters this launch was built with.
+    pub fn launch(&self) -> &Launch {
         &self.launch
     }
 
@@ -139,9 +141,34 @@ impl Dispatch {
     }
 
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        let (pipeline, bind_group) = self
+            .compiled
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: a launch planned only to count memory ran", self.label));
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+    }
+}
+
+thread_local! {
+    /// Set while `Gpu::planning` runs on this thread.
+    static PLANNING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Gpu {
+    /// Runs `f` with the launches it builds on this thread left without
+    /// pipelines and bind groups: plans built only to count the memory they
+    /// hold (`Graph::memory_need`), which are never run. Creating a
+    /// pipeline is most of building a plan on lavapipe (its NIR front end:
+    /// 2.7-2.9 s of a lungnet 256x256 start went to four probe plans,
+    /// 2026-11-29), and the probes' small sizes take kernels the real plan
+    /// does not.
+    pub fn planning<T>(&self, f: impl FnOnce() -> T) -> T {
+        let was = PLANNING.with(|p| p.replace(true));
+        let out = f();
+        PLANNING.with(|p| p.set(was));
+        out
     }
 }
 
@@ -233,8 +260,12 @@ impl Gpu {
         let launch = (kernel.clone(), bytes.to_vec());
         debug_assert_eq!(bytes.len() % 16, 0, "{label}: Params must be a multiple of 16 bytes");
         let params_buf = self.pool.take(bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-        let (pipeline, bind_group) = self.scoped(&label, || {
+        let planning = PLANNING.with(Cell::get);
+        let compiled = self.scoped(&label, || {
             self.queue.write_buffer(params_buf.buffer(), 0, bytes);
+            if planning {
+                return None;
+            }
             let compiled = self.pipelines.get(&self.device, kernel);
             let mut entries =
                 vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.buffer().as_entire_binding() }];
@@ -256,14 +287,13 @@ impl Gpu {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            (pipeline, bind_group)
+            Some((pipeline, bind_group))
         })?;
         let bytes = bindings.iter().map(|(_, v)| v.shape().numel() as f64 * 4.0).sum();
         Ok(Dispatch {
             label,
             cost: Cost { flops: 0.0, bytes },
-            pipeline,
-            bind_group,
+            compiled,
             params: params_buf,
             workgroups,
             step_at: None,

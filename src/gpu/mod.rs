@@ -16,7 +16,7 @@ mod specialize;
 mod tensor;
 
 pub use device::{adapter_reports, AdapterReport, BackendChoice, Gpu, GpuOptions, Tuning};
-pub use dispatch::{Cost, Dispatch, Grid, Kernel, Window, WINDOW_BYTES, WORKGROUP};
+pub use dispatch::{Cost, Dispatch, Grid, Kernel, Launch, Window, WINDOW_BYTES, WORKGROUP};
 pub use pool::PoolStats;
 pub use prewarm::Prewarm;
 pub use profile::{Span, TimeSource};

@@ -728,7 +728,7 @@ impl Graph {
     ) -> Result<u64> {
         let held = |h: usize, w: usize| -> Result<u64> {
             let before = gpu.pool_stats().on_loan;
-            let graph = Graph::new(gpu, arch, values, Shape { h, w, ..shape }, train)?;
+            let graph = gpu.planning(|| Graph::new(gpu, arch, values, Shape { h, w, ..shape }, train))?;
             let held = gpu.pool_stats().on_loan.saturating_sub(before);
             drop(graph);
             Ok(held)
