@@ -1,8 +1,8 @@
 //! The GPU runtime: adapter choice and device creation (`device`), one
 //! buffer pool (`pool`), one pipeline cache (`pipelines`), typed tensors
 //! (`tensor`), recorded kernel launches (`dispatch`), their timing
-//! (`profile`) and the WGSL sources
-//! (`shaders`). Ops (`crate::ops`) build on these; nothing here knows about
+//! (`profile`), their compiling ahead on the spare cores (`prewarm`) and
+//! the WGSL sources (`shaders`). Ops (`crate::ops`) build on these; nothing here knows about
 //! the network or files.
 
 mod device;
