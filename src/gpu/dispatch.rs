@@ -158,17 +158,21 @@ thread_local! {
 
 impl Gpu {
     /// Runs `f` with the launches it builds on this thread left without
-    /// pipelines and bind groups: plans built only to count the memory they
-    /// hold (`Graph::memory_need`), which are never run. Creating a
-    /// pipeline is most of building a plan on lavapipe (its NIR front end:
-    /// 2.7-2.9 s of a lungnet 256x256 start went to four probe plans,
-    /// 2026-11-29), and the probes' small sizes take kernels the real plan
-    /// does not.
+    /// pipelines and bind groups: plans built only for the memory they hold
+    /// (`Graph::memory_need`) or the launches they list (`Gpu::prewarm`),
+    /// never run. Creating the pipelines is most of building a plan on
+    /// lavapipe (its NIR front end: 4.5 s of a lungnet 256x256 start,
+    /// 2026-11-29); without them a plan takes milliseconds.
     pub fn planning<T>(&self, f: impl FnOnce() -> T) -> T {
-        let was = PLANNING.with(|p| p.replace(true));
-        let out = f();
-        PLANNING.with(|p| p.set(was));
-        out
+        /// Restores the flag however `f` ends.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                PLANNING.with(|p| p.set(self.0));
+            }
+        }
+        let _restore = Restore(PLANNING.with(|p| p.replace(true)));
+        f()
     }
 }
 
