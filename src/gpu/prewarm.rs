@@ -134,6 +134,9 @@ struct Twin {
 impl Twin {
     fn open(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> Result<Twin> {
         let (device, queue) = request_device(adapter, features, limits)?;
+        // wgpu's default answer to an error outside a scope is a panic; a
+        // twin's (out of memory, say) only means less compiled ahead.
+        device.on_uncaptured_error(Arc::new(|_| {}));
         Ok(Twin { device, queue, cache: PipelineCache::default() })
     }
 
