@@ -64,12 +64,16 @@ impl Drop for Prewarm {
 impl Gpu {
     /// Starts compiling the launches of `plans` (each in the order the
     /// queue makes them, the plans in the order they first run) on twin
-    /// devices, on CPU adapters with a spare core and unless
-    /// `DILASEG_PREWARM=0`; None otherwise. Keep the guard while the plans
-    /// make their first launches.
+    /// devices, on CPU adapters with a spare core, unless
+    /// `DILASEG_PREWARM=0` or Mesa's shader cache is off
+    /// (`MESA_SHADER_CACHE_DISABLE`: the twins' work would reach nobody and
+    /// only take cores from the queue); None otherwise. Keep the guard while
+    /// the plans make their first launches.
     pub fn prewarm(&self, plans: &[Vec<&Dispatch>]) -> Option<Prewarm> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let off = std::env::var("DILASEG_PREWARM").is_ok_and(|v| v == "0");
+        let no_cache = std::env::var("MESA_SHADER_CACHE_DISABLE")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "y"));
+        let off = no_cache || std::env::var("DILASEG_PREWARM").is_ok_and(|v| v == "0");
         if self.tuning() != Tuning::Cpu || self.info.device_type != wgpu::DeviceType::Cpu || cores < 2 || off {
             return None;
         }
