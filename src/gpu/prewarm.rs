@@ -64,7 +64,7 @@ impl Drop for Prewarm {
 impl Gpu {
     /// Starts compiling the launches of `plans` (each in the order the
     /// queue makes them, the plans in the order they first run) on twin
-    /// devices, on CPU adapters with a spare core, unless
+    /// devices, on Vulkan CPU adapters (lavapipe) with a spare core, unless
     /// `DILASEG_PREWARM=0` or Mesa's shader cache is off
     /// (`MESA_SHADER_CACHE_DISABLE`: the twins' work would reach nobody and
     /// only take cores from the queue); None otherwise. Keep the guard while
@@ -74,7 +74,10 @@ impl Gpu {
         let no_cache = std::env::var("MESA_SHADER_CACHE_DISABLE")
             .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "y"));
         let off = no_cache || std::env::var("DILASEG_PREWARM").is_ok_and(|v| v == "0");
-        if self.tuning() != Tuning::Cpu || self.info.device_type != wgpu::DeviceType::Cpu || cores < 2 || off {
+        // Measured on lavapipe through Vulkan only: GL's software adapter
+        // compiles elsewhere and is left alone.
+        let vulkan_cpu = self.info.device_type == wgpu::DeviceType::Cpu && self.info.backend == wgpu::Backend::Vulkan;
+        if self.tuning() != Tuning::Cpu || !vulkan_cpu || cores < 2 || off {
             return None;
         }
         let todo = Arc::new(Mutex::new(distinct_launches(plans)));
