@@ -130,7 +130,11 @@ impl<'g> Predictor<'g> {
     fn given_stats(&self, input: &Planes, windows: &[Window]) -> Result<Model, GpuError> {
         let mut given = Model::given_stats(&self.arch, &self.model.params);
         let first = windows[0].input(input);
-        let sites = given.graph(self.gpu, first.h, first.w)?.0.norm_sites().len();
+        // The first tile's prewarm guard kept through the passes.
+        let (sites, _prewarm) = {
+            let (graph, prewarm) = given.graph(self.gpu, first.h, first.w)?;
+            (graph.norm_sites().len(), prewarm)
+        };
         for k in 0..sites {
             let mut stats: Vec<Running> = Vec::new();
             let mut prefix = String::new();
@@ -264,11 +268,7 @@ impl Model {
             let shape = Shape::new(1, self.arch.config.in_channels, h, w);
             let need = Graph::memory_need(gpu, &self.arch, &self.params, shape, None)?;
             gpu.check_memory(|| format!("inference at {shape}"), need)?;
-            // The launches from a plan built without pipelines (moments), so
-            // that the twins compile while this thread creates them.
-            let planned = gpu.planning(|| Graph::new(gpu, &self.arch, &self.params, shape, None))?;
-            prewarm = gpu.prewarm(&[planned.dispatches()]);
-            drop(planned);
+            prewarm = Graph::prewarm(gpu, &self.arch, &self.params, &[(shape, None)])?;
             self.graphs.insert((h, w), Graph::new(gpu, &self.arch, &self.params, shape, None)?);
         }
         Ok((&self.graphs[&(h, w)], prewarm))

@@ -379,15 +379,8 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
     let need = Graph::memory_need(gpu, &arch, &params, shape, Some(&setup))?
         + Graph::memory_need(gpu, &arch, &params, val_shape, None)?;
     gpu.check_memory(|| format!("training at {shape} (and validation at {val_shape})"), need)?;
-    // The plans' kernels compiled on the spare cores from the start: their
-    // launches come from plans built without pipelines (moments), so the
-    // twins compile while this thread creates the pipelines (seconds), the
-    // first step and validation make their first launches.
-    let _prewarm = gpu.planning(|| -> Result<_, GpuError> {
-        let train = Graph::new(gpu, &arch, &params, shape, Some(&setup))?;
-        let val = Graph::new(gpu, &arch, &params, val_shape, None)?;
-        Ok(gpu.prewarm(&[train.dispatches(), val.dispatches()]))
-    })?;
+    // Kept through the first step and the first validation.
+    let _prewarm = Graph::prewarm(gpu, &arch, &params, &[(shape, Some(&setup)), (val_shape, None)])?;
     let mut graph = Graph::new(gpu, &arch, &params, shape, Some(&setup))?;
     let val_graph = Graph::new(gpu, &arch, &params, val_shape, None)?;
 

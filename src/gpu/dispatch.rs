@@ -81,7 +81,7 @@ pub struct Window<'a> {
 pub struct Dispatch {
     label: String,
     cost: Cost,
-    /// None in a plan built only to count its memory (`Gpu::planning`).
+    /// None in a plan built without pipelines (`Gpu::planning`), never run.
     compiled: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
     params: Arc<PooledBuffer>,
     workgroups: (u32, u32),
@@ -141,10 +141,8 @@ impl Dispatch {
     }
 
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        let (pipeline, bind_group) = self
-            .compiled
-            .as_ref()
-            .unwrap_or_else(|| panic!("{}: a launch planned only to count memory ran", self.label));
+        let (pipeline, bind_group) =
+            self.compiled.as_ref().unwrap_or_else(|| panic!("{}: a launch built by Gpu::planning ran", self.label));
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);

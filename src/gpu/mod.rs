@@ -2,8 +2,8 @@
 //! buffer pool (`pool`), one pipeline cache (`pipelines`), typed tensors
 //! (`tensor`), recorded kernel launches (`dispatch`), their timing
 //! (`profile`), their compiling ahead on the spare cores (`prewarm`) and
-//! the WGSL sources (`shaders`). Ops (`crate::ops`) build on these; nothing here knows about
-//! the network or files.
+//! the WGSL sources (`shaders`). Ops (`crate::ops`) build on these; nothing
+//! here knows about the network or files.
 
 mod device;
 mod dispatch;

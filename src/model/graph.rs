@@ -17,7 +17,7 @@
 use super::config::{NormKind, OutputKind};
 use super::params::ParamSet;
 use super::{Architecture, Block, ParamSpec, Place};
-use crate::gpu::{Dispatch, Gpu, GpuError, Result, Tensor, View};
+use crate::gpu::{Dispatch, Gpu, GpuError, Prewarm, Result, Tensor, View};
 use crate::nn::{self, Activation, NormStats, SigmoidLoss};
 use crate::ops::{self, conv::InputDropout, loss::LossKind, norm::NormTensors, optim::Update};
 use crate::shape::Shape;
@@ -712,6 +712,28 @@ impl Graph {
         graph.grads = grads;
         graph.loss = Some(loss);
         Ok(graph)
+    }
+
+    /// Starts compiling the kernels of the plans for `plans` (shape, and the
+    /// training setup of a training plan), in the order they will first
+    /// run, on the spare cores (`Gpu::prewarm`). Their launches come from
+    /// the plans built without pipelines (`Gpu::planning`: moments), so the
+    /// twins compile while the caller creates the real plans' pipelines
+    /// (seconds on lavapipe) and makes their first launches; keep the guard
+    /// until then.
+    pub fn prewarm(
+        gpu: &Gpu,
+        arch: &Architecture,
+        values: &ParamSet,
+        plans: &[(Shape, Option<&TrainSetup>)],
+    ) -> Result<Option<Prewarm>> {
+        gpu.planning(|| {
+            let planned = plans
+                .iter()
+                .map(|&(shape, train)| Graph::new(gpu, arch, values, shape, train))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(gpu.prewarm(&planned.iter().map(Graph::dispatches).collect::<Vec<_>>()))
+        })
     }
 
     /// The device memory a graph of `shape` holds, found by building two tiny
