@@ -142,6 +142,12 @@ override ACCUMULATE: bool = false;
 // residual's gradient, channels from res_coff of y's own buffer (the
 // concatenation's gradient parts share one), instead of a separate add.
 override RESIDUAL: bool = false;
+// blocked_weight's launches over one destination: the first (P.chunk 0)
+// writes, later ones add, chosen by a select on the parameter rather than
+// by ACCUMULATE, so that one pipeline serves them all. On lavapipe each
+// pipeline is an LLVM compile of seconds on a cold start; a branch on the
+// parameter instead compiled both sides of every store (docs/REJECTED.md).
+override FIRST_WRITES: bool = false;
 // blocked_weight's invocations per (ci, tap) (see there).
 override SPLIT: u32 = 1u;
 // vec4s in one uniform table (64 KiB).
@@ -888,6 +894,11 @@ fn store_one(at: u32, k: u32, value: f32) {
     if (k < VALID) {
         if (RESIDUAL) {
             y[at] += v + y[at + (P.res_coff - P.out_coff) * P.h * P.w];
+        } else if (FIRST_WRITES) {
+            // A select, not a branch: the load is made either way and
+            // whatever the destination held before the first launch
+            // (even a NaN) is discarded.
+            y[at] = v + select(0.0, y[at], P.chunk > 0u);
         } else if (ACCUMULATE) {
             y[at] += v;
         } else {
@@ -1614,8 +1625,8 @@ fn trio_store(base: u32, stride: u32, rows: u32, tbl: u32, c: Trip) {
 // lavapipe the weight gradient of a 32 -> 32 3x3 layer at 256x256,
 // dilation 13, with its packing went from 255-263 to 142-161 ms
 // (2026-11-28, docs/KERNELS.md). dw is bound as `y` (so it shares
-// blocked_store). Chunk 0 overwrites dw, later chunks add (ACCUMULATE): the
-// chunks' dispatches run in order, so the sum is deterministic without
+// blocked_store). Chunk 0 overwrites dw, later chunks add (FIRST_WRITES):
+// the chunks' dispatches run in order, so the sum is deterministic without
 // atomics.
 // With SPLIT > 1 (few input channels: the trios would leave threads idle)
 // SPLIT invocations share a trio, each summing an equal part of each chunk

@@ -1391,7 +1391,7 @@ fn weight_launch<'a>(
             .with("CHAIN", 3.0)
             .with("TABLES", l.bound as f64)
             .with("VALID", l.group_cout as f64)
-            .with("ACCUMULATE", f64::from(u8::from(l.c > 0)))
+            .with("FIRST_WRITES", 1.0)
             .with("SPLIT", split as f64)
             .with("CHUNKS", l.per_launch as f64)
             .with("DROP_LOADS", f64::from(u8::from(p.drop_p > 0.0)));
