@@ -1367,9 +1367,9 @@ fn window_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 // narrow_weight: the weight gradient for at most 4 output channels (COB =
-// 1) without pack_dy's tables: an invocation takes a block of 9 (ci, tap)
-// rows (K = 3: the taps of one input channel; K = 1: 9 input channels) and
-// one of SPLIT parts of the work, 36 multiply-adds per pixel. K = 1: the
+// 1) without pack_dy's tables: an invocation takes a block of (ci, tap)
+// rows (K = 3: the taps of NCB input channels; K = 1: 9 input channels) and
+// one of SPLIT parts of the work, 36 multiply-adds per pixel and row block. K = 1: the
 // parts split the pixels, walked row by row, loading dy's channels once
 // and the 9 input values per pixel. K = 3: the parts split the chains of a
 // row (pixels r, r + d, r + 2d, ... for each r < d), walked along the chain
@@ -1377,15 +1377,20 @@ fn window_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // centre of the next and the left of the one after: 3 input loads per pixel
 // instead of 9 (llvmpipe loads storage lane by lane; the weight gradient of
 // a 3 -> 3 layer, batch 2 at 256x256, went from 26.8 to 16-18 ms on
-// lavapipe, 2026-11-28). The parts' sums go to `y` bound to a partials
-// buffer [part][VALID channels][ci, tap], which reduce_partials adds in order.
+// lavapipe, 2026-11-28). With NCB > 1 the walk takes that many input
+// channels side by side, loading dy's channels once a pixel for all of them
+// instead of once for each (a walk is nothing but loads on lavapipe). The
+// parts' sums go to `y` bound to a partials buffer [part][VALID
+// channels][ci, tap], which reduce_partials adds in order.
+override NCB: u32 = 1u;
+
 @compute @workgroup_size(WG)
 fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(wid, lid, nwg);
     let kk = K * K;
     let ckk = P.cin * kk;
-    let blocks = (ckk + 8u) / 9u;
+    let blocks = select((ckk + 8u) / 9u, (P.cin + NCB - 1u) / NCB, K == 3u);
     let b = i % blocks;
     let part = min(i / blocks, SPLIT - 1u);
     let hw = P.h * P.w;
@@ -1393,8 +1398,10 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let last_c = P.cin - 1u;
     // dy's channels' offsets (those past VALID, Cout here, not loaded).
     let o = vec4<u32>(0u, 1u, 2u, 3u) * hw;
-    var c: Acc;
-    var c8 = vec4<f32>(0.0);
+    // Input channel j's nine rows of sums in nj (K = 1: only n0).
+    var n0: Nine;
+    var n1: Nine;
+    var n2: Nine;
     if (K == 1u) {
         if (VEC4) {
             // Four neighbouring pixels (a vec4) a step; the planes hold
@@ -1416,15 +1423,15 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 if (VALID > 1u) { d1 = dy4[dyb + o.y / 4u]; }
                 if (VALID > 2u) { d2 = dy4[dyb + o.z / 4u]; }
                 if (VALID > 3u) { d3 = dy4[dyb + o.w / 4u]; }
-                c.a0 = quad_fma(c.a0, x4[xb + min(ci, last_c) * h4], d0, d1, d2, d3);
-                c.a1 = quad_fma(c.a1, x4[xb + min(ci + 1u, last_c) * h4], d0, d1, d2, d3);
-                c.a2 = quad_fma(c.a2, x4[xb + min(ci + 2u, last_c) * h4], d0, d1, d2, d3);
-                c.a3 = quad_fma(c.a3, x4[xb + min(ci + 3u, last_c) * h4], d0, d1, d2, d3);
-                c.a4 = quad_fma(c.a4, x4[xb + min(ci + 4u, last_c) * h4], d0, d1, d2, d3);
-                c.a5 = quad_fma(c.a5, x4[xb + min(ci + 5u, last_c) * h4], d0, d1, d2, d3);
-                c.a6 = quad_fma(c.a6, x4[xb + min(ci + 6u, last_c) * h4], d0, d1, d2, d3);
-                c.a7 = quad_fma(c.a7, x4[xb + min(ci + 7u, last_c) * h4], d0, d1, d2, d3);
-                c8 = quad_fma(c8, x4[xb + min(ci + 8u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a0 = quad_fma(n0.a.a0, x4[xb + min(ci, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a1 = quad_fma(n0.a.a1, x4[xb + min(ci + 1u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a2 = quad_fma(n0.a.a2, x4[xb + min(ci + 2u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a3 = quad_fma(n0.a.a3, x4[xb + min(ci + 3u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a4 = quad_fma(n0.a.a4, x4[xb + min(ci + 4u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a5 = quad_fma(n0.a.a5, x4[xb + min(ci + 5u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a6 = quad_fma(n0.a.a6, x4[xb + min(ci + 6u, last_c) * h4], d0, d1, d2, d3);
+                n0.a.a7 = quad_fma(n0.a.a7, x4[xb + min(ci + 7u, last_c) * h4], d0, d1, d2, d3);
+                n0.e = quad_fma(n0.e, x4[xb + min(ci + 8u, last_c) * h4], d0, d1, d2, d3);
             }
         } else {
             let pixels = P.n * hw;
@@ -1445,73 +1452,140 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 for (var t = px0; t < px0 + len; t++) {
                     let g = dy_channels(dyb + t, o);
                     let at = xb + t;
-                    c.a0 = fma(vec4<f32>(x[at + min(ci, last_c) * hw]), g, c.a0);
-                    c.a1 = fma(vec4<f32>(x[at + min(ci + 1u, last_c) * hw]), g, c.a1);
-                    c.a2 = fma(vec4<f32>(x[at + min(ci + 2u, last_c) * hw]), g, c.a2);
-                    c.a3 = fma(vec4<f32>(x[at + min(ci + 3u, last_c) * hw]), g, c.a3);
-                    c.a4 = fma(vec4<f32>(x[at + min(ci + 4u, last_c) * hw]), g, c.a4);
-                    c.a5 = fma(vec4<f32>(x[at + min(ci + 5u, last_c) * hw]), g, c.a5);
-                    c.a6 = fma(vec4<f32>(x[at + min(ci + 6u, last_c) * hw]), g, c.a6);
-                    c.a7 = fma(vec4<f32>(x[at + min(ci + 7u, last_c) * hw]), g, c.a7);
-                    c8 = fma(vec4<f32>(x[at + min(ci + 8u, last_c) * hw]), g, c8);
+                    n0.a.a0 = fma(vec4<f32>(x[at + min(ci, last_c) * hw]), g, n0.a.a0);
+                    n0.a.a1 = fma(vec4<f32>(x[at + min(ci + 1u, last_c) * hw]), g, n0.a.a1);
+                    n0.a.a2 = fma(vec4<f32>(x[at + min(ci + 2u, last_c) * hw]), g, n0.a.a2);
+                    n0.a.a3 = fma(vec4<f32>(x[at + min(ci + 3u, last_c) * hw]), g, n0.a.a3);
+                    n0.a.a4 = fma(vec4<f32>(x[at + min(ci + 4u, last_c) * hw]), g, n0.a.a4);
+                    n0.a.a5 = fma(vec4<f32>(x[at + min(ci + 5u, last_c) * hw]), g, n0.a.a5);
+                    n0.a.a6 = fma(vec4<f32>(x[at + min(ci + 6u, last_c) * hw]), g, n0.a.a6);
+                    n0.a.a7 = fma(vec4<f32>(x[at + min(ci + 7u, last_c) * hw]), g, n0.a.a7);
+                    n0.e = fma(vec4<f32>(x[at + min(ci + 8u, last_c) * hw]), g, n0.e);
                 }
                 q += len;
             }
         }
     } else {
-        // Chains of input channel b: `m` per row (one per residue of the
-        // column modulo d, at most one per column).
+        // Chains of input channels NCB b .. NCB b + NCB - 1: `m` per row
+        // (one per residue of the column modulo d, at most one per column).
         let m = min(P.dilation, P.w);
         let chains = P.n * P.h * m;
         let per = (chains + SPLIT - 1u) / SPLIT;
         let ch1 = min((part + 1u) * per, chains);
+        let c0 = NCB * b;
         for (var ch = min(part * per, chains); ch < ch1; ch++) {
             let n = ch / (P.h * m);
             let py = ch % (P.h * m) / m;
             let r = ch % m;
             let dyb = slice_index(n, 0u, py * P.w, hw, P.out_ctotal, P.out_coff);
-            let plane = slice_index(n, min(b, last_c), 0u, hw, P.in_ctotal, P.in_coff);
             let iy = vec3<i32>(i32(py) - d, i32(py), i32(py) + d);
             let ok = iy >= vec3<i32>(0) & iy < vec3<i32>(i32(P.h));
-            let row = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(i32(P.h) - 1))) * P.w + vec3<u32>(plane);
-            // The three tap rows' values left of, at and right of the
-            // pixel; left of a chain's first pixel (r < d) is padding.
-            var left = vec3<f32>(0.0);
-            var centre = vec3<f32>(narrow_value(row.x, ok.x, i32(r)), narrow_value(row.y, ok.y, i32(r)),
-                                   narrow_value(row.z, ok.z, i32(r)));
+            let rows = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(i32(P.h) - 1))) * P.w;
+            // Each channel's three tap rows (the channels past Cin repeat
+            // the last, their sums stored nowhere).
+            var w0 = TapWalk(rows + vec3<u32>(slice_index(n, min(c0, last_c), 0u, hw, P.in_ctotal, P.in_coff)),
+                             vec3<f32>(0.0), vec3<f32>(0.0), vec3<f32>(0.0));
+            var w1 = w0;
+            var w2 = w0;
+            w0 = walk_start(w0, ok, r);
+            if (NCB > 1u) {
+                w1.row = rows + vec3<u32>(slice_index(n, min(c0 + 1u, last_c), 0u, hw, P.in_ctotal, P.in_coff));
+                w1 = walk_start(w1, ok, r);
+            }
+            if (NCB > 2u) {
+                w2.row = rows + vec3<u32>(slice_index(n, min(c0 + 2u, last_c), 0u, hw, P.in_ctotal, P.in_coff));
+                w2 = walk_start(w2, ok, r);
+            }
             for (var px = r; px < P.w; px += P.dilation) {
-                let ix = i32(px) + d;
-                let right = vec3<f32>(narrow_value(row.x, ok.x, ix), narrow_value(row.y, ok.y, ix),
-                                      narrow_value(row.z, ok.z, ix));
+                // dy's channels at the pixel, loaded once for all NCB.
                 let g = dy_channels(dyb + px, o);
-                c.a0 = fma(vec4<f32>(left.x), g, c.a0);
-                c.a1 = fma(vec4<f32>(centre.x), g, c.a1);
-                c.a2 = fma(vec4<f32>(right.x), g, c.a2);
-                c.a3 = fma(vec4<f32>(left.y), g, c.a3);
-                c.a4 = fma(vec4<f32>(centre.y), g, c.a4);
-                c.a5 = fma(vec4<f32>(right.y), g, c.a5);
-                c.a6 = fma(vec4<f32>(left.z), g, c.a6);
-                c.a7 = fma(vec4<f32>(centre.z), g, c.a7);
-                c8 = fma(vec4<f32>(right.z), g, c8);
-                left = centre;
-                centre = right;
+                let ix = i32(px) + d;
+                w0 = walk_step(w0, ok, ix);
+                n0 = nine_fma(n0, w0, g);
+                if (NCB > 1u) {
+                    w1 = walk_step(w1, ok, ix);
+                    n1 = nine_fma(n1, w1, g);
+                }
+                if (NCB > 2u) {
+                    w2 = walk_step(w2, ok, ix);
+                    n2 = nine_fma(n2, w2, g);
+                }
             }
         }
     }
     if (i >= blocks * SPLIT) {
         return;
     }
-    // Row r = 9 b + j of every channel at (part * VALID + k) * ckk + r.
-    let base = part * VALID * ckk + 9u * b;
-    store_block(base, ckk, 0u, c.a0);
-    if (9u * b + 1u < ckk) { store_block(base + 1u, ckk, 0u, c.a1); }
-    if (9u * b + 2u < ckk) { store_block(base + 2u, ckk, 0u, c.a2); }
-    if (9u * b + 3u < ckk) { store_block(base + 3u, ckk, 0u, c.a3); }
-    if (9u * b + 4u < ckk) { store_block(base + 4u, ckk, 0u, c.a4); }
-    if (9u * b + 5u < ckk) { store_block(base + 5u, ckk, 0u, c.a5); }
-    if (9u * b + 6u < ckk) { store_block(base + 6u, ckk, 0u, c.a6); }
-    if (9u * b + 7u < ckk) { store_block(base + 7u, ckk, 0u, c.a7); }
-    if (9u * b + 8u < ckk) { store_block(base + 8u, ckk, 0u, c8); }
+    // Row r of every channel at (part * VALID + k) * ckk + r: K = 1, rows 9 b
+    // .. 9 b + 8 (input channels); K = 3, the nine taps of each of input
+    // channels NCB b .. NCB b + NCB - 1.
+    let base = part * VALID * ckk;
+    let r0 = select(9u * b, 9u * NCB * b, K == 3u);
+    nine_store(base, r0, ckk, n0);
+    if (NCB > 1u) { nine_store(base, r0 + 9u, ckk, n1); }
+    if (NCB > 2u) { nine_store(base, r0 + 18u, ckk, n2); }
+}
+
+// Nine rows of narrow_weight's sums, four output channels each.
+struct Nine {
+    a: Acc,
+    e: vec4<f32>,
+}
+
+// Stores the rows r0 .. r0 + 8 of n that exist (r < ckk), row r at base + r,
+// channel k at + k * ckk.
+fn nine_store(base: u32, r0: u32, ckk: u32, n: Nine) {
+    if (r0 < ckk) { store_block(base + r0, ckk, 0u, n.a.a0); }
+    if (r0 + 1u < ckk) { store_block(base + r0 + 1u, ckk, 0u, n.a.a1); }
+    if (r0 + 2u < ckk) { store_block(base + r0 + 2u, ckk, 0u, n.a.a2); }
+    if (r0 + 3u < ckk) { store_block(base + r0 + 3u, ckk, 0u, n.a.a3); }
+    if (r0 + 4u < ckk) { store_block(base + r0 + 4u, ckk, 0u, n.a.a4); }
+    if (r0 + 5u < ckk) { store_block(base + r0 + 5u, ckk, 0u, n.a.a5); }
+    if (r0 + 6u < ckk) { store_block(base + r0 + 6u, ckk, 0u, n.a.a6); }
+    if (r0 + 7u < ckk) { store_block(base + r0 + 7u, ckk, 0u, n.a.a7); }
+    if (r0 + 8u < ckk) { store_block(base + r0 + 8u, ckk, 0u, n.e); }
+}
+
+// One input channel's walk along a chain (K = 3): its three tap rows
+// (`row`: each row's first element) and the values left of, at and right
+// of the current pixel in each.
+struct TapWalk {
+    row: vec3<u32>,
+    left: vec3<f32>,
+    centre: vec3<f32>,
+    right: vec3<f32>,
+}
+
+// The walk before a chain's first pixel, column r (< d): the left of it
+// padding, the value at r to be its centre after the first walk_step.
+fn walk_start(w: TapWalk, ok: vec3<bool>, r: u32) -> TapWalk {
+    let v = vec3<f32>(narrow_value(w.row.x, ok.x, i32(r)), narrow_value(w.row.y, ok.y, i32(r)),
+                      narrow_value(w.row.z, ok.z, i32(r)));
+    return TapWalk(w.row, vec3<f32>(0.0), vec3<f32>(0.0), v);
+}
+
+// One pixel further: the centre becomes the left, the right the centre,
+// and column ix the right (the only load).
+fn walk_step(w: TapWalk, ok: vec3<bool>, ix: i32) -> TapWalk {
+    let right = vec3<f32>(narrow_value(w.row.x, ok.x, ix), narrow_value(w.row.y, ok.y, ix),
+                          narrow_value(w.row.z, ok.z, ix));
+    return TapWalk(w.row, w.centre, w.right, right);
+}
+
+// n plus the walk's nine tap values (tap ky * 3 + kx: row ky, left / centre
+// / right) times dy's channels g.
+fn nine_fma(n: Nine, w: TapWalk, g: vec4<f32>) -> Nine {
+    var r = n;
+    r.a.a0 = fma(vec4<f32>(w.left.x), g, r.a.a0);
+    r.a.a1 = fma(vec4<f32>(w.centre.x), g, r.a.a1);
+    r.a.a2 = fma(vec4<f32>(w.right.x), g, r.a.a2);
+    r.a.a3 = fma(vec4<f32>(w.left.y), g, r.a.a3);
+    r.a.a4 = fma(vec4<f32>(w.centre.y), g, r.a.a4);
+    r.a.a5 = fma(vec4<f32>(w.right.y), g, r.a.a5);
+    r.a.a6 = fma(vec4<f32>(w.left.z), g, r.a.a6);
+    r.a.a7 = fma(vec4<f32>(w.centre.z), g, r.a.a7);
+    r.e = fma(vec4<f32>(w.right.z), g, r.e);
+    return r;
 }
 
 // narrow_weight's dy at element `at` of channels 0-3 (channel k at at +

@@ -326,6 +326,15 @@ fn conv3x3_with_3_channels_matches_cpu_over_several_bands_of_rows() {
 }
 
 #[test]
+fn conv3x3_narrow_weight_gradient_walks_input_channels_side_by_side() {
+    // 3 output channels: the narrow weight gradient, which walks up to 3
+    // input channels a chain at once. 5 input channels: a block of 3 and a
+    // block of 2 (its third past Cin, stored nowhere); 2: one short block.
+    check_conv(2, 5, 3, 29, 31, 3, 4, 24);
+    check_conv(1, 2, 4, 23, 17, 3, 2, 25);
+}
+
+#[test]
 fn conv1x1_with_31_to_3_channels_matches_cpu_for_batch_2() {
     // seo2018's head: the narrow weight gradient's blocks of 9 input
     // channels, the last one short.

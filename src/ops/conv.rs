@@ -190,9 +190,25 @@ const WINDOWS: usize = 12;
 /// repeat the first), the packed weights and the parameters.
 const WINDOW_BINDINGS: u32 = WINDOWS as u32 + 2;
 
-/// Invocations narrow_weight aims for: blocks of 9 (ci, tap) rows times
-/// parts of the pixels (seo2018's 3 -> 3 layers have 3 blocks).
-const NARROW_WEIGHT_INVOCATIONS: usize = 1024;
+/// Invocations narrow_weight aims for, blocks of rows times parts of the
+/// pixels: 1x1, blocks of 9 input channels (seo2018's 31 -> 3 head: 4
+/// blocks); 3x3, blocks of NARROW_WEIGHT_CIN input channels (its 3 -> 3
+/// layers: one block). For the 3x3 blocks 512 (lavapipe, 2026-11-29,
+/// profiles of the seo2018 step against its 3x3 forward): 1024 parts made
+/// twice the partial sums to store and reduce (0.70-0.73 of the forward
+/// against 0.58-0.66), 256 too few invocations to share two threads
+/// evenly (1.08-1.14).
+fn narrow_weight_invocations(k: usize) -> usize {
+    if k == 3 {
+        512
+    } else {
+        1024
+    }
+}
+
+/// Input channels a 3x3 narrow_weight invocation walks side by side (`NCB`
+/// in conv.wgsl), loading dy's channels once a pixel for all of them.
+const NARROW_WEIGHT_CIN: usize = 3;
 
 /// Chunks of dy the blocked weight gradient packs per batch (their tables
 /// in one buffer, each read through a window), where a storage binding can
@@ -1198,10 +1214,14 @@ fn narrow_weight(
 ) -> Result<Vec<Dispatch>> {
     let (rows, cout) = (x.c * k * k, dy.c);
     ensure(cout <= 4, &label, || format!("the narrow kernels compute at most 4 channels, not {cout}"))?;
-    let blocks = rows.div_ceil(9);
-    let partials = partials_tensor(gpu, NARROW_WEIGHT_INVOCATIONS.div_ceil(blocks), cout, rows)?;
+    // 3x3: up to NARROW_WEIGHT_CIN input channels an invocation, walked side
+    // by side (their blocks of nine taps); 1x1: blocks of 9 input channels.
+    let ncb = if k == 3 { x.c.min(NARROW_WEIGHT_CIN) } else { 1 };
+    let blocks = if k == 3 { x.c.div_ceil(ncb) } else { rows.div_ceil(9) };
+    let partials = partials_tensor(gpu, narrow_weight_invocations(k).div_ceil(blocks), cout, rows)?;
     let split = partials.shape.n;
-    let sums = kernel("narrow_weight", k).with("SPLIT", split as f64).with("VALID", cout as f64);
+    let sums =
+        kernel("narrow_weight", k).with("SPLIT", split as f64).with("VALID", cout as f64).with("NCB", ncb as f64);
     // 1x1: four pixels a step, x and dy as vec4s, where the planes hold
     // whole vec4s (the partials stay scalars).
     let vec4 = k == 1 && x.shape().plane().is_multiple_of(4);
