@@ -1366,22 +1366,23 @@ fn window_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     narrow_store(run, c, vec4<f32>(0.0));
 }
 
-// narrow_weight: the weight gradient for at most 4 output channels (COB =
-// 1) without pack_dy's tables: an invocation takes a block of (ci, tap)
-// rows (K = 3: the taps of NCB input channels; K = 1: 9 input channels) and
-// one of SPLIT parts of the work, 36 multiply-adds per pixel and row block. K = 1: the
-// parts split the pixels, walked row by row, loading dy's channels once
-// and the 9 input values per pixel. K = 3: the parts split the chains of a
-// row (pixels r, r + d, r + 2d, ... for each r < d), walked along the chain
-// so that the input value a tap row takes at the right of one pixel is the
-// centre of the next and the left of the one after: 3 input loads per pixel
-// instead of 9 (llvmpipe loads storage lane by lane; the weight gradient of
-// a 3 -> 3 layer, batch 2 at 256x256, went from 26.8 to 16-18 ms on
-// lavapipe, 2026-11-28). With NCB > 1 the walk takes that many input
-// channels side by side, loading dy's channels once a pixel for all of them
-// instead of once for each (a walk is nothing but loads on lavapipe). The
-// parts' sums go to `y` bound to a partials buffer [part][VALID
-// channels][ci, tap], which reduce_partials adds in order.
+// narrow_weight: the weight gradient for at most 4 output channels
+// (COB = 1) without pack_dy's tables: an invocation takes a block of
+// (ci, tap) rows (K = 3: the taps of NCB input channels; K = 1: 9 input
+// channels) and one of SPLIT parts of the work, 36 multiply-adds per pixel
+// for each 9 rows. K = 1: the parts split the pixels, walked row by row,
+// loading dy's channels once and the 9 input values per pixel. K = 3: the
+// parts split the chains of a row (pixels r, r + d, r + 2d, ... for each
+// r < d), walked along the chain so that the input value a tap row takes
+// at the right of one pixel is the centre of the next and the left of the
+// one after: 3 input loads per pixel instead of 9 (llvmpipe loads storage
+// lane by lane; the weight gradient of a 3 -> 3 layer, batch 2 at
+// 256x256, went from 26.8 to 16-18 ms on lavapipe, 2026-11-28). With
+// NCB > 1 the walk takes that many input channels side by side, loading
+// dy's channels once a pixel for all of them instead of once for each (a
+// walk is nothing but loads on lavapipe). The parts' sums go to `y` bound
+// to a partials buffer [part][VALID channels][ci, tap], which
+// reduce_partials adds in order.
 override NCB: u32 = 1u;
 
 @compute @workgroup_size(WG)
@@ -1481,20 +1482,18 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let iy = vec3<i32>(i32(py) - d, i32(py), i32(py) + d);
             let ok = iy >= vec3<i32>(0) & iy < vec3<i32>(i32(P.h));
             let rows = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(i32(P.h) - 1))) * P.w;
-            // Each channel's three tap rows (the channels past Cin repeat
-            // the last, their sums stored nowhere).
-            var w0 = TapWalk(rows + vec3<u32>(slice_index(n, min(c0, last_c), 0u, hw, P.in_ctotal, P.in_coff)),
-                             vec3<f32>(0.0), vec3<f32>(0.0), vec3<f32>(0.0));
+            // Each channel's walk (the channels past Cin repeat the last,
+            // their sums stored nowhere).
+            var w0 = walk_start(rows + vec3<u32>(slice_index(n, min(c0, last_c), 0u, hw, P.in_ctotal, P.in_coff)), ok, r);
             var w1 = w0;
             var w2 = w0;
-            w0 = walk_start(w0, ok, r);
             if (NCB > 1u) {
-                w1.row = rows + vec3<u32>(slice_index(n, min(c0 + 1u, last_c), 0u, hw, P.in_ctotal, P.in_coff));
-                w1 = walk_start(w1, ok, r);
+                let plane = slice_index(n, min(c0 + 1u, last_c), 0u, hw, P.in_ctotal, P.in_coff);
+                w1 = walk_start(rows + vec3<u32>(plane), ok, r);
             }
             if (NCB > 2u) {
-                w2.row = rows + vec3<u32>(slice_index(n, min(c0 + 2u, last_c), 0u, hw, P.in_ctotal, P.in_coff));
-                w2 = walk_start(w2, ok, r);
+                let plane = slice_index(n, min(c0 + 2u, last_c), 0u, hw, P.in_ctotal, P.in_coff);
+                w2 = walk_start(rows + vec3<u32>(plane), ok, r);
             }
             for (var px = r; px < P.w; px += P.dilation) {
                 // dy's channels at the pixel, loaded once for all NCB.
@@ -1556,12 +1555,13 @@ struct TapWalk {
     right: vec3<f32>,
 }
 
-// The walk before a chain's first pixel, column r (< d): the left of it
-// padding, the value at r to be its centre after the first walk_step.
-fn walk_start(w: TapWalk, ok: vec3<bool>, r: u32) -> TapWalk {
-    let v = vec3<f32>(narrow_value(w.row.x, ok.x, i32(r)), narrow_value(w.row.y, ok.y, i32(r)),
-                      narrow_value(w.row.z, ok.z, i32(r)));
-    return TapWalk(w.row, vec3<f32>(0.0), vec3<f32>(0.0), v);
+// The walk of the tap rows starting at `row` (`ok`: inside the image)
+// before a chain's first pixel, column r (< d): the left of it padding,
+// the value at r to be its centre after the first walk_step.
+fn walk_start(row: vec3<u32>, ok: vec3<bool>, r: u32) -> TapWalk {
+    let v = vec3<f32>(narrow_value(row.x, ok.x, i32(r)), narrow_value(row.y, ok.y, i32(r)),
+                      narrow_value(row.z, ok.z, i32(r)));
+    return TapWalk(row, vec3<f32>(0.0), vec3<f32>(0.0), v);
 }
 
 // One pixel further: the centre becomes the left, the right the centre,
