@@ -1531,8 +1531,8 @@ struct Nine {
     e: vec4<f32>,
 }
 
-// Stores the rows r0 .. r0 + 8 of n that exist (r < ckk), row r at base + r,
-// channel k at + k * ckk.
+// Stores the rows r0 .. r0 + 8 of n that exist (r < ckk): row r of output
+// channel k at base + k * ckk + r.
 fn nine_store(base: u32, r0: u32, ckk: u32, n: Nine) {
     if (r0 < ckk) { store_block(base + r0, ckk, 0u, n.a.a0); }
     if (r0 + 1u < ckk) { store_block(base + r0 + 1u, ckk, 0u, n.a.a1); }
