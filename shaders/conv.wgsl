@@ -1515,11 +1515,11 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (i >= blocks * SPLIT) {
         return;
     }
-    // Row r of every channel at (part * VALID + k) * ckk + r: K = 1, rows 9 b
-    // .. 9 b + 8 (input channels); K = 3, the nine taps of each of input
-    // channels NCB b .. NCB b + NCB - 1.
+    // Row r of every channel at (part * VALID + k) * ckk + r, from 9 NCB b:
+    // K = 1 (NCB 1), rows 9 b .. 9 b + 8 (input channels); K = 3, the nine
+    // taps of each of input channels NCB b .. NCB b + NCB - 1.
     let base = part * VALID * ckk;
-    let r0 = select(9u * b, 9u * NCB * b, K == 3u);
+    let r0 = 9u * NCB * b;
     nine_store(base, r0, ckk, n0);
     if (NCB > 1u) { nine_store(base, r0 + 9u, ckk, n1); }
     if (NCB > 2u) { nine_store(base, r0 + 18u, ckk, n2); }

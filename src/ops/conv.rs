@@ -1216,8 +1216,12 @@ fn narrow_weight(
     ensure(cout <= 4, &label, || format!("the narrow kernels compute at most 4 channels, not {cout}"))?;
     // 3x3: up to NARROW_WEIGHT_CIN input channels an invocation, walked side
     // by side (their blocks of nine taps); 1x1: blocks of 9 input channels.
-    let ncb = if k == 3 { x.c.min(NARROW_WEIGHT_CIN) } else { 1 };
-    let blocks = if k == 3 { x.c.div_ceil(ncb) } else { rows.div_ceil(9) };
+    let (ncb, blocks) = if k == 3 {
+        let ncb = x.c.min(NARROW_WEIGHT_CIN);
+        (ncb, x.c.div_ceil(ncb))
+    } else {
+        (1, rows.div_ceil(9))
+    };
     let partials = partials_tensor(gpu, narrow_weight_invocations(k).div_ceil(blocks), cout, rows)?;
     let split = partials.shape.n;
     let sums =
