@@ -164,6 +164,13 @@ override CHUNKS: u32 = 1u;
 // gradient 21-34 -> 12-15 ms).
 const WG_WEIGHT: u32 = 8u;
 
+// Invocations per workgroup of blocked_forward and blocked_data. llvmpipe
+// hands a launch's workgroups to its threads one at a time, so the last
+// one can leave a thread idle: with 256 a 32 -> 32 3x3 layer at 256x256
+// was 29 workgroups of about 1 ms, 15 on one thread and 14 on the other;
+// with 64 it is 114 (2026-11-29: `conv3x3-d1-fwd` 2-4% faster).
+const WG_CHAIN: u32 = 64u;
+
 // The head's dropout fused into its first 1x1 convolution (the host's
 // check: blocked kernels, K = 1): DROP_LOADS drops out x's values as
 // blocked_forward and blocked_weight load them, DROP_STORES the input
@@ -989,13 +996,13 @@ fn chain_store(start: vec4<u32>, c: Chain, b: Chain) {
 
 // blocked_forward: y = conv(x) + bias for one output-channel group, or with
 // ACCUMULATE, y += conv(x) (the later parts of a concatenation).
-@compute @workgroup_size(WG)
+@compute @workgroup_size(WG_CHAIN)
 fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32, // @subgroup
                    ) {
     let lane = 0u; // @plain
-    let start = chain_start(element_index(wid, lid, nwg));
+    let start = chain_start(group_index(wid, nwg) * WG_CHAIN + lid.x);
     // The biases of each table's channels (zero with ACCUMULATE).
     var b: Chain;
     if (!ACCUMULATE) {
@@ -1009,13 +1016,13 @@ fn blocked_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 // blocked_data: the input gradient (the convolution of dy, bound as `x`,
 // with transposed packed weights) written into, or added to, `y`.
-@compute @workgroup_size(WG)
+@compute @workgroup_size(WG_CHAIN)
 fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(subgroup_invocation_id) lane: u32, // @subgroup
                 ) {
     let lane = 0u; // @plain
-    let start = chain_start(element_index(wid, lid, nwg));
+    let start = chain_start(group_index(wid, nwg) * WG_CHAIN + lid.x);
     if (DROP_STORES) {
         // y's sample start.x from channel 0 of its view, against the
         // concatenation's (the group's channels and the pixel are the same

@@ -151,6 +151,10 @@ const PACK_LEN: usize = 4096;
 /// Invocations per workgroup of `blocked_weight` (`WG_WEIGHT` in conv.wgsl).
 const WEIGHT_WORKGROUP: usize = 8;
 
+/// Invocations per workgroup of the blocked forward and data kernels
+/// (`WG_CHAIN` in conv.wgsl).
+const CHAIN_WORKGROUP: usize = 64;
+
 /// Output channels, (ci, tap) rows and pixels of one workgroup's tile in
 /// the tiled kernels (`TILE_CO`, `TILE_R`, `TILE_P` in conv.wgsl).
 const TILE_CO: usize = 32;
@@ -918,7 +922,9 @@ fn blocked(
         } else {
             let per_row = chains_per_row(s.w, stride, chain);
             let bands = row_bands(chain, k, packed.len(), s.h, stride);
-            let grid = |band: &Band| Grid::Elements(s.n * row_slots(band.len, stride, band.rows) * per_row);
+            let grid = |band: &Band| {
+                Grid::Groups((s.n * row_slots(band.len, stride, band.rows) * per_row).div_ceil(CHAIN_WORKGROUP))
+            };
             bands.iter().map(|band| (kernel(entry).with("ROWS", band.rows as f64), grid(band), *band)).collect()
         };
         let drop = p.drop_p > 0.0;
