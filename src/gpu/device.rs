@@ -301,6 +301,13 @@ impl Gpu {
         }
     }
 
+    /// The Mesa release of a Mesa driver as (major, minor), None for
+    /// other drivers: lavapipe's costs moved between releases, and a few
+    /// kernel choices with them (docs/KERNELS.md, "Mesa 25").
+    pub fn mesa_release(&self) -> Option<(u32, u32)> {
+        mesa_release(&self.info.driver_info)
+    }
+
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
@@ -309,6 +316,14 @@ impl Gpu {
     pub fn describe(&self) -> String {
         format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
     }
+}
+
+/// (major, minor) of a driver description such as lavapipe's "Mesa
+/// 25.0.7-2~bpo12+1 (LLVM 15.0.6)".
+fn mesa_release(driver_info: &str) -> Option<(u32, u32)> {
+    let version = driver_info.trim().strip_prefix("Mesa ")?;
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// What `dilaseg devices` shows of one adapter.
@@ -366,5 +381,20 @@ impl fmt::Display for AdapterReport {
             yes(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
         )?;
         write!(f, "  f16                {}", yes(wgpu::Features::SHADER_F16))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mesa_release;
+
+    #[test]
+    fn mesa_release_reads_the_major_and_minor_of_mesa_drivers_only() {
+        assert_eq!(mesa_release("Mesa 22.3.6 (LLVM 15.0.6)"), Some((22, 3)));
+        assert_eq!(mesa_release("Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"), Some((25, 0)));
+        assert_eq!(mesa_release("Mesa 24.2.0-devel (git-1a2b3c)"), Some((24, 2)));
+        assert_eq!(mesa_release("550.54.14"), None);
+        assert_eq!(mesa_release("Mesa"), None);
+        assert_eq!(mesa_release(""), None);
     }
 }

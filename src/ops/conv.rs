@@ -536,11 +536,15 @@ fn data_pass(
 /// table, so with one table the stores dominate (lavapipe, lungnet step:
 /// the 32 -> 128 input gradient 25-28 ms against 26-27 blocked, the 2 -> 32
 /// one 7 against 2.3; the head's 128 -> 321 one 114-139 against 179-188).
+/// Not on Mesa 25 and later, whose lavapipe runs the blocked kernel faster
+/// (the head's: 146-158 against 205-220 ms per lungnet step, 2026-11-29;
+/// releases 23 and 24 were not measured).
 fn takes_table_data(gpu: &Gpu, variant: Variant, k: usize, p: &Params) -> bool {
     let dy_channels = p.cout as usize;
     matches!(variant, Variant::Blocked | Variant::BlockedSubgroup)
         && k == 1
         && gpu.tuning() == Tuning::Cpu
+        && !gpu.mesa_release().is_some_and(|release| release >= (25, 0))
         && p.accumulate != ADD_RESIDUAL
         && dy_channels > 4 * blocks(dy_channels)
 }
