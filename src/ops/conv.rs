@@ -529,6 +529,12 @@ fn data_pass(
     }
 }
 
+/// Mesa 25 or later: its lavapipe's costs differ from Mesa 22's in a few
+/// of the choices here (measured on both, docs/KERNELS.md, "Mesa 25").
+fn mesa_25(gpu: &Gpu) -> bool {
+    gpu.mesa_release().is_some_and(|release| release >= (25, 0))
+}
+
 /// Whether an input gradient (`p` as the weight gradient's) goes to
 /// `table_data`: blocked 1x1 kernels on CPU adapters, without a residual
 /// gradient to add, where dy fills more than one table. Its invocations
@@ -544,7 +550,7 @@ fn takes_table_data(gpu: &Gpu, variant: Variant, k: usize, p: &Params) -> bool {
     matches!(variant, Variant::Blocked | Variant::BlockedSubgroup)
         && k == 1
         && gpu.tuning() == Tuning::Cpu
-        && !gpu.mesa_release().is_some_and(|release| release >= (25, 0))
+        && !mesa_25(gpu)
         && p.accumulate != ADD_RESIDUAL
         && dy_channels > 4 * blocks(dy_channels)
 }
@@ -1519,12 +1525,20 @@ fn data_launch<'a>(
 /// blocks of output channels: on CPU adapters as many as the tables a
 /// launch can bind hold (14 for a 32-channel layer, 2 for the head's 128
 /// channels), so that a launch's own cost (about 0.15 ms on lavapipe) is
-/// paid once for them all; a launch's chunks lie in one packing batch of
-/// `batch_len`. No more than the `chunks` there are: each is one more
-/// inlined walk to compile (small images).
+/// paid once for them all; on Mesa 25 and later at most 4, which its
+/// lavapipe runs faster (`conv3x3-d13-bwd-weight` 28.0-28.2 ms against
+/// 33.4-38.6 with 14, a lungnet step 1328-1405 against 1392-1428,
+/// 2026-11-29; Mesa 22 the other way round, 31 against 32-33). A launch's
+/// chunks lie in one packing batch of `batch_len`. No more than the
+/// `chunks` there are: each is one more inlined walk to compile (small
+/// images).
 fn chunks_per_launch(gpu: &Gpu, bound: usize, batch_len: usize, chunks: usize) -> usize {
     let most = match gpu.tuning() {
-        Tuning::Cpu => (1..=max_tables(gpu) / bound).rev().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1),
+        Tuning::Cpu => {
+            let cap = if mesa_25(gpu) { 4 } else { MAX_TABLES };
+            let fit = (max_tables(gpu) / bound).min(cap);
+            (1..=fit).rev().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1)
+        }
         Tuning::Gpu => 1,
     };
     most.min(chunks)
