@@ -1491,17 +1491,11 @@ fn narrow_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let rows = vec3<u32>(clamp(iy, vec3<i32>(0), vec3<i32>(i32(P.h) - 1))) * P.w;
             // Each channel's walk (the channels past Cin repeat the last,
             // their sums stored nowhere).
-            var w0 = walk_start(rows + vec3<u32>(slice_index(n, min(c0, last_c), 0u, hw, P.in_ctotal, P.in_coff)), ok, r);
+            var w0 = channel_walk(n, min(c0, last_c), rows, ok, r);
             var w1 = w0;
             var w2 = w0;
-            if (NCB > 1u) {
-                let plane = slice_index(n, min(c0 + 1u, last_c), 0u, hw, P.in_ctotal, P.in_coff);
-                w1 = walk_start(rows + vec3<u32>(plane), ok, r);
-            }
-            if (NCB > 2u) {
-                let plane = slice_index(n, min(c0 + 2u, last_c), 0u, hw, P.in_ctotal, P.in_coff);
-                w2 = walk_start(rows + vec3<u32>(plane), ok, r);
-            }
+            if (NCB > 1u) { w1 = channel_walk(n, min(c0 + 1u, last_c), rows, ok, r); }
+            if (NCB > 2u) { w2 = channel_walk(n, min(c0 + 2u, last_c), rows, ok, r); }
             for (var px = r; px < P.w; px += P.dilation) {
                 // dy's channels at the pixel, loaded once for all NCB.
                 let g = dy_channels(dyb + px, o);
@@ -1569,6 +1563,13 @@ fn walk_start(row: vec3<u32>, ok: vec3<bool>, r: u32) -> TapWalk {
     let v = vec3<f32>(narrow_value(row.x, ok.x, i32(r)), narrow_value(row.y, ok.y, i32(r)),
                       narrow_value(row.z, ok.z, i32(r)));
     return TapWalk(row, vec3<f32>(0.0), vec3<f32>(0.0), v);
+}
+
+// walk_start for input channel c of sample n, its tap rows at `rows`
+// (offsets within the plane).
+fn channel_walk(n: u32, c: u32, rows: vec3<u32>, ok: vec3<bool>, r: u32) -> TapWalk {
+    let plane = slice_index(n, c, 0u, P.h * P.w, P.in_ctotal, P.in_coff);
+    return walk_start(rows + vec3<u32>(plane), ok, r);
 }
 
 // One pixel further: the centre becomes the left, the right the centre,

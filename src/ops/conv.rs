@@ -1521,6 +1521,10 @@ fn data_launch<'a>(
     }
 }
 
+/// The most chunks a weight-gradient launch walks on Mesa 25 and later
+/// (`chunks_per_launch`).
+const MESA_25_CHUNKS: usize = 4;
+
 /// Chunks of dy each blocked_weight launch walks (`CHUNKS`) for `bound`
 /// blocks of output channels: on CPU adapters as many as the tables a
 /// launch can bind hold (14 for a 32-channel layer, 2 for the head's 128
@@ -1535,8 +1539,8 @@ fn data_launch<'a>(
 fn chunks_per_launch(gpu: &Gpu, bound: usize, batch_len: usize, chunks: usize) -> usize {
     let most = match gpu.tuning() {
         Tuning::Cpu => {
-            let cap = if mesa_25(gpu) { 4 } else { MAX_TABLES };
-            let fit = (max_tables(gpu) / bound).min(cap);
+            let fit = max_tables(gpu) / bound;
+            let fit = if mesa_25(gpu) { fit.min(MESA_25_CHUNKS) } else { fit };
             (1..=fit).rev().find(|&n| batch_len.is_multiple_of(n)).unwrap_or(1)
         }
         Tuning::Gpu => 1,
