@@ -485,12 +485,37 @@ fn concat_is_written_in_place_by_each_layer_and_equals_cpu_concat() {
     run(gpu, &d.iter().collect::<Vec<_>>());
     assert_close("concatenation", &gpu.read(&cat).unwrap(), &cat_ref.data, 1e-5, 1e-5);
 
-    // Reading and writing one buffer in one dispatch is refused up front
-    // with a clear error, not left to a validation failure at submit.
-    let err = ops::conv::forward(gpu, cat.channels(1, 3), &gw2, &gb2, 2, cat.channels(4, 3))
-        .err()
-        .expect("aliasing accepted");
-    assert!(err.to_string().contains("one buffer"), "unclear error: {err}");
+    // A convolution straight into a slice of the buffer it reads: the
+    // blocked kernels read such an input through the output's binding (a
+    // launch may bind a buffer it writes only once); every other variant
+    // refuses it up front with a clear error, as every variant refuses
+    // overlapping slices, rather than leave it to a validation failure at
+    // submit. Per variant, not per adapter: an H200 picks a blocked kernel
+    // for this layer where lavapipe picks a narrow one.
+    let y2_ref = cpu::conv::forward(&x1, &w2, &b2, 2);
+    let in_place_ref = cpu::layout::concat(&[&x0, &x1, &y2_ref]);
+    for variant in Variant::ALL.into_iter().filter(|&v| v != Variant::BlockedSubgroup || gpu.has_subgroups(8)) {
+        let refused = |y, what: &str| {
+            let err = ops::conv::forward_with(gpu, variant, cat.channels(1, 3), &gw2, &gb2, 2, y)
+                .err()
+                .unwrap_or_else(|| panic!("{}: {what} accepted", variant.name()));
+            assert!(err.to_string().contains("one buffer"), "{}: unclear error: {err}", variant.name());
+        };
+        refused(cat.channels(3, 3), "overlapping slices");
+        if matches!(variant, Variant::Blocked | Variant::BlockedSubgroup) {
+            let cat = upload(gpu, &cpu::layout::concat(&[&x0, &x1, &Tensor::zeros(Shape::new(n, 3, h, w))]));
+            run(
+                gpu,
+                &ops::conv::forward_with(gpu, variant, cat.channels(1, 3), &gw2, &gb2, 2, cat.channels(4, 3))
+                    .unwrap()
+                    .iter()
+                    .collect::<Vec<_>>(),
+            );
+            assert_close(variant.name(), &gpu.read(&cat).unwrap(), &in_place_ref.data, 1e-5, 1e-5);
+        } else {
+            refused(cat.channels(4, 3), "one buffer read and written");
+        }
+    }
 }
 
 // ----------------------------------------------------------------------- norm
