@@ -1941,17 +1941,17 @@ fn block_dot(s: vec3<f32>, a: vec4<f32>, k: u32) -> vec3<f32> {
 
 // reduce_partials: dw (bound as `y`) gets, or with ACCUMULATE adds, the sum
 // of SPLIT partial sums [part][VALID channels][ci, tap] (bound as `x`;
-// written by blocked_weight or tiled_weight) in order: the same result
+// written by the weight kernels) in order: the same result
 // whatever the scheduling. A workgroup takes REDUCE_ENTRIES entries, each
 // summed by REDUCE_LANES invocations (every REDUCE_LANES-th part) whose sums
-// are then added in lane order: chains of SPLIT / 8 loads, not SPLIT (a GPU's
-// weight gradient has up to 512 parts; one invocation per entry took 0.1 ms
-// for a 3 -> 3 layer on an H200), neighbouring invocations reading
-// neighbouring entries. With REDUCE_LANES = 1 (CPU adapters: at most 16
+// are then added in lane order: chains of SPLIT / 32 loads on GPUs, not
+// SPLIT (a GPU's weight gradient has up to 512 parts; one invocation per
+// entry took 0.1 ms for a 3 -> 3 layer on an H200, 8 lanes 19 us),
+// neighbouring invocations reading neighbouring entries. With REDUCE_LANES = 1 (CPU adapters: at most 16
 // parts) one invocation sums an entry's parts and there is no barrier,
 // which llvmpipe runs as a switch through every invocation of the
 // workgroup: a 32 -> 32 3x3 layer's reduction took 0.8 ms with 8 lanes.
-override REDUCE_LANES: u32 = 8u;
+override REDUCE_LANES: u32 = 32u;
 override REDUCE_ENTRIES: u32 = WG / REDUCE_LANES;
 var<workgroup> lane_sums: array<f32, WG>;
 
@@ -2090,6 +2090,89 @@ fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     tiled_store(part, co0 + tm + 8u, r0 + tn, ckk, acc1);
     tiled_store(part, co0 + tm + 16u, r0 + tn, ckk, acc2);
     tiled_store(part, co0 + tm + 24u, r0 + tn, ckk, acc3);
+}
+
+// tiled_weight_narrow, for hardware GPUs: tiled_weight for at most 4
+// output channels (seo2018's layers), whose 32 x 64 tiles would be mostly
+// padding (its 3 -> 3 3x3 layers took 0.1 ms each on an H200, 25 times the
+// multiply-adds they need). A workgroup computes the 4 channels x NARROW_R
+// (ci, tap) rows of one of SPLIT parts of the pixels, staged TILE_Q pixels
+// a step as tiled_weight stages them (dy as one vec4 a pixel); invocation
+// (row, quarter) adds the products of every fourth pixel of a step for its
+// row and the 4 channels, and the quarters are added in order at the end:
+// no float atomics, the same result whatever the scheduling.
+const NARROW_R: u32 = 32u;
+var<workgroup> dy_narrow: array<vec4<f32>, TILE_Q>;
+var<workgroup> quarter_sums: array<vec4<f32>, WG_TILED>;
+
+@compute @workgroup_size(WG_TILED)
+fn tiled_weight_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let kk = K * K;
+    let ckk = P.cin * kk;
+    let tiles = (ckk + NARROW_R - 1u) / NARROW_R;
+    let g = group_index(wid, nwg);
+    let part = g / tiles;
+    let r0 = g % tiles * NARROW_R;
+    let hw = P.h * P.w;
+    let pixels = P.n * hw;
+    let steps = (pixels + TILE_Q - 1u) / TILE_Q;
+    let per_part = (steps + SPLIT - 1u) / SPLIT;
+    let q_end = min((part + 1u) * per_part * TILE_Q, pixels);
+    // Staging: pixel lq of the step, rows lrow, lrow + 4, ...; dy by the
+    // first TILE_Q invocations.
+    let lq = lid.x % TILE_Q;
+    let lrow = lid.x / TILE_Q;
+    // Computing: row tr, pixels tq, tq + 4, ... of the step.
+    let tr = lid.x % NARROW_R;
+    let tq = lid.x / NARROW_R;
+    let half = i32(K / 2u);
+    var acc = vec4<f32>(0.0);
+    for (var q0 = part * per_part * TILE_Q; q0 < q_end; q0 += TILE_Q) {
+        let q = q0 + lq;
+        let q_ok = q < q_end;
+        let n = q / hw;
+        let p = q % hw;
+        let py = i32(p / P.w);
+        let px = i32(p % P.w);
+        if (lrow == 0u) {
+            var v = vec4<f32>(0.0);
+            for (var c = 0u; c < min(P.cout, 4u); c++) {
+                if (q_ok) {
+                    v[c] = dy[slice_index(n, c, p, hw, P.out_ctotal, P.out_coff)];
+                }
+            }
+            dy_narrow[lq] = v;
+        }
+        for (var r = lrow; r < NARROW_R; r += WG_TILED / TILE_Q) {
+            let rr = r0 + r;
+            let t = rr % kk;
+            let iy = py + (i32(t / K) - half) * i32(P.dilation);
+            let ix = px + (i32(t % K) - half) * i32(P.dilation);
+            var v = 0.0;
+            if (q_ok && rr < ckk && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w)) {
+                v = x[slice_index(n, rr / kk, u32(iy) * P.w + u32(ix), hw, P.in_ctotal, P.in_coff)];
+            }
+            x_tile[lq * (NARROW_R + 1u) + r] = v;
+        }
+        workgroupBarrier();
+        for (var k = tq; k < TILE_Q; k += WG_TILED / NARROW_R) {
+            acc += dy_narrow[k] * x_tile[k * (NARROW_R + 1u) + tr];
+        }
+        workgroupBarrier();
+    }
+    quarter_sums[lid.x] = acc;
+    workgroupBarrier();
+    if (tq != 0u || r0 + tr >= ckk || part >= SPLIT) {
+        return;
+    }
+    var total = acc;
+    for (var j = 1u; j < WG_TILED / NARROW_R; j++) {
+        total += quarter_sums[j * NARROW_R + tr];
+    }
+    for (var c = 0u; c < min(P.cout, 4u); c++) {
+        dw[(part * P.cout + c) * ckk + r0 + tr] = total[c];
+    }
 }
 
 // Channel co's partial sums for rows r, r + 16, r + 32, r + 48 (those that

@@ -278,19 +278,13 @@ fn moments_parts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
 }
 
-// combine_moments: one invocation per group merges its parts' means and
-// sums of squared deviations (part_out) in part order.
-@compute @workgroup_size(WG)
-fn combine_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                   @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = element_index(wid, lid, nwg);
-    if (g >= group_count()) {
-        return;
-    }
+// Group g's parts first, first + stride, ... (part_out) merged in that
+// order as Chan et al. do: (count, mean, sum of squared deviations).
+fn merged_parts(g: u32, first: u32, stride: u32) -> vec3<f32> {
     var count = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
-    for (var part = 0u; part < PARTS; part++) {
+    for (var part = first; part < PARTS; part += stride) {
         let nb = f32(part_size(part));
         if (nb > 0.0) {
             let w = g * PARTS + part;
@@ -301,7 +295,42 @@ fn combine_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             count = total;
         }
     }
-    store_moments(g, mean, m2 / count);
+    return vec3<f32>(count, mean, m2);
+}
+
+// combine_moments: one invocation per group merges its parts in part order
+// (CPU adapters: few parts, and a workgroup barrier is dear there).
+@compute @workgroup_size(WG)
+fn combine_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = element_index(wid, lid, nwg);
+    if (g >= group_count()) {
+        return;
+    }
+    let m = merged_parts(g, 0u, 1u);
+    store_moments(g, m.y, m.z / m.x);
+}
+
+// combine_moments_wg: a workgroup per group (GPUs: up to 512 parts, whose
+// chain of dependent loads in one invocation took 40 us on an H200).
+// Invocation l merges parts l, l + WG, ... in order, then the invocations'
+// moments are merged in two fixed-order tree sums (as merge_moments does):
+// the same result whatever the scheduling.
+@compute @workgroup_size(WG)
+fn combine_moments_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g >= group_count()) {
+        return;
+    }
+    let m = merged_parts(g, lid.x, WG);
+    let count = f32(group_size());
+    let mean = workgroup_sum(lid.x, m.x * m.y) / count;
+    let dev = m.y - mean;
+    let m2 = workgroup_sum(lid.x, m.z + m.x * dev * dev);
+    if (lid.x == 0u) {
+        store_moments(g, mean, m2 / count);
+    }
 }
 
 // apply: y = x + k * (x - mean) + beta, k = gamma * inv worked out once per
@@ -422,7 +451,19 @@ fn backward_sums_parts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     }
 }
 
-// combine_sums: one invocation per group adds its parts' sums in order.
+// Group g's parts first, first + stride, ... (part_out) added in that
+// order: (sum(dy), sum(dy * xhat)).
+fn summed_parts(g: u32, first: u32, stride: u32) -> vec2<f32> {
+    var t = vec2<f32>(0.0);
+    for (var part = first; part < PARTS; part += stride) {
+        let w = g * PARTS + part;
+        t += vec2<f32>(part_out[2u * w], part_out[2u * w + 1u]);
+    }
+    return t;
+}
+
+// combine_sums: one invocation per group adds its parts' sums in order
+// (CPU adapters, as combine_moments).
 @compute @workgroup_size(WG)
 fn combine_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -430,14 +471,27 @@ fn combine_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (g >= group_count()) {
         return;
     }
-    var s_dy = 0.0;
-    var s_dy_xhat = 0.0;
-    for (var part = 0u; part < PARTS; part++) {
-        s_dy += part_out[2u * (g * PARTS + part)];
-        s_dy_xhat += part_out[2u * (g * PARTS + part) + 1u];
+    let t = summed_parts(g, 0u, 1u);
+    sums_out[2u * g] = t.x;
+    sums_out[2u * g + 1u] = t.y;
+}
+
+// combine_sums_wg: a workgroup per group (GPUs, as combine_moments_wg),
+// the invocations' sums added in a fixed-order tree.
+@compute @workgroup_size(WG)
+fn combine_sums_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g >= group_count()) {
+        return;
     }
-    sums_out[2u * g] = s_dy;
-    sums_out[2u * g + 1u] = s_dy_xhat;
+    let t = summed_parts(g, lid.x, WG);
+    let s_dy = workgroup_sum(lid.x, t.x);
+    let s_dy_xhat = workgroup_sum(lid.x, t.y);
+    if (lid.x == 0u) {
+        sums_out[2u * g] = s_dy;
+        sums_out[2u * g + 1u] = s_dy_xhat;
+    }
 }
 
 // backward_data: dx = dy + k * (dy - mean(dy) - xhat * mean(dy * xhat)),

@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use dilaseg::cpu::{self, Tensor};
-use dilaseg::gpu::{Dispatch, Gpu, Tuning};
+use dilaseg::gpu::{Dispatch, Gpu, Tuning, WORKGROUP};
 use dilaseg::nn::{self, Activation, NormStats, SigmoidLoss};
 use dilaseg::ops::{self, conv::Variant, loss::LossKind};
 use dilaseg::Shape;
@@ -835,6 +835,12 @@ fn run_kernels_match_cpu_one_pixel_per_invocation() {
     assert_eq!(gpu.run_length(), 1);
     check_norm(gpu, 3, 5, 37, 53, NormStats::PerSample, Some(Activation::RELU), -0.5, 31);
     check_norm(gpu, 2, 7, 29, 31, NormStats::PerChannel, None, 1000.0, 32);
+    // One group of more parts than a workgroup has invocations: the
+    // combining workgroup's invocations take two parts or one.
+    let labels = check_norm(gpu, 2, 1, 300, 300, NormStats::PerChannel, None, 1000.0, 34);
+    let parts = |l: &String| l.strip_suffix(" parts")?.rsplit(' ').next()?.parse::<usize>().ok();
+    assert!(labels.iter().filter_map(parts).all(|p| p > WORKGROUP), "{labels:?}");
+    assert!(labels.iter().filter_map(parts).count() == 2, "{labels:?}");
     check_act(gpu, Activation::LEAKY_RELU, 33);
     check_dropout(gpu);
 }

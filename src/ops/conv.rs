@@ -160,6 +160,8 @@ const CHAIN_WORKGROUP: usize = 64;
 const TILE_CO: usize = 32;
 const TILE_R: usize = 64;
 const TILE_P: usize = 64;
+/// tiled_weight_narrow's rows a tile (conv.wgsl's NARROW_R).
+const NARROW_R: usize = 32;
 
 /// Pixels per invocation of the narrow kernels (`NARROW_RUN` in conv.wgsl).
 const NARROW_RUN: usize = 8;
@@ -1166,10 +1168,15 @@ fn tiled_weight(
     dw: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let (rows, cout) = (x.c * k * k, dy.c);
-    let tiles = cout.div_ceil(TILE_CO) * rows.div_ceil(TILE_R);
+    // At most 4 output channels: tiles of 4 x NARROW_R (tiled_weight_narrow).
+    let (entry, tiles) = if cout <= 4 {
+        ("tiled_weight_narrow", rows.div_ceil(NARROW_R))
+    } else {
+        ("tiled_weight", cout.div_ceil(TILE_CO) * rows.div_ceil(TILE_R))
+    };
     let partials = partials_tensor(gpu, TILED_WEIGHT_GROUPS.div_ceil(tiles).min(512), cout, rows)?;
     let split = partials.shape.n;
-    let sums = kernel("tiled_weight", k).with("SPLIT", split as f64);
+    let sums = kernel(entry, k).with("SPLIT", split as f64);
     let bindings = [(1, x), (5, dy), (7, partials.view())];
     let d = gpu.dispatch(label, &sums, &p, &bindings, Grid::Groups(split * tiles))?;
     Ok(vec![d.with_flops(flops(&p, k)), reduce_partials(gpu, p, k, &partials, dw)?])
@@ -1194,7 +1201,7 @@ fn reduce_partials(gpu: &Gpu, p: Params, k: usize, partials: &Tensor, dw: &Tenso
 /// The reduce_partials launch (`reduce`: its kernel with K, COB) adding the
 /// `valid` output channels of `partials` [part][Cin * K * K][valid] from
 /// group `p.group` into `dw`: one invocation per entry on CPU adapters
-/// (`REDUCE_LANES` 1: a workgroup barrier is dear there), 8 on GPUs, whose
+/// (`REDUCE_LANES` 1: a workgroup barrier is dear there), 32 on GPUs, whose
 /// weight gradients have up to 512 parts; WG / REDUCE_LANES entries a
 /// workgroup.
 fn reduce_into(
@@ -1209,7 +1216,7 @@ fn reduce_into(
     let (split, entries) = (partials.shape.n, partials.shape.c * partials.shape.h);
     let lanes = match gpu.tuning() {
         Tuning::Cpu => 1,
-        Tuning::Gpu => 8,
+        Tuning::Gpu => 32,
     };
     let reduce = reduce.with("VALID", valid as f64).with("SPLIT", split as f64).with("REDUCE_LANES", lanes as f64);
     let grid = Grid::Groups(entries.div_ceil(WORKGROUP / lanes));

@@ -115,7 +115,7 @@ fn in_parts(
     p: Params,
     bindings: Vec<(u32, View)>,
     results: &[(u32, View)],
-    (parted, combine): (&'static str, &'static str),
+    (parted, combine): (&'static str, Combine),
     groups: usize,
     parts: usize,
 ) -> Result<Vec<Dispatch>> {
@@ -135,14 +135,28 @@ fn in_parts(
     Ok(vec![sums, combined])
 }
 
-/// The `combine` entry merging each group's per-part values
+/// The entries of norm.wgsl that merge a reduction's per-part values in
+/// order: one invocation per group (`combine_*`: CPU adapters, few parts,
+/// no workgroup barrier), or a workgroup per group (`combine_*_wg`: GPUs,
+/// up to GPU_REDUCTION_WORKGROUPS parts, which one invocation walked in
+/// 40 us on an H200, 2026-11-29).
+#[derive(Clone, Copy)]
+struct Combine {
+    per_invocation: &'static str,
+    per_workgroup: &'static str,
+}
+
+const COMBINE_MOMENTS: Combine = Combine { per_invocation: "combine_moments", per_workgroup: "combine_moments_wg" };
+const COMBINE_SUMS: Combine = Combine { per_invocation: "combine_sums", per_workgroup: "combine_sums_wg" };
+
+/// The `combine` launch merging each group's per-part values
 /// (`part_values`) in order into `results`.
 #[allow(clippy::too_many_arguments)]
 fn combine_parts(
     gpu: &Gpu,
     label: &str,
     kernel: Kernel,
-    combine: &'static str,
+    combine: Combine,
     p: Params,
     part_values: &Tensor,
     results: &[(u32, View)],
@@ -150,8 +164,12 @@ fn combine_parts(
 ) -> Result<Dispatch> {
     let mut merge = vec![(17, part_values.view())];
     merge.extend_from_slice(results);
-    let label = label.replacen(kernel.entry, combine, 1);
-    gpu.dispatch(label, &Kernel { entry: combine, ..kernel }, &p, &merge, Grid::Elements(groups))
+    let label = label.replacen(kernel.entry, combine.per_invocation, 1);
+    let (entry, grid) = match gpu.tuning() {
+        Tuning::Cpu => (combine.per_invocation, Grid::Elements(groups)),
+        Tuning::Gpu => (combine.per_workgroup, Grid::Groups(groups)),
+    };
+    gpu.dispatch(label, &Kernel { entry, ..kernel }, &p, &merge, grid)
 }
 
 /// Elements per part of the windowed reductions (norm.wgsl's PART_LEN),
@@ -227,7 +245,7 @@ fn in_windows(
     inputs: &[View],
     bindings: &[(u32, View)],
     results: &[(u32, View)],
-    (entry, combine): (&'static str, &'static str),
+    (entry, combine): (&'static str, Combine),
     groups: usize,
 ) -> Result<Option<Vec<Dispatch>>> {
     let found = PART_LENS.iter().find_map(|&len| Some((len, part_windows(gpu, inputs, stats, len)?)));
@@ -310,12 +328,12 @@ fn moments_with(
     results: Vec<(u32, View)>,
 ) -> Result<Vec<Dispatch>> {
     let groups = stats.groups(x.shape().n, x.c);
-    let entries = ("moments_windows", "combine_moments");
+    let entries = ("moments_windows", COMBINE_MOMENTS);
     if let Some(list) = in_windows(gpu, &label, &k, stats, p, &[x], &[], &results, entries, groups)? {
         return Ok(list);
     }
     let parts = reduction_parts(gpu, groups, x.shape().plane());
-    let entries = ("moments_parts", "combine_moments");
+    let entries = ("moments_parts", COMBINE_MOMENTS);
     in_parts(gpu, label, k, p, vec![(1, x)], &results, entries, groups, parts)
 }
 
@@ -414,7 +432,7 @@ pub fn backward_sums(
     ensure(sums.shape.numel() == 2 * groups, &label, || format!("sums {} for {groups} groups", sums.shape))?;
     let (kernel, p) = with_act(kernel("backward_sums", stats), params(&x, &dy), act);
     let results = [(11, sums.view())];
-    let entries = ("backward_sums_windows", "combine_sums");
+    let entries = ("backward_sums_windows", COMBINE_SUMS);
     if let Some(list) = in_windows(gpu, &label, &kernel, stats, p, &[x, dy], &t.bindings(), &results, entries, groups)?
     {
         return Ok(list);
@@ -422,7 +440,7 @@ pub fn backward_sums(
     let mut bindings = vec![(1, x), (9, dy)];
     bindings.extend(t.bindings());
     let parts = reduction_parts(gpu, groups, x.shape().plane());
-    let entries = ("backward_sums_parts", "combine_sums");
+    let entries = ("backward_sums_parts", COMBINE_SUMS);
     in_parts(gpu, label, kernel, p, bindings, &results, entries, groups, parts)
 }
 
