@@ -876,19 +876,25 @@ fn check_dropout(gpu: &Gpu) {
 
 // ----------------------------------------------------------------------- loss
 
+/// The loss as both tunings build it: its reduction in a few parts (CPU
+/// adapters) or in many (GPUs), then over the parts' sums.
 fn check_loss(logits: &Tensor, target: &[f64], kind: LossKind, expected: cpu::loss::LossGrad, probs: Option<Tensor>) {
     let gpu = gpu_or_skip!();
-    let gl = upload(gpu, logits);
-    let gt = gpu.tensor(logits.shape.with_c(1)).unwrap();
-    let grad = gpu.tensor(logits.shape).unwrap();
-    let loss = ops::loss::build(gpu, &gl, &gt, &kind, &grad).unwrap();
-    loss.write_target(gpu, &target.iter().map(|&t| t as f32).collect::<Vec<_>>()).unwrap();
-    run(gpu, &loss.dispatches.iter().collect::<Vec<_>>());
-    let sums = gpu.read(&loss.sums).unwrap();
-    assert_close("loss value", &sums[ops::loss::Loss::LOSS_INDEX..][..1], &[expected.loss], 1e-6, 1e-5);
-    assert_close("loss gradient", &gpu.read(&grad).unwrap(), &expected.grad.data, 1e-9, 1e-4);
-    if let (Some(p), Some(p_ref)) = (&loss.probs, probs) {
-        assert_close("output probabilities", &gpu.read(p).unwrap(), &p_ref.data, 1e-7, 1e-5);
+    for gpu in [gpu, common::gpu_tuned_for_gpus().expect("the adapter opened once opens again")] {
+        let gl = upload(gpu, logits);
+        let gt = gpu.tensor(logits.shape.with_c(1)).unwrap();
+        let grad = gpu.tensor(logits.shape).unwrap();
+        let loss = ops::loss::build(gpu, &gl, &gt, &kind, &grad).unwrap();
+        let parts = loss.dispatches.iter().filter(|d| d.label().ends_with(" parts")).count();
+        assert_eq!(parts, 1, "{:?} tuning: the reduction in parts", gpu.tuning());
+        loss.write_target(gpu, &target.iter().map(|&t| t as f32).collect::<Vec<_>>()).unwrap();
+        run(gpu, &loss.dispatches.iter().collect::<Vec<_>>());
+        let sums = gpu.read(&loss.sums).unwrap();
+        assert_close("loss value", &sums[ops::loss::Loss::LOSS_INDEX..][..1], &[expected.loss], 1e-6, 1e-5);
+        assert_close("loss gradient", &gpu.read(&grad).unwrap(), &expected.grad.data, 1e-9, 1e-4);
+        if let (Some(p), Some(p_ref)) = (&loss.probs, probs.as_ref()) {
+            assert_close("output probabilities", &gpu.read(p).unwrap(), &p_ref.data, 1e-7, 1e-5);
+        }
     }
 }
 

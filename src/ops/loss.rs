@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{ensure, u32_of};
+use super::{ensure, reduction_parts, u32_of};
 use crate::gpu::shaders::Family;
 use crate::gpu::{Dispatch, Gpu, Grid, Kernel, Result, Tensor, View};
 use crate::nn::SigmoidLoss;
@@ -123,13 +123,32 @@ pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad:
     let terms = gpu.tensor(Shape::new(pixels, 3, 1, 1))?;
     let sums = gpu.tensor(Shape::vector(4))?;
     let (l, t, terms_out, grad_out) = ((1, logits), (2, target), (5, &terms), (9, grad));
-    let reduce = gpu.dispatch(
+    // The reduction: in parts (a workgroup each) where there are enough
+    // pixels, then one workgroup over the parts' sums.
+    let parts = reduction_parts(gpu, 1, pixels);
+    let kernel = Kernel::new(Family::Loss, "reduce").with("PARTS", parts as f64);
+    let mut reduce = Vec::new();
+    let mut rows = terms.clone();
+    if parts > 1 {
+        let part_sums = gpu.tensor(Shape::new(parts, 3, 1, 1))?;
+        let bindings = [(6, terms.view()), (5, part_sums.view())];
+        let entry = Kernel { entry: "reduce_parts", ..kernel.clone() };
+        reduce.push(gpu.dispatch(
+            format!("{label} reduce {parts} parts"),
+            &entry,
+            &p,
+            &bindings,
+            Grid::Groups(parts),
+        )?);
+        rows = part_sums;
+    }
+    reduce.push(gpu.dispatch(
         format!("{label} reduce"),
-        &Kernel::new(Family::Loss, "reduce"),
+        &kernel,
         &p,
-        &[(6, terms.view()), (7, sums.view())],
+        &[(6, rows.view()), (7, sums.view())],
         Grid::Groups(1),
-    )?;
+    )?);
     // Each entry point binds exactly what it reads and writes.
     let (dispatches, probs, class_weights) = match kind {
         LossKind::SoftmaxCrossEntropy { class_weights } => {
@@ -141,24 +160,31 @@ pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad:
             let probs = gpu.tensor(s)?;
             let bindings = [l, t, (3, &on_device), (4, &probs), terms_out, grad_out, (10, &total)];
             let fused = stage(gpu, &label, "softmax_loss", &p, &bindings, pixels)?;
-            (vec![fused, reduce], Some(probs), Some((weights, total)))
+            (then(fused, reduce), Some(probs), Some((weights, total)))
         }
         LossKind::Sigmoid(which) => {
             let probs = gpu.tensor(s)?;
             let dispatches = if which.dice {
                 let terms_d = stage(gpu, &label, "sigmoid_terms", &p, &[l, t, (4, &probs), terms_out], pixels)?;
                 let grad_d = stage(gpu, &label, "sigmoid_grad", &p, &[l, t, (8, &sums), grad_out], pixels)?;
-                vec![terms_d, reduce, grad_d]
+                let mut list = then(terms_d, reduce);
+                list.push(grad_d);
+                list
             } else {
                 let bindings = [l, t, (4, &probs), terms_out, grad_out];
-                vec![stage(gpu, &label, "sigmoid_loss", &p, &bindings, pixels)?, reduce]
+                then(stage(gpu, &label, "sigmoid_loss", &p, &bindings, pixels)?, reduce)
             };
             (dispatches, Some(probs), None)
         }
         LossKind::Mse => {
             let fused = stage(gpu, &label, "mse_loss", &p, &[l, t, terms_out, grad_out], pixels)?;
-            (vec![fused, reduce], None, None)
+            (then(fused, reduce), None, None)
         }
     };
     Ok(Loss { dispatches, sums, probs, target: target.clone(), class_weights })
+}
+
+/// `first`, then the launches `rest`.
+fn then(first: Dispatch, rest: Vec<Dispatch>) -> Vec<Dispatch> {
+    std::iter::once(first).chain(rest).collect()
 }
