@@ -2014,6 +2014,10 @@ const TILE_R: u32 = 64u;
 const TILE_Q: u32 = 32u;
 // 8 x 16 invocations, each 4 channels x 4 rows.
 const WG_TILED: u32 = 128u;
+// Invocations staging each pixel of a step: each loads channels and rows
+// lrow + STAGERS * i, in loops of a constant trip count, which a GPU's
+// compiler can unroll to issue the loads together.
+const STAGERS: u32 = WG_TILED / TILE_Q;
 // Staged [pixel][channel or row], rows padded by one so that the stores,
 // a step's pixels across neighbouring invocations, fall in distinct banks.
 var<workgroup> dy_tile: array<f32, TILE_Q * (TILE_CO + 1u)>;
@@ -2055,14 +2059,16 @@ fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         let p = q % hw;
         let py = i32(p / P.w);
         let px = i32(p % P.w);
-        for (var c = lrow; c < TILE_CO; c += WG_TILED / TILE_Q) {
+        for (var i = 0u; i < TILE_CO / STAGERS; i++) {
+            let c = lrow + STAGERS * i;
             var v = 0.0;
             if (q_ok && co0 + c < P.cout) {
                 v = dy[slice_index(n, co0 + c, p, hw, P.out_ctotal, P.out_coff)];
             }
             dy_tile[lq * (TILE_CO + 1u) + c] = v;
         }
-        for (var r = lrow; r < TILE_R; r += WG_TILED / TILE_Q) {
+        for (var i = 0u; i < TILE_R / STAGERS; i++) {
+            let r = lrow + STAGERS * i;
             let rr = r0 + r;
             let t = rr % kk;
             let iy = py + (i32(t / K) - half) * i32(P.dilation);
@@ -2144,7 +2150,8 @@ fn tiled_weight_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
             }
             dy_narrow[lq] = v;
         }
-        for (var r = lrow; r < NARROW_R; r += WG_TILED / TILE_Q) {
+        for (var i = 0u; i < NARROW_R / STAGERS; i++) {
+            let r = lrow + STAGERS * i;
             let rr = r0 + r;
             let t = rr % kk;
             let iy = py + (i32(t / K) - half) * i32(P.dilation);
