@@ -2023,6 +2023,44 @@ const STAGERS: u32 = WG_TILED / TILE_Q;
 var<workgroup> dy_tile: array<f32, TILE_Q * (TILE_CO + 1u)>;
 var<workgroup> x_tile: array<f32, TILE_Q * (TILE_R + 1u)>;
 
+// Part `part` of SPLIT of the N x H x W pixels, in whole steps of TILE_Q:
+// its first pixel and its end.
+fn weight_part(part: u32, pixels: u32) -> vec2<u32> {
+    let steps = (pixels + TILE_Q - 1u) / TILE_Q;
+    let per_part = (steps + SPLIT - 1u) / SPLIT;
+    return vec2<u32>(min(part * per_part * TILE_Q, pixels), min((part + 1u) * per_part * TILE_Q, pixels));
+}
+
+// Pixel q of a weight-gradient step: its sample, its place in the plane,
+// its row and column, and whether it lies in the part (before `end`).
+struct StagePixel {
+    n: u32,
+    p: u32,
+    py: i32,
+    px: i32,
+    ok: bool,
+}
+
+fn stage_pixel(q: u32, end: u32, hw: u32) -> StagePixel {
+    let p = q % hw;
+    return StagePixel(q / hw, p, i32(p / P.w), i32(p % P.w), q < end);
+}
+
+// x at (ci, tap) row rr of pixel s, through the tap's dilated offset (the
+// row's (ci, tap) costs divisions by the constant K * K only): zero in the
+// padding, past the rows and past the part.
+fn staged_x(s: StagePixel, rr: u32, hw: u32) -> f32 {
+    let kk = K * K;
+    let t = rr % kk;
+    let half = i32(K / 2u);
+    let iy = s.py + (i32(t / K) - half) * i32(P.dilation);
+    let ix = s.px + (i32(t % K) - half) * i32(P.dilation);
+    if (s.ok && rr < P.cin * kk && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w)) {
+        return x[slice_index(s.n, rr / kk, u32(iy) * P.w + u32(ix), hw, P.in_ctotal, P.in_coff)];
+    }
+    return 0.0;
+}
+
 @compute @workgroup_size(WG_TILED)
 fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -2035,49 +2073,31 @@ fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let co0 = (g % tiles) / tiles_r * TILE_CO;
     let r0 = (g % tiles) % tiles_r * TILE_R;
     let hw = P.h * P.w;
-    let pixels = P.n * hw;
-    let steps = (pixels + TILE_Q - 1u) / TILE_Q;
-    let per_part = (steps + SPLIT - 1u) / SPLIT;
-    let q_end = min((part + 1u) * per_part * TILE_Q, pixels);
+    let range = weight_part(part, P.n * hw);
     // Staging: each invocation loads one pixel column (lq) of the step, for
-    // channels and rows lrow, lrow + 4, ... (the loops below); the (ci, tap)
-    // of a row costs divisions by the constant K * K only.
+    // channels and rows lrow, lrow + 4, ... (the loops below).
     let lq = lid.x % TILE_Q;
     let lrow = lid.x / TILE_Q;
     // Computing: channels tm + 8 i, rows tn + 16 j of the tile.
     let tm = lid.x / 16u;
     let tn = lid.x % 16u;
-    let half = i32(K / 2u);
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var q0 = part * per_part * TILE_Q; q0 < q_end; q0 += TILE_Q) {
-        let q = q0 + lq;
-        let q_ok = q < q_end;
-        let n = q / hw;
-        let p = q % hw;
-        let py = i32(p / P.w);
-        let px = i32(p % P.w);
+    for (var q0 = range.x; q0 < range.y; q0 += TILE_Q) {
+        let s = stage_pixel(q0 + lq, range.y, hw);
         for (var i = 0u; i < TILE_CO / STAGERS; i++) {
             let c = lrow + STAGERS * i;
             var v = 0.0;
-            if (q_ok && co0 + c < P.cout) {
-                v = dy[slice_index(n, co0 + c, p, hw, P.out_ctotal, P.out_coff)];
+            if (s.ok && co0 + c < P.cout) {
+                v = dy[slice_index(s.n, co0 + c, s.p, hw, P.out_ctotal, P.out_coff)];
             }
             dy_tile[lq * (TILE_CO + 1u) + c] = v;
         }
         for (var i = 0u; i < TILE_R / STAGERS; i++) {
             let r = lrow + STAGERS * i;
-            let rr = r0 + r;
-            let t = rr % kk;
-            let iy = py + (i32(t / K) - half) * i32(P.dilation);
-            let ix = px + (i32(t % K) - half) * i32(P.dilation);
-            var v = 0.0;
-            if (q_ok && rr < ckk && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w)) {
-                v = x[slice_index(n, rr / kk, u32(iy) * P.w + u32(ix), hw, P.in_ctotal, P.in_coff)];
-            }
-            x_tile[lq * (TILE_R + 1u) + r] = v;
+            x_tile[lq * (TILE_R + 1u) + r] = staged_x(s, r0 + r, hw);
         }
         workgroupBarrier();
         for (var k = 0u; k < TILE_Q; k++) {
@@ -2121,10 +2141,7 @@ fn tiled_weight_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     let part = g / tiles;
     let r0 = g % tiles * NARROW_R;
     let hw = P.h * P.w;
-    let pixels = P.n * hw;
-    let steps = (pixels + TILE_Q - 1u) / TILE_Q;
-    let per_part = (steps + SPLIT - 1u) / SPLIT;
-    let q_end = min((part + 1u) * per_part * TILE_Q, pixels);
+    let range = weight_part(part, P.n * hw);
     // Staging: pixel lq of the step, rows lrow, lrow + 4, ...; dy by the
     // first TILE_Q invocations.
     let lq = lid.x % TILE_Q;
@@ -2132,35 +2149,21 @@ fn tiled_weight_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     // Computing: row tr, pixels tq, tq + 4, ... of the step.
     let tr = lid.x % NARROW_R;
     let tq = lid.x / NARROW_R;
-    let half = i32(K / 2u);
     var acc = vec4<f32>(0.0);
-    for (var q0 = part * per_part * TILE_Q; q0 < q_end; q0 += TILE_Q) {
-        let q = q0 + lq;
-        let q_ok = q < q_end;
-        let n = q / hw;
-        let p = q % hw;
-        let py = i32(p / P.w);
-        let px = i32(p % P.w);
+    for (var q0 = range.x; q0 < range.y; q0 += TILE_Q) {
+        let s = stage_pixel(q0 + lq, range.y, hw);
         if (lrow == 0u) {
             var v = vec4<f32>(0.0);
             for (var c = 0u; c < min(P.cout, 4u); c++) {
-                if (q_ok) {
-                    v[c] = dy[slice_index(n, c, p, hw, P.out_ctotal, P.out_coff)];
+                if (s.ok) {
+                    v[c] = dy[slice_index(s.n, c, s.p, hw, P.out_ctotal, P.out_coff)];
                 }
             }
             dy_narrow[lq] = v;
         }
         for (var i = 0u; i < NARROW_R / STAGERS; i++) {
             let r = lrow + STAGERS * i;
-            let rr = r0 + r;
-            let t = rr % kk;
-            let iy = py + (i32(t / K) - half) * i32(P.dilation);
-            let ix = px + (i32(t % K) - half) * i32(P.dilation);
-            var v = 0.0;
-            if (q_ok && rr < ckk && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w)) {
-                v = x[slice_index(n, rr / kk, u32(iy) * P.w + u32(ix), hw, P.in_ctotal, P.in_coff)];
-            }
-            x_tile[lq * (NARROW_R + 1u) + r] = v;
+            x_tile[lq * (NARROW_R + 1u) + r] = staged_x(s, r0 + r, hw);
         }
         workgroupBarrier();
         for (var k = tq; k < TILE_Q; k += WG_TILED / NARROW_R) {

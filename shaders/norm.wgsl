@@ -420,6 +420,12 @@ fn part_sums(w: u32, lid: u32) -> vec2<f32> {
     return vec2<f32>(t_dy, workgroup_sum(lid, s_dy_xhat));
 }
 
+// Group g's sum(dy) and sum(dy * xhat) into sums_out.
+fn store_sums(g: u32, t: vec2<f32>) {
+    sums_out[2u * g] = t.x;
+    sums_out[2u * g + 1u] = t.y;
+}
+
 // backward_sums: one workgroup per group (PARTS = 1).
 @compute @workgroup_size(WG)
 fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -430,8 +436,7 @@ fn backward_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     let t = part_sums(g, lid.x);
     if (lid.x == 0u) {
-        sums_out[2u * g] = t.x;
-        sums_out[2u * g + 1u] = t.y;
+        store_sums(g, t);
     }
 }
 
@@ -471,9 +476,7 @@ fn combine_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (g >= group_count()) {
         return;
     }
-    let t = summed_parts(g, 0u, 1u);
-    sums_out[2u * g] = t.x;
-    sums_out[2u * g + 1u] = t.y;
+    store_sums(g, summed_parts(g, 0u, 1u));
 }
 
 // combine_sums_wg: a workgroup per group (GPUs, as combine_moments_wg),
@@ -489,8 +492,7 @@ fn combine_sums_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let s_dy = workgroup_sum(lid.x, t.x);
     let s_dy_xhat = workgroup_sum(lid.x, t.y);
     if (lid.x == 0u) {
-        sums_out[2u * g] = s_dy;
-        sums_out[2u * g + 1u] = s_dy_xhat;
+        store_sums(g, vec2<f32>(s_dy, s_dy_xhat));
     }
 }
 
