@@ -128,8 +128,7 @@ pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad:
     let parts = reduction_parts(gpu, 1, pixels);
     let kernel = Kernel::new(Family::Loss, "reduce").with("PARTS", parts as f64);
     let mut reduce = Vec::new();
-    let mut rows = terms.clone();
-    if parts > 1 {
+    let rows = if parts > 1 {
         let part_sums = gpu.tensor(Shape::new(parts, 3, 1, 1))?;
         let bindings = [(6, terms.view()), (5, part_sums.view())];
         let entry = Kernel { entry: "reduce_parts", ..kernel.clone() };
@@ -140,8 +139,10 @@ pub fn build(gpu: &Gpu, logits: &Tensor, target: &Tensor, kind: &LossKind, grad:
             &bindings,
             Grid::Groups(parts),
         )?);
-        rows = part_sums;
-    }
+        part_sums
+    } else {
+        terms.clone()
+    };
     reduce.push(gpu.dispatch(
         format!("{label} reduce"),
         &kernel,
