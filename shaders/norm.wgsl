@@ -7,8 +7,10 @@
 //   plane's pixels, so that a few groups still fill a GPU); one pass over
 //   the part, each invocation's sums shifted by its first value, merged in
 //   fixed trees (see part_moments). Sound on post-ReLU activations with
-//   large means, no float atomics. With PARTS > 1, combine_moments then merges the parts' means
-//   and squared deviations in order (Chan et al.'s pairwise update). Each
+//   large means, no float atomics. With PARTS > 1, combine_moments (one
+//   invocation per group; on GPUs combine_moments_wg, a workgroup per
+//   group) then merges the parts' means and squared deviations in order
+//   (Chan et al.'s pairwise update). Each
 //   invocation reads runs of RUN pixels per trip: with one pixel a trip,
 //   the loop's own cost made moments and backward_sums 1.3-1.6x slower on
 //   lavapipe (2026-11-28);
@@ -19,7 +21,8 @@
 // - update_running: one invocation per channel, PyTorch's momentum update
 //   with the unbiased variance;
 // - backward_sums: one workgroup per group and part: sum(dy) and
-//   sum(dy * xhat); with PARTS > 1, combine_sums adds the parts in order;
+//   sum(dy * xhat); with PARTS > 1, combine_sums (or combine_sums_wg)
+//   adds the parts in order;
 // - backward_data: one invocation per run of RUN pixels, likewise;
 // - param_grads: one invocation per channel, summing its groups in order.
 // With ACT the activation after the block is fused into apply and the
