@@ -226,7 +226,8 @@ const NARROW_WEIGHT_CIN: usize = 3;
 const PACK_BATCH: usize = 28;
 
 /// Workgroups the tiled weight gradient aims for: its (Cout / 32) x (Cin *
-/// K * K / 64) tiles, times as many pixel parts as it takes to give a large
+/// K * K / 64) tiles (Cin * K * K / 32 for at most 4 output channels),
+/// times as many pixel parts as it takes to give a large
 /// GPU (132 multiprocessors on an H200) several workgroups each, at most
 /// 512 parts. The parts do not depend on the image size (parts past the
 /// pixels sum nothing), so a graph's memory stays affine in its pixel count
