@@ -1,11 +1,13 @@
 // Elementwise family: the activation (ReLU when slope = 0, LeakyReLU
 // otherwise), its backward, and the per-layer residual add.
-// One invocation per run of RUN pixels of an (n, c, hw) view; `a` and `b`
-// are channel slices (c_total, c_off) of their buffers.
+// One invocation per run of RUN pixels of an (n, c, hw) view; `a`, `b`
+// and `g` are channel slices (c_total, c_off) of their buffers.
 //
 // - act_forward:  b = act(a)            (src -> dst)
-// - act_backward: b *= act'(a), where a is the activation's OUTPUT (y > 0
-//   exactly where x > 0), in place on the gradient b
+// - act_backward: b = g * act'(a), where a is the activation's output or
+//   its input (the same sign), g the output's gradient (grad -> dst): out
+//   of place, since g may lie in the concatenation's gradient beside the
+//   block input's, which the convolution's data pass then writes
 // - add:          b += a (src -> dst): the residual x_i += x_{i-1} and its
 //   backward, between parts of the concatenation in separate buffers
 // - add_within:   b += a, both slices of ONE buffer (bound once, read-write):
@@ -21,11 +23,16 @@ struct Params {
     a_coff: u32,
     b_ctotal: u32,
     b_coff: u32,
+    g_ctotal: u32,
+    g_coff: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
 
 // Invocation i's run of RUN pixels (common.wgsl): (first index in a,
 // first index in b, pixels in the run; 0 past the last run).
@@ -34,10 +41,12 @@ fn run_indices(i: u32) -> vec3<u32> {
         return vec3<u32>(0u);
     }
     let r = plane_run(i, P.hw);
-    let n = r.x / P.c;
-    let c = r.x % P.c;
-    return vec3<u32>(slice_index(n, c, r.y, P.hw, P.a_ctotal, P.a_coff),
-                     slice_index(n, c, r.y, P.hw, P.b_ctotal, P.b_coff), min(RUN, P.hw - r.y));
+    return vec3<u32>(run_start(r, P.a_ctotal, P.a_coff), run_start(r, P.b_ctotal, P.b_coff), min(RUN, P.hw - r.y));
+}
+
+// The first index of run r (plane, first pixel) in a slice (c_total, c_off).
+fn run_start(r: vec2<u32>, c_total: u32, c_off: u32) -> u32 {
+    return slice_index(r.x / P.c, r.x % P.c, r.y, P.hw, c_total, c_off);
 }
 
 @compute @workgroup_size(WG)
@@ -55,10 +64,12 @@ fn act_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 @compute @workgroup_size(WG)
 fn act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = run_indices(element_index(wid, lid, nwg));
+    let i = element_index(wid, lid, nwg);
+    let r = run_indices(i);
+    let at = run_start(plane_run(i, P.hw), P.g_ctotal, P.g_coff);
     for (var t = 0u; t < RUN; t++) {
         if (t < r.z) {
-            let g = dst[r.y + t];
+            let g = grad[at + t];
             dst[r.y + t] = select(P.slope * g, g, src[r.x + t] > 0.0);
         }
     }

@@ -764,12 +764,16 @@ fn check_act(gpu: &Gpu, act: Activation, seed: u64) {
     let dx_ref = cpu::act::backward(&y_ref, &dy, act);
     let gx = upload(gpu, &embed(&mut rng, &x, 1, 1));
     let gy = gpu.tensor(Shape::new(3, 7, 37, 53)).unwrap();
+    // dy and dx in slices of their own buffers at different offsets.
     let gdy = upload(gpu, &embed(&mut rng, &dy, 2, 2));
+    let gdx = gpu.tensor(Shape::new(3, 9, 37, 53)).unwrap();
     let f = ops::elementwise::act_forward(gpu, gx.channels(1, 5), act, gy.channels(2, 5)).unwrap();
-    let b = ops::elementwise::act_backward(gpu, gy.channels(2, 5), act, gdy.channels(2, 5)).unwrap();
+    let b =
+        ops::elementwise::act_backward(gpu, gy.channels(2, 5), act, gdy.channels(2, 5), gdx.channels(4, 5)).unwrap();
     run(gpu, &[&f, &b]);
     assert_close("activation forward", &read_channels(gpu, &gy, 2, 5), &y_ref.data, 0.0, 1e-6);
-    assert_close("activation backward", &read_channels(gpu, &gdy, 2, 5), &dx_ref.data, 0.0, 1e-6);
+    assert_close("activation backward", &read_channels(gpu, &gdx, 4, 5), &dx_ref.data, 0.0, 1e-6);
+    assert_close("its gradient left alone", &read_channels(gpu, &gdy, 2, 5), &dy.data, 0.0, 0.0);
 }
 
 #[test]

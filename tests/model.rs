@@ -203,6 +203,36 @@ fn training_steps_with_the_gpu_kernels_match_cpu() {
     check_training_step_on(gpu, narrow(ModelConfig::lungnet()), Shape::new(2, 1, 33, 29), 9);
 }
 
+/// MODEL.md's other choices: no norm (each layer's output written straight
+/// into the concatenation, its gradient read back from it), leaky ReLU, a
+/// sigmoid output and residuals; at a width the narrow kernels take and one
+/// the blocked kernels take, with both kernel tunings. A PyTorch model
+/// built from MODEL.md found the norm-less training step refused
+/// (docs/measure/torch_agree.py).
+#[test]
+fn training_steps_without_norm_with_leaky_relu_and_sigmoid_match_cpu() {
+    use dilaseg::model::config::{ActKind, NormKind};
+    let gpu = gpu_or_skip!();
+    let tuned = common::gpu_tuned_for_gpus();
+    for (width, residual) in [(3, true), (8, false), (8, true)] {
+        let cfg = ModelConfig {
+            norm: NormKind::None,
+            act: ActKind::LeakyRelu { slope: 0.1 },
+            output: OutputKind::Sigmoid,
+            out_channels: 1,
+            layer_residual: residual,
+            dropout: 0.0,
+            width,
+            head: vec![5],
+            ..ModelConfig::lungnet()
+        };
+        check_training_step_on(gpu, cfg.clone(), Shape::new(2, 1, 33, 29), 14);
+        if let Some(tuned) = tuned {
+            check_training_step_on(tuned, cfg, Shape::new(1, 1, 45, 61), 15);
+        }
+    }
+}
+
 #[test]
 fn seo2018_training_step_matches_cpu_on_45x61() {
     check_training_step(narrow(ModelConfig::seo2018()), Shape::new(1, 1, 45, 61), 4);

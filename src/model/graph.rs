@@ -763,7 +763,8 @@ impl Graph {
     }
 
     /// Backward through act(norm_block(conv(input))) from the gradient of
-    /// its activation output `dout` (modified in place).
+    /// its activation output `dout` (left as it is: a layer residual's gradient
+    /// is read from it afterwards).
     #[allow(clippy::too_many_arguments)]
     fn block_backward(
         &self,
@@ -776,24 +777,24 @@ impl Graph {
         dinput: Option<InputGrad>,
     ) -> Result<()> {
         let act = self.arch.config.activation();
-        let dt_tensor;
         let db = g.of(&format!("{}.bias", b.conv));
-        let dt = match &bb.norm {
+        // The convolution output's gradient, in a tensor of its own: dout
+        // may be a slice of the concatenation's gradient, beside the slice
+        // the convolution's data pass writes.
+        let dt = bld.gpu.tensor(bb.t.view().shape())?;
+        match &bb.norm {
             Some((prefix, bufs)) => {
-                dt_tensor = bld.gpu.tensor(bb.t.view().shape())?;
-                let dx = Some((dt_tensor.view(), &db));
+                let dx = Some((dt.view(), &db));
                 bld.norm_backward(out, g, prefix, bufs, bb.t.view(), Some(act), dout, dx)?;
-                dt_tensor.view()
             }
             None => {
                 // The activation's derivative depends only on the sign of
-                // its input, the convolution's output here; in place.
-                out.push(ops::elementwise::act_backward(bld.gpu, bb.t.view(), act, dout)?);
-                out.extend(ops::conv::backward_bias(bld.gpu, dout, &db)?);
-                dout
+                // its input, the convolution's output here.
+                out.push(ops::elementwise::act_backward(bld.gpu, bb.t.view(), act, dout, dt.view())?);
+                out.extend(ops::conv::backward_bias(bld.gpu, dt.view(), &db)?);
             }
-        };
-        bld.conv_backward(out, g, b, (&bb.input, bb.drop), dt, dinput)
+        }
+        bld.conv_backward(out, g, b, (&bb.input, bb.drop), dt.view(), dinput)
     }
 }
 

@@ -19,9 +19,19 @@ pub(super) struct Params {
     a_coff: u32,
     b_ctotal: u32,
     b_coff: u32,
+    g_ctotal: u32,
+    g_coff: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
+/// The parameters of a launch over slices a and b (and g, act_backward's
+/// gradient; b where unused).
 fn params(a: &View, b: &View, slope: f32) -> Params {
+    params_with(a, b, b, slope)
+}
+
+fn params_with(a: &View, b: &View, g: &View, slope: f32) -> Params {
     let s = a.shape();
     Params {
         n: u32_of(s.n),
@@ -32,6 +42,10 @@ fn params(a: &View, b: &View, slope: f32) -> Params {
         a_coff: u32_of(a.c_offset),
         b_ctotal: u32_of(b.tensor.shape.c),
         b_coff: u32_of(b.c_offset),
+        g_ctotal: u32_of(g.tensor.shape.c),
+        g_coff: u32_of(g.c_offset),
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
@@ -44,13 +58,18 @@ pub fn act_forward(gpu: &Gpu, x: View, act: Activation, y: View) -> Result<Dispa
     gpu.dispatch(label, &kernel, &params(&x, &y, act.slope), &bindings, run_grid(gpu, &x))
 }
 
-/// `dy *= act'(y)` in place, from the activation's output `y`.
-pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View) -> Result<Dispatch> {
+/// `dx = dy * act'(y)`, from the activation's output `y` (or its input:
+/// the same sign). Out of place: in a block without a norm, dy is a slice
+/// of the concatenation's gradient beside the block input's, which the
+/// convolution's data pass writes, and a dispatch may not bind a buffer it
+/// writes twice.
+pub fn act_backward(gpu: &Gpu, y: View, act: Activation, dy: View, dx: View) -> Result<Dispatch> {
     let label = format!("act.backward {} slope {}", y.shape(), act.slope);
     ensure_same(&label, &y, &dy)?;
-    let bindings = [(1, y), (2, dy)];
+    ensure_same(&label, &y, &dx)?;
+    let bindings = [(1, y), (2, dx), (3, dy)];
     let kernel = Kernel::new(Family::Elementwise, "act_backward");
-    gpu.dispatch(label, &kernel, &params(&y, &dy, act.slope), &bindings, run_grid(gpu, &y))
+    gpu.dispatch(label, &kernel, &params_with(&y, &dx, &dy, act.slope), &bindings, run_grid(gpu, &y))
 }
 
 /// `dst += src` (the residual and its backward, between parts of the
