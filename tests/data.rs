@@ -74,12 +74,16 @@ fn sixteen_bit_pixels_scale_by_65535_and_masks_threshold_at_32767() {
 }
 
 #[test]
-fn colour_converts_to_grey_with_itu_601_weights_and_8_bit_masks_threshold_at_127() {
+fn colour_converts_to_grey_as_pils_l_and_8_bit_masks_threshold_at_127() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.png");
-    image::RgbImage::from_raw(2, 1, vec![255, 0, 0, 0, 0, 255]).unwrap().save(&path).unwrap();
+    let pixels = [[10, 200, 31], [255, 255, 255], [0, 0, 0], [1, 2, 3], [128, 127, 128], [255, 0, 0], [0, 255, 0]];
+    image::RgbImage::from_raw(7, 1, pixels.concat()).unwrap().save(&path).unwrap();
     let p = load_image(&path, 1).unwrap();
-    assert!((p.data[0] - 0.299).abs() < 1e-6 && (p.data[1] - 0.114).abs() < 1e-6, "{:?}", p.data);
+    // What Pillow 13's Image.convert("L") gives for these pixels (its
+    // rounded fixed-point ITU-R 601 luma; unrounded, the first is 123.924).
+    let pil = [124, 255, 0, 2, 127, 76, 150];
+    assert_eq!(p.data, pil.map(|v| v as f32 / 255.0), "grey values");
     let path = dir.path().join("m.png");
     image::GrayImage::from_raw(3, 1, vec![127, 128, 255]).unwrap().save(&path).unwrap();
     assert_eq!(load_mask(&path).unwrap().data, [0.0, 1.0, 1.0]);

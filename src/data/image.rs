@@ -1,6 +1,7 @@
 //! Image files to tensors, as MODEL.md says: pixels scaled to [0, 1]
 //! (8-bit / 255, 16-bit / 65535), colour converted to one grey channel with
-//! ITU-R 601 luma weights (as PIL's "L") unless the model takes 3 channels,
+//! ITU-R 601 luma weights (8-bit colour exactly as PIL's "L", rounded to 8
+//! bits) unless the model takes 3 channels,
 //! masks foreground where the grey value is > 127 (8-bit) or > 32767 (16-bit).
 //! Resizing is bilinear for images (half-pixel centres, no antialiasing,
 //! as PyTorch's `interpolate(mode="bilinear")`) and nearest for masks.
@@ -21,6 +22,16 @@ pub struct Planes {
 }
 
 const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+
+/// PIL's "L" from 8-bit RGB, which MODEL.md names: the luma in 16-bit fixed
+/// point, rounded to an 8-bit value (Pillow's Convert.c), so that a PyTorch
+/// reader that converts with PIL sees the same grey values (unrounded, a
+/// fresh lungnet's scores differed by up to 0.65 on a colour image:
+/// docs/measure/torch_agree.py).
+fn pil_luma(p: &image::Rgb<u8>) -> f32 {
+    let [r, g, b] = p.0.map(u32::from);
+    ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as f32 / 255.0
+}
 
 fn open(path: &Path) -> Result<DynamicImage, DataError> {
     let bytes =
@@ -54,9 +65,12 @@ fn is_16_bit(img: &DynamicImage) -> bool {
     img.color().bytes_per_pixel() / img.color().channel_count() >= 2
 }
 
-/// Grey values in [0, 1] (luma for colour images).
+/// Grey values in [0, 1] (luma for colour images: PIL's for 8-bit ones;
+/// 16-bit colour, which PIL does not convert, unrounded).
 fn grey(img: &DynamicImage) -> Vec<f32> {
-    if img.color().has_color() {
+    if img.color().has_color() && !is_16_bit(img) {
+        img.to_rgb8().pixels().map(pil_luma).collect()
+    } else if img.color().has_color() {
         img.to_rgb32f().pixels().map(|p| LUMA[0] * p[0] + LUMA[1] * p[1] + LUMA[2] * p[2]).collect()
     } else {
         img.to_luma32f().into_raw()
