@@ -203,6 +203,22 @@ override LAZY: bool = false;
 // lets a dispatch that writes a buffer bind it only once.
 override X_IN_Y: bool = false;
 
+// The blocked 1x1 forward reading x from interleave_channels' copy
+// (X_INTERLEAVED): [sample][tile of INTERLEAVE pixels][channel][pixel], a
+// pixel's input channels INTERLEAVE floats apart instead of a plane apart.
+// From the planes, a chain's walk over the head's 321 input channels
+// touched 321 lines 256 KiB apart, and waited for each miss
+// (docs/KERNELS.md, "Channels interleaved for the 1x1 forward").
+override X_INTERLEAVED: bool = false;
+const INTERLEAVE: u32 = 8u;
+
+// The elements of input channel ci at pixels q of sample n in the copy.
+fn interleaved_at(n: u32, ci: u32, q: vec3<u32>) -> vec3<u32> {
+    let tiles = (P.h * P.w + INTERLEAVE - 1u) / INTERLEAVE;
+    let row = P.cin * INTERLEAVE;
+    return vec3<u32>(n * tiles * row + ci * INTERLEAVE) + (q / INTERLEAVE) * row + q % INTERLEAVE;
+}
+
 fn x_at(i: u32) -> f32 {
     var v: f32;
     if (X_IN_Y) {
@@ -865,10 +881,13 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
         if (K == 1u) {
             // Columns past the row are clamped into it: their pixels are
             // not stored.
-            let at = plane + row.y;
-            var v = vec3<f32>(block_input(x_at(at + k.at.y), a), 0.0, 0.0);
-            if (CHAIN > 1u) { v.y = block_input(x_at(at + k.at.z), a); }
-            if (CHAIN > 2u) { v.z = block_input(x_at(at + k.at.w), a); }
+            var at = vec3<u32>(plane + row.y) + k.at.yzw;
+            if (X_INTERLEAVED) {
+                at = interleaved_at(start.x, ci, vec3<u32>(row.y) + k.at.yzw);
+            }
+            var v = vec3<f32>(block_input(x_at(at.x), a), 0.0, 0.0);
+            if (CHAIN > 1u) { v.y = block_input(x_at(at.y), a); }
+            if (CHAIN > 2u) { v.z = block_input(x_at(at.z), a); }
             if (masked) {
                 let m = mask_base + ci * hw;
                 v = vec3<f32>(dropped(v.x, key, m + k.at.y), dropped(v.y, key, m + k.at.z),
@@ -1034,6 +1053,45 @@ fn blocked_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     var zero: Chain;
     chain_store(start, blocked_sums(start, lane, false), zero);
+}
+
+// interleave_channels: x's view (P.cin channels) copied into y as
+// X_INTERLEAVED reads it, an invocation per (sample, tile, channel);
+// pixels past the plane are zero. A workgroup takes 32 tiles of 8
+// channels, each subgroup one tile's 8 channels: its stores are one run of
+// 256 bytes, and the workgroup reads 8 planes, 1 KiB of each (a workgroup
+// per tile of 256 channels, its reads spread over 256 planes, took 40 ms
+// for the head's input on lavapipe, against 27). With VEC4 (planes of a
+// multiple of 8 pixels) a tile is two vec4 loads.
+const INTERLEAVE_GROUP: u32 = 32u;
+
+@compute @workgroup_size(WG)
+fn interleave_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let hw = P.h * P.w;
+    let tiles = (hw + INTERLEAVE - 1u) / INTERLEAVE;
+    let channel_blocks = (P.cin + 7u) / 8u;
+    let g = group_index(wid, nwg);
+    let c = (g % channel_blocks) * 8u + lid.x % 8u;
+    let tile = (g / channel_blocks % ((tiles + INTERLEAVE_GROUP - 1u) / INTERLEAVE_GROUP)) * INTERLEAVE_GROUP + lid.x / 8u;
+    let n = g / (channel_blocks * ((tiles + INTERLEAVE_GROUP - 1u) / INTERLEAVE_GROUP));
+    if (n >= P.n || c >= P.cin || tile >= tiles) {
+        return;
+    }
+    let p = tile * INTERLEAVE;
+    let at = slice_index(n, c, p, hw, P.in_ctotal, P.in_coff);
+    let out = ((n * tiles + tile) * P.cin + c) * 2u;
+    if (VEC4) {
+        y4[out] = x4[at / 4u];
+        y4[out + 1u] = x4[at / 4u + 1u];
+    } else {
+        var v: array<f32, INTERLEAVE>;
+        for (var t = 0u; t < INTERLEAVE; t++) {
+            v[t] = select(0.0, x[min(at + t, at + hw - 1u - p)], p + t < hw);
+        }
+        y4[out] = vec4<f32>(v[0], v[1], v[2], v[3]);
+        y4[out + 1u] = vec4<f32>(v[4], v[5], v[6], v[7]);
+    }
 }
 
 // The narrow kernels (narrow_forward, narrow_data; one group of at most 4

@@ -177,11 +177,19 @@ fn check_conv_parts(gpu: &Gpu, k: usize, dilation: usize, seed: u64) {
 #[test]
 fn conv1x1_with_fused_dropout_matches_cpu_dropout_then_conv() {
     let gpu = gpu_or_skip!();
-    let mut rng = Rng::new(35);
-    let (n, h, w, cout, sizes) = (2, 13, 17, 7, [5, 6, 9]);
+    check_fused_dropout(gpu, [5, 6, 9], 35);
+    // A part and a slice of over 256 channels: read from an interleaved
+    // copy on CPU adapters, the mask still by the concatenation's index.
+    check_fused_dropout(gpu, [257, 5, 66], 36);
+}
+
+fn check_fused_dropout(gpu: &Gpu, sizes: [usize; 3], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (n, h, w, cout) = (2, 13, 17, 7);
+    let cin: usize = sizes.iter().sum();
     let (p, seed, step) = (0.4, 321, 3);
-    let x = rng.tensor(Shape::new(n, 20, h, w), -1.0, 1.0);
-    let wt = rng.tensor(Shape::new(cout, 20, 1, 1), -0.5, 0.5);
+    let x = rng.tensor(Shape::new(n, cin, h, w), -1.0, 1.0);
+    let wt = rng.tensor(Shape::new(cout, cin, 1, 1), -0.5, 0.5);
     let b = rng.vec(cout, -0.5, 0.5);
     let dy = rng.tensor(Shape::new(n, cout, h, w), -1.0, 1.0);
     let dropped = cpu::dropout::forward(&x, p, seed, step);
@@ -205,7 +213,7 @@ fn conv1x1_with_fused_dropout_matches_cpu_dropout_then_conv() {
     let gdx_embedded = upload(gpu, &embed(&mut rng, &x, 1, 4));
     let layouts = [
         (gparts.iter().map(|t| t.view()).collect::<Vec<_>>(), gdx.iter().map(|t| t.view()).collect::<Vec<_>>()),
-        (vec![embedded.channels(2, 20)], vec![gdx_embedded.channels(1, 20)]),
+        (vec![embedded.channels(2, cin)], vec![gdx_embedded.channels(1, cin)]),
     ];
     for (what, (xs, dxs)) in ["parts", "a slice"].into_iter().zip(layouts) {
         if !ops::conv::takes_dropout(gpu, &xs, cout) {
@@ -224,7 +232,7 @@ fn conv1x1_with_fused_dropout_matches_cpu_dropout_then_conv() {
         let dx: Vec<f32> = if dxs.len() > 1 {
             gdx.iter().flat_map(|t| gpu.read(t).unwrap()).collect()
         } else {
-            read_channels(gpu, &gdx_embedded, 1, 20)
+            read_channels(gpu, &gdx_embedded, 1, cin)
         };
         let dx_ref: Vec<f64> = if dxs.len() > 1 {
             let mut c0 = 0;
@@ -451,6 +459,27 @@ fn weight_gradient_launches_of_many_tables_match_cpu() {
     let blocked = [Variant::Blocked, Variant::BlockedSubgroup];
     check_conv_with(&blocked, 2, 5, 130, 23, 29, 1, 1, 19);
     check_conv_with(&blocked, 2, 3, 65, 41, 37, 3, 7, 20);
+}
+
+/// 260 input channels: on CPU adapters the blocked forward reads a
+/// channel-interleaved copy of its input (143 pixels a plane: the last tile of 8
+/// is short), with one table of outputs and with two.
+#[test]
+fn conv1x1_over_an_interleaved_copy_of_260_channels_matches_cpu() {
+    let gpu = gpu_or_skip!();
+    check_conv(2, 260, 5, 13, 11, 1, 1, 24);
+    check_conv(2, 260, 40, 11, 13, 1, 1, 25);
+    // Planes of a multiple of 8 pixels: the copy from aligned vec4s.
+    check_conv(1, 260, 5, 8, 12, 1, 1, 26);
+    let x = gpu.tensor(Shape::new(2, 260, 13, 11)).unwrap();
+    let (w, b, y) = (
+        gpu.tensor(Shape::new(5, 260, 1, 1)).unwrap(),
+        gpu.tensor(Shape::vector(5)).unwrap(),
+        gpu.tensor(Shape::new(2, 5, 13, 11)).unwrap(),
+    );
+    let list = ops::conv::forward_with(gpu, Variant::Blocked, x.view(), &w, &b, 1, y.view()).unwrap();
+    let copies = list.iter().filter(|d| d.label().starts_with("conv.interleave_channels")).count();
+    assert_eq!(copies, usize::from(gpu.tuning() == Tuning::Cpu), "interleaved copies with {:?} tuning", gpu.tuning());
 }
 
 #[test]

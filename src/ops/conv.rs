@@ -888,6 +888,17 @@ fn blocked(
     let tables = if narrow { 1 } else { tables(gpu, cout, cob) };
     let blocks = cout.div_ceil(per_table);
     let mut list = Vec::new();
+    // Many input channels of a 1x1 forward on a CPU adapter: read from a
+    // channel-interleaved copy (X_INTERLEAVED in conv.wgsl), made here.
+    let copy = match pass == Pass::Forward && k == 1 && chain > 1 && cin >= INTERLEAVED_X_CIN {
+        true => interleave_channels(gpu, &p, input)?,
+        false => None,
+    };
+    let interleaved = copy.map(|(tensor, d)| {
+        list.push(d);
+        tensor
+    });
+    let x_interleaved = interleaved.as_ref().map(Tensor::view);
     for group in 0..blocks.div_ceil(tables) {
         let first = group * tables;
         let mut packed: Vec<Tensor> = Vec::new();
@@ -909,7 +920,11 @@ fn blocked(
         if in_place {
             ensure_apart(&label, &input, &output)?;
         }
-        let mut bindings = if in_place { vec![(4, output)] } else { vec![(1, input), (4, output)] };
+        let mut bindings = match (in_place, x_interleaved) {
+            (true, _) => vec![(4, output)],
+            (false, Some(copy)) => vec![(1, copy), (4, output)],
+            (false, None) => vec![(1, input), (4, output)],
+        };
         bindings.extend(bias.map(|b| (3, b.view())));
         let vec4 = narrow && narrow_vec4(k, s.w, &p);
         if vec4 {
@@ -945,6 +960,7 @@ fn blocked(
         let drop = p.drop_p > 0.0;
         for (launch, grid, band) in launches {
             let launch = launch
+                .with("X_INTERLEAVED", f64::from(u8::from(x_interleaved.is_some())))
                 .with("LAZY", f64::from(u8::from(lazy.is_some())))
                 .with("X_IN_Y", f64::from(u8::from(in_place)))
                 .with("VALID", valid as f64)
@@ -965,6 +981,48 @@ fn blocked(
         }
     }
     Ok(list)
+}
+
+/// Input channels from which a blocked 1x1 forward on a CPU adapter reads
+/// a channel-interleaved copy of its input (`interleave_channels`): from
+/// the planes each chain walks as many lines 256 KiB apart as there are
+/// input channels, and waits for each miss. On lavapipe (2026-11-29,
+/// docs/KERNELS.md) the head's 321 -> 128 forward at 256x256 took 99-101
+/// ms instead of 148-152, its copy 26-28; but with 128 or 129 channels the
+/// copy cost what it saved (the 128 -> 32 forward 18-19 ms instead of
+/// 31-32, its copy 10-11; the head at 420x580, whose concatenation is held
+/// in parts of 129, 128 and 64 channels, 88 ms saved and 114 spent).
+const INTERLEAVED_X_CIN: usize = 256;
+
+/// Pixels per tile of the interleaved copy (conv.wgsl's INTERLEAVE), and
+/// tiles per workgroup of the launch that makes it (INTERLEAVE_GROUP).
+const INTERLEAVE: usize = 8;
+const INTERLEAVE_GROUP: usize = 32;
+
+/// A copy of `input` as X_INTERLEAVED reads it ([sample][tile of
+/// INTERLEAVE pixels][channel][pixel]), and the launch that makes it; None
+/// where the copy would exceed a storage binding.
+fn interleave_channels(gpu: &Gpu, p: &Params, input: View) -> Result<Option<(Tensor, Dispatch)>> {
+    let s = input.shape();
+    let tiles = s.plane().div_ceil(INTERLEAVE);
+    let shape = Shape::new(s.n, tiles, s.c, INTERLEAVE);
+    if shape.numel() as u64 * 4 > gpu.limits.max_storage_buffer_binding_size as u64 {
+        return Ok(None);
+    }
+    let copy = gpu.tensor(shape)?;
+    // Whole tiles from aligned vec4s where planes hold a multiple of 8 pixels.
+    let vec4 = s.plane() % INTERLEAVE == 0;
+    let input_binding = if vec4 { X4_BINDING } else { 1 };
+    let grid = Grid::Groups(s.n * tiles.div_ceil(INTERLEAVE_GROUP) * s.c.div_ceil(8));
+    let d = gpu.dispatch(
+        format!("conv.interleave_channels {}", s),
+        &Kernel::new(Family::Conv, "interleave_channels").with("VEC4", f64::from(u8::from(vec4))),
+        p,
+        &[(input_binding, input.stored()), (Y4_BINDING, copy.view())],
+        grid,
+    )?;
+    let bytes = 4.0 * (s.numel() + shape.numel()) as f64;
+    Ok(Some((copy, d.with_bytes(bytes))))
 }
 
 /// Rows of the input one window holds (the band a windowed launch
