@@ -1006,12 +1006,12 @@ fn interleave_channels(gpu: &Gpu, p: &Params, input: View) -> Result<Option<(Ten
     let s = input.shape();
     let tiles = s.plane().div_ceil(INTERLEAVE);
     let shape = Shape::new(s.n, tiles, s.c, INTERLEAVE);
-    if shape.numel() as u64 * 4 > gpu.limits.max_storage_buffer_binding_size as u64 {
+    if shape.numel() as u64 * 4 > gpu.limits.max_storage_buffer_binding_size {
         return Ok(None);
     }
     let copy = gpu.tensor(shape)?;
     // Whole tiles from aligned vec4s where planes hold a multiple of 8 pixels.
-    let vec4 = s.plane() % INTERLEAVE == 0;
+    let vec4 = s.plane().is_multiple_of(INTERLEAVE);
     let input_binding = if vec4 { X4_BINDING } else { 1 };
     let grid = Grid::Groups(s.n * tiles.div_ceil(INTERLEAVE_GROUP) * s.c.div_ceil(8));
     let d = gpu.dispatch(
