@@ -208,7 +208,7 @@ override X_IN_Y: bool = false;
 // pixel's input channels INTERLEAVE floats apart instead of a plane apart.
 // From the planes, a chain's walk over the head's 321 input channels
 // touched 321 lines 256 KiB apart, and waited for each miss
-// (docs/KERNELS.md, "Channels interleaved for the 1x1 forward").
+// (docs/KERNELS.md, "Channels interleaved for the head").
 override X_INTERLEAVED: bool = false;
 const INTERLEAVE: u32 = 8u;
 
