@@ -479,7 +479,8 @@ fn conv1x1_over_an_interleaved_copy_of_260_channels_matches_cpu() {
     );
     let list = ops::conv::forward_with(gpu, Variant::Blocked, x.view(), &w, &b, 1, y.view()).unwrap();
     let copies = list.iter().filter(|d| d.label().starts_with("conv.interleave_channels")).count();
-    assert_eq!(copies, usize::from(gpu.tuning() == Tuning::Cpu), "interleaved copies with {:?} tuning", gpu.tuning());
+    let expected = gpu.tuning() == Tuning::Cpu && gpu.mesa_release().is_none_or(|r| r < (25, 0));
+    assert_eq!(copies, usize::from(expected), "interleaved copies with {:?} tuning", gpu.tuning());
 }
 
 #[test]

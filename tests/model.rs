@@ -152,7 +152,8 @@ fn lungnet_head_over_an_interleaved_concatenation_matches_cpu() {
     let shape = Shape::new(2, 1, 19, 23);
     let graph = Graph::new(gpu, &arch, &params(&arch, 17), shape, Some(&setup(1))).unwrap();
     let copies = graph.forward_dispatches().iter().filter(|d| d.label().contains("interleave")).count();
-    assert_eq!(copies, usize::from(gpu.tuning() == Tuning::Cpu), "interleaved copies with {:?} tuning", gpu.tuning());
+    let expected = gpu.tuning() == Tuning::Cpu && gpu.mesa_release().is_none_or(|r| r < (25, 0));
+    assert_eq!(copies, usize::from(expected), "interleaved copies with {:?} tuning", gpu.tuning());
     // (With seed 16 one weight's gradient is 0.0186779 on both kernel
     // tunings, whose convolution kernels differ, and 0.0203 in the f64
     // reference: f32 arithmetic this small model is sensitive to, seen

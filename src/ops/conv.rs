@@ -888,9 +888,11 @@ fn blocked(
     let tables = if narrow { 1 } else { tables(gpu, cout, cob) };
     let blocks = cout.div_ceil(per_table);
     let mut list = Vec::new();
-    // Many input channels of a 1x1 forward on a CPU adapter: read from a
-    // channel-interleaved copy (X_INTERLEAVED in conv.wgsl), made here.
-    let copy = match pass == Pass::Forward && k == 1 && chain > 1 && cin >= INTERLEAVED_X_CIN {
+    // Many input channels of a 1x1 forward on a CPU adapter before Mesa 25:
+    // read from a channel-interleaved copy (X_INTERLEAVED in conv.wgsl),
+    // made here.
+    let interleave = pass == Pass::Forward && k == 1 && chain > 1 && cin >= INTERLEAVED_X_CIN && !mesa_25(gpu);
+    let copy = match interleave {
         true => interleave_channels(gpu, &p, input)?,
         false => None,
     };
@@ -991,7 +993,9 @@ fn blocked(
 /// ms instead of 148-152, its copy 26-28; but with 128 or 129 channels the
 /// copy cost what it saved (the 128 -> 32 forward 18-19 ms instead of
 /// 31-32, its copy 10-11; the head at 420x580, whose concatenation is held
-/// in parts of 129, 128 and 64 channels, 88 ms saved and 114 spent).
+/// in parts of 129, 128 and 64 channels, 88 ms saved and 114 spent). Not
+/// on Mesa 25, whose head forward took 89-92 ms from the planes, 79 from
+/// the copy, and the copy 15.
 const INTERLEAVED_X_CIN: usize = 256;
 
 /// Pixels per tile of the interleaved copy (conv.wgsl's INTERLEAVE), and
