@@ -231,21 +231,11 @@ fn training_steps_with_the_gpu_kernels_match_cpu() {
 /// (docs/measure/torch_agree.py).
 #[test]
 fn training_steps_without_norm_with_leaky_relu_and_sigmoid_match_cpu() {
-    use dilaseg::model::config::{ActKind, NormKind};
     let gpu = gpu_or_skip!();
     let tuned = common::gpu_tuned_for_gpus();
     for (width, residual) in [(3, true), (8, false), (8, true)] {
-        let cfg = ModelConfig {
-            norm: NormKind::None,
-            act: ActKind::LeakyRelu { slope: 0.1 },
-            output: OutputKind::Sigmoid,
-            out_channels: 1,
-            layer_residual: residual,
-            dropout: 0.0,
-            width,
-            head: vec![5],
-            ..ModelConfig::lungnet()
-        };
+        let base = ModelConfig { dropout: 0.0, width, head: vec![5], ..ModelConfig::lungnet() };
+        let cfg = without_norm(base, residual);
         check_training_step_on(gpu, cfg.clone(), Shape::new(2, 1, 33, 29), 14);
         if let Some(tuned) = tuned {
             check_training_step_on(tuned, cfg, Shape::new(1, 1, 45, 61), 15);
@@ -387,16 +377,21 @@ fn reference_gradients_match_finite_differences_for_a_small_seo2018() {
 
 #[test]
 fn reference_gradients_match_finite_differences_without_norm_with_leaky_relu_and_sigmoid() {
+    check_reference_gradients(without_norm(tiny(ModelConfig::lungnet(), &[2, 1], &[]), true), 13);
+}
+
+/// `base` without norms, with leaky ReLU, one sigmoid output and
+/// (`residual`) layer residuals: MODEL.md's choices the presets leave out.
+fn without_norm(base: ModelConfig, residual: bool) -> ModelConfig {
     use dilaseg::model::config::{ActKind, NormKind};
-    let cfg = ModelConfig {
+    ModelConfig {
         norm: NormKind::None,
         act: ActKind::LeakyRelu { slope: 0.1 },
         output: OutputKind::Sigmoid,
         out_channels: 1,
-        layer_residual: true,
-        ..tiny(ModelConfig::lungnet(), &[2, 1], &[])
-    };
-    check_reference_gradients(cfg, 13);
+        layer_residual: residual,
+        ..base
+    }
 }
 
 /// Central difference of the loss in parameter `i`, element `j`, with a
