@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let source = PathBuf::from(args.next().unwrap_or_else(|| "../shared/data/lung-cxr".into()));
     let dest = PathBuf::from(args.next().unwrap_or_else(|| "assets/lung-cxr".into()));
     let samples = Dataset::scan(&source)?.labelled()?;
-    let decode = DecodeOptions { channels: 1, size: Some(SIZE), skip_bad: false };
+    let decode = DecodeOptions { channels: 1, size: Some(SIZE), skip_bad: false, labels: None };
     for sub in ["images", "masks"] {
         std::fs::create_dir_all(dest.join(sub))?;
     }

@@ -114,7 +114,7 @@ pub fn eval_model(predictor: &mut Predictor, samples: &[Sample], native: bool) -
             let pred = predictor.predict(&image, native).map_err(|e| e.to_string())?;
             let plane = image.h * image.w;
             if let Some(matrix) = &mut report.confusion {
-                let (h, w, labels) = load_labels(mask_path).map_err(|e| e.to_string())?;
+                let (h, w, labels) = load_labels(mask_path, cfg.out_channels).map_err(|e| e.to_string())?;
                 if (h, w) != (image.h, image.w) {
                     return Err(size_error(mask_path, (h, w), (image.h, image.w)).to_string());
                 }

@@ -366,7 +366,12 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
         None => dimensions(&train_set[0].image)?,
     };
     let shape = Shape::new(opts.batch, cfg.in_channels, h, w);
-    let decode = DecodeOptions { channels: cfg.in_channels, size: opts.size, skip_bad: opts.skip_bad };
+    let decode = DecodeOptions {
+        channels: cfg.in_channels,
+        size: opts.size,
+        skip_bad: opts.skip_bad,
+        labels: cfg.label_classes(),
+    };
 
     // Graphs: training, and inference at batch 1 for validation.
     let setup = TrainSetup {

@@ -134,12 +134,41 @@ fn broken_folder() -> (tempfile::TempDir, Vec<dilaseg::data::Sample>) {
 #[test]
 fn a_broken_image_is_an_error_naming_it_or_skipped_on_request() {
     let (_dir, samples) = broken_folder();
-    let opts = DecodeOptions { channels: 1, size: Some((64, 64)), skip_bad: false };
+    let opts = DecodeOptions { channels: 1, size: Some((64, 64)), skip_bad: false, labels: None };
     let err = load_batch(&samples, &vec![(0, 0), (1, 0)], &opts).expect_err("a broken file was accepted").to_string();
     assert!(err.contains("1_2.jpg"), "{err}");
     let batch = load_batch(&samples, &vec![(0, 0), (1, 0)], &DecodeOptions { skip_bad: true, ..opts }).unwrap();
     assert_eq!((batch.n, batch.skipped.len()), (2, 1), "the batch keeps its size");
     assert!(batch.skipped[0].to_string().contains("1_2.jpg"));
+}
+
+/// A multi-class model's masks are label maps (MODEL.md): class indices
+/// as targets, resized by nearest neighbour and turned with the image; a
+/// binary mask's 255 is not a class of a 3-class model, and says so.
+#[test]
+fn a_multi_class_models_masks_are_label_maps_of_its_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["images", "masks"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let labels: Vec<u8> = (0..12).map(|i| [0, 1, 2][i % 3]).collect();
+    image::GrayImage::from_raw(4, 3, vec![90; 12]).unwrap().save(dir.path().join("images/a.png")).unwrap();
+    image::GrayImage::from_raw(4, 3, labels.clone()).unwrap().save(dir.path().join("masks/a.png")).unwrap();
+    image::GrayImage::from_raw(4, 3, vec![90; 12]).unwrap().save(dir.path().join("images/b.png")).unwrap();
+    let mut binary = vec![0u8; 12];
+    binary[6] = 255;
+    image::GrayImage::from_raw(4, 3, binary).unwrap().save(dir.path().join("masks/b.png")).unwrap();
+    let samples = Dataset::scan(dir.path()).unwrap().labelled().unwrap();
+    let opts = DecodeOptions { channels: 1, size: None, skip_bad: false, labels: Some(3) };
+    let batch = load_batch(&samples, &vec![(0, 1)], &opts).unwrap();
+    // Transform 1 of `dihedral`, applied to the label map itself.
+    let planes = Planes { c: 1, h: 3, w: 4, data: labels.iter().map(|&l| f32::from(l)).collect() };
+    assert_eq!(batch.masks, planes.dihedral(1).data, "class indices, turned with the image");
+    let err = load_batch(&samples, &vec![(1, 0)], &opts).expect_err("255 taken as a class").to_string();
+    assert!(err.contains("b.png") && err.contains("(2, 1) holds 255") && err.contains("3-class"), "{err}");
+    // The same mask for a binary model: foreground where above 127.
+    let batch = load_batch(&samples, &vec![(1, 0)], &DecodeOptions { labels: None, ..opts }).unwrap();
+    assert_eq!(batch.masks.iter().filter(|&&v| v == 1.0).count(), 1);
 }
 
 #[test]

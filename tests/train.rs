@@ -50,7 +50,8 @@ fn dice_on(gpu: &Gpu, params: &ParamSet, cfg: &ModelConfig, data: &Path) -> f64 
     let arch = dilaseg::model::Architecture::new(cfg);
     let graph = Graph::new(gpu, &arch, params, Shape::new(1, 1, 64, 64), None).unwrap();
     let samples = dilaseg::data::Dataset::scan(data).unwrap().labelled().unwrap();
-    let decode = dilaseg::data::loader::DecodeOptions { channels: 1, size: Some((64, 64)), skip_bad: false };
+    let decode =
+        dilaseg::data::loader::DecodeOptions { channels: 1, size: Some((64, 64)), skip_bad: false, labels: None };
     let mut total = 0.0;
     for s in &samples {
         let (image, mask) = dilaseg::data::loader::load_sample(s, 0, &decode).unwrap();

@@ -191,11 +191,15 @@ def load_image(path, channels):
     return torch.from_numpy(a / (65535.0 if wide else 255.0))[None]
 
 
-def load_mask(path):
+def load_mask(path, cfg):
+    """A binary mask (> 127 of 255), or for a multi-class softmax model a
+    label map (the class index per pixel)."""
     im = Image.open(path)
     a = np.asarray(im)
     if a.ndim == 3:
         a = np.asarray(im.convert("L"))
+    if cfg["output"] == "softmax" and cfg["out_channels"] > 2:
+        return torch.from_numpy(a.astype(np.float32))[None]
     limit = 32767 if a.dtype == np.uint16 else 127
     return torch.from_numpy((a > limit).astype(np.float32))[None]
 
@@ -283,7 +287,7 @@ def check_train(args, work):
         cmd += ["--class-weights", args.class_weights]
     run(cmd)
     x = torch.cat([load_image(image, cfg["in_channels"]) for image, _ in pairs])
-    mask = torch.cat([load_mask(m) for _, m in pairs])
+    mask = torch.cat([load_mask(m, cfg) for _, m in pairs])
     net.train()
     if args.optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -94,8 +94,11 @@ fn exercise(dir: &Path) {
     for how in [ValSplit::Fraction(0.25), ValSplit::Subjects(vec![(1, 3)])] {
         let _ = split(&samples, dataset.layout, &how, 0);
     }
-    let opts = DecodeOptions { channels: 1, size: Some((4, 4)), skip_bad: false };
-    for sample in &samples {
-        let _ = load_sample(sample, 0, &opts);
+    // As binary masks and as label maps of a 3-class model.
+    for labels in [None, Some(3)] {
+        let opts = DecodeOptions { channels: 1, size: Some((4, 4)), skip_bad: false, labels };
+        for sample in &samples {
+            let _ = load_sample(sample, 0, &opts);
+        }
     }
 }

@@ -108,13 +108,26 @@ pub fn load_mask(path: &Path) -> Result<Planes, DataError> {
     Ok(Planes { c: 1, h, w, data })
 }
 
-/// A label map: the grey value of each pixel as a class index (colour
-/// images by their luma, rounded).
-pub fn load_labels(path: &Path) -> Result<(usize, usize, Vec<usize>), DataError> {
+/// A label map of `classes` classes: the grey value of each pixel as a
+/// class index (colour images by their luma, rounded); a value that is not
+/// a class is an error naming the pixel (a binary mask's 255, say, given
+/// to a multi-class model).
+pub fn load_labels(path: &Path, classes: usize) -> Result<(usize, usize, Vec<usize>), DataError> {
     let img = open(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let scale = if is_16_bit(&img) { 65535.0 } else { 255.0 };
-    Ok((h, w, grey(&img).into_iter().map(|v| (v * scale).round() as usize).collect()))
+    let labels: Vec<usize> = grey(&img).into_iter().map(|v| (v * scale).round() as usize).collect();
+    if let Some(at) = labels.iter().position(|&l| l >= classes) {
+        let message = format!(
+            "pixel ({}, {}) holds {}, not a class of this {classes}-class model (a label map holds 0 to {})",
+            at % w,
+            at / w,
+            labels[at],
+            classes - 1
+        );
+        return Err(DataError::Image { path: path.to_path_buf(), message });
+    }
+    Ok((h, w, labels))
 }
 
 /// The size of an image file, reading only its header.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::image::{load_image, load_mask, Planes};
+use super::image::{load_image, load_labels, load_mask, Planes};
 use super::{DataError, Sample};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub struct DecodeOptions {
     /// Replace an unreadable sample by another of its batch (and report it)
     /// instead of failing.
     pub skip_bad: bool,
+    /// Masks are label maps of this many classes (a multi-class softmax
+    /// model: `ModelConfig::label_classes`), else binary.
+    pub labels: Option<usize>,
 }
 
 /// One batch to load: (sample index, dihedral transform 0..8) pairs.
@@ -32,7 +35,8 @@ pub struct Batch {
     pub h: usize,
     pub w: usize,
     pub images: Vec<f32>,
-    /// N x 1 x H x W targets (0 or 1).
+    /// N x 1 x H x W targets (0 or 1; with `DecodeOptions::labels`, class
+    /// indices).
     pub masks: Vec<f32>,
     /// Samples that failed and were replaced (with `skip_bad`).
     pub skipped: Vec<DataError>,
@@ -45,7 +49,13 @@ pub fn load_sample(sample: &Sample, transform: u8, opts: &DecodeOptions) -> Resu
         .mask
         .as_ref()
         .ok_or_else(|| DataError::Image { path: sample.image.clone(), message: "has no mask".into() })?;
-    let mut mask = load_mask(mask_path)?;
+    let mut mask = match opts.labels {
+        Some(classes) => {
+            let (h, w, labels) = load_labels(mask_path, classes)?;
+            Planes { c: 1, h, w, data: labels.into_iter().map(|l| l as f32).collect() }
+        }
+        None => load_mask(mask_path)?,
+    };
     if let Some((h, w)) = opts.size {
         image = image.resize_bilinear(h, w);
         mask = mask.resize_nearest(h, w);

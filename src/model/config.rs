@@ -119,6 +119,13 @@ impl ModelConfig {
         }
     }
 
+    /// The classes a multi-class softmax model's masks index: such masks
+    /// are label maps (MODEL.md: the class index per pixel); None where
+    /// masks are binary (two classes or one output channel).
+    pub fn label_classes(&self) -> Option<usize> {
+        (self.output == OutputKind::Softmax && self.out_channels > 2).then_some(self.out_channels)
+    }
+
     pub fn activation(&self) -> Activation {
         match self.act {
             ActKind::Relu => Activation::RELU,
