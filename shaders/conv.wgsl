@@ -1067,14 +1067,15 @@ const INTERLEAVE_GROUP: u32 = 32u;
 
 @compute @workgroup_size(WG)
 fn interleave_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                 @builtin(num_workgroups) nwg: vec3<u32>) {
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
     let hw = P.h * P.w;
     let tiles = (hw + INTERLEAVE - 1u) / INTERLEAVE;
     let channel_blocks = (P.cin + 7u) / 8u;
+    let tile_groups = (tiles + INTERLEAVE_GROUP - 1u) / INTERLEAVE_GROUP;
     let g = group_index(wid, nwg);
     let c = (g % channel_blocks) * 8u + lid.x % 8u;
-    let tile = (g / channel_blocks % ((tiles + INTERLEAVE_GROUP - 1u) / INTERLEAVE_GROUP)) * INTERLEAVE_GROUP + lid.x / 8u;
-    let n = g / (channel_blocks * ((tiles + INTERLEAVE_GROUP - 1u) / INTERLEAVE_GROUP));
+    let tile = (g / channel_blocks % tile_groups) * INTERLEAVE_GROUP + lid.x / 8u;
+    let n = g / (channel_blocks * tile_groups);
     if (n >= P.n || c >= P.cin || tile >= tiles) {
         return;
     }

@@ -892,10 +892,7 @@ fn blocked(
     // read from a channel-interleaved copy (X_INTERLEAVED in conv.wgsl),
     // made here.
     let interleave = pass == Pass::Forward && k == 1 && chain > 1 && cin >= INTERLEAVED_X_CIN && !mesa_25(gpu);
-    let copy = match interleave {
-        true => interleave_channels(gpu, &p, input)?,
-        false => None,
-    };
+    let copy = if interleave { interleave_channels(gpu, &p, input)? } else { None };
     let interleaved = copy.map(|(tensor, d)| {
         list.push(d);
         tensor
