@@ -29,7 +29,7 @@ pub enum DemoError {
     Plot(#[from] PlotError),
     #[error(transparent)]
     Gpu(#[from] GpuError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Options(String),

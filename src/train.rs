@@ -37,8 +37,9 @@ pub enum TrainError {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // `error`, not `source`: see CheckpointError::Io.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error(
         "the loss became {loss} at step {step}; stopped. The last good checkpoint is kept in {run}. \
          Try a lower --lr."
@@ -189,7 +190,7 @@ struct Position {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |error| TrainError::Io { path: path.to_path_buf(), error }
 }
 
 /// Checks every file's header (and sizes, without `--size`); with
@@ -428,7 +429,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, stop: &AtomicBool, obs: &mut dyn Ob
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .build()
-        .map_err(|e| TrainError::Io { path: run.clone(), source: e })?;
+        .map_err(|error| TrainError::Io { path: run.clone(), error })?;
     let train_samples = Arc::new(train_set);
     let square = h == w;
     let mut meta = meta;

@@ -190,3 +190,27 @@ fn optimiser_state_round_trips_and_is_checked() {
     let err = checkpoint::load_optim(&path, &specs, false).expect_err("SGD state expected").to_string();
     assert!(err.contains("momentum_buffer: missing"), "{err}");
 }
+
+/// What a user sees for a checkpoint that is not there: the file named
+/// with the reason once (the reason was printed twice, as the message and
+/// again as its source), and the bad-input exit status.
+#[test]
+fn a_missing_checkpoint_is_named_once_with_the_bad_input_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("none.safetensors");
+    let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lung-cxr/images/CHNCXR_0001_0.png");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dilaseg"))
+        .arg("infer")
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(&image)
+        .output()
+        .expect("dilaseg runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "the bad-input status: {stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(line.contains(&model.display().to_string()), "{line}");
+    assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+}

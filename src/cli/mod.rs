@@ -135,7 +135,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
     // A checkpoint that cannot be written (a full disk) is not bad input.
     let checkpoint = |c: &CheckpointError| match c {
-        CheckpointError::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound => None,
+        CheckpointError::Io { error, .. } if error.kind() != std::io::ErrorKind::NotFound => None,
         _ => Some(status::BAD_INPUT),
     };
     if let Some(c) = e.downcast_ref::<CheckpointError>() {

@@ -23,14 +23,16 @@ pub const FORMAT: &str = "dilaseg/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // `error`, not `source`: the message already holds it, and a source
+    // would be printed again after it (`{:#}`, as main prints errors).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a readable safetensors file: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("{path}: metadata `format` is {found:?}, expected {FORMAT:?}")]
     Format { path: PathBuf, found: Option<String> },
-    #[error("{path}: metadata `config`: {source}")]
-    Config { path: PathBuf, source: ConfigError },
+    #[error("{path}: metadata `config`: {error}")]
+    Config { path: PathBuf, error: ConfigError },
     #[error("{path}: metadata `{key}` is {value:?}: {expected}")]
     Metadata { path: PathBuf, key: &'static str, value: String, expected: &'static str },
     #[error("{path} does not match its config:\n  {}", problems.join("\n  "))]
@@ -81,7 +83,7 @@ fn write_atomic(
     tensors: Vec<(String, Vec<usize>, &[f32])>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let io = |error| CheckpointError::Io { path: path.to_path_buf(), error };
     let views = tensors
         .iter()
         .map(|(name, shape, data)| {
@@ -126,7 +128,7 @@ struct SafetensorsFile {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|error| CheckpointError::Io { path: path.to_path_buf(), error })
 }
 
 /// `bytes` as a safetensors file of f32 tensors; `path` names it in errors.
@@ -204,7 +206,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
     }
     let config_text = file.metadata.get("config").map_or("", String::as_str);
     let config = ModelConfig::from_json(config_text)
-        .map_err(|source| CheckpointError::Config { path: path.to_path_buf(), source })?;
+        .map_err(|error| CheckpointError::Config { path: path.to_path_buf(), error })?;
     let arch = Architecture::new(&config);
     let specs = arch.params();
     let expected: Vec<(String, Vec<usize>)> = specs.iter().map(|s| (s.name.clone(), file_shape(s))).collect();
