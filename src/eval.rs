@@ -110,7 +110,7 @@ pub fn eval_model(predictor: &mut Predictor, samples: &[Sample], native: bool) -
     for s in samples {
         let Some(mask_path) = &s.mask else { continue };
         let result = (|| -> Result<BinaryScores, String> {
-            let image = load_image(&s.image, cfg.in_channels).map_err(|e| e.to_string())?;
+            let image = load_image(&s.image, cfg.in_channels).map_err(|e| e.beside(&s.image))?;
             let pred = predictor.predict(&image, native).map_err(|e| e.to_string())?;
             let plane = image.h * image.w;
             if let Some(matrix) = &mut report.confusion {

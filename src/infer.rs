@@ -351,16 +351,6 @@ fn decode(item: &Item, channels: usize) -> Result<(Planes, Option<Vec<bool>>), D
     Ok((image, truth))
 }
 
-/// An item's decoding error as reported beside the item's image path: the
-/// bare reason where it is about that image (the path is not said twice),
-/// the whole error where it names another file (its mask).
-fn item_error(item: &Item, e: DataError) -> String {
-    match e {
-        DataError::Image { path, message } if path == item.image => message,
-        e => e.to_string(),
-    }
-}
-
 /// Grey values for the overlay (luma of an RGB input).
 fn grey(image: &Planes) -> Vec<f32> {
     let plane = image.h * image.w;
@@ -433,7 +423,7 @@ pub fn run(
     let mut all_dice = Vec::new();
     while let Some(job) = runtime.block_on(rx.recv()) {
         let Ok((item, decoded)) = runtime.block_on(job) else { continue };
-        let predicted = decoded.map_err(|e| item_error(&item, e)).and_then(|(image, truth)| {
+        let predicted = decoded.map_err(|e| e.beside(&item.image)).and_then(|(image, truth)| {
             let pred = predictor.predict(&image, opts.native).map_err(|e| e.to_string())?;
             Ok((image, truth, pred))
         });

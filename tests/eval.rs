@@ -83,3 +83,29 @@ fn a_missing_prediction_is_reported_by_image_and_the_rest_are_scored() {
     assert_eq!((s["images"].as_u64(), s["failed"].as_u64()), (Some(1), Some(2)));
     assert_eq!(s["mean"]["dice"].as_f64(), Some(1.0), "a mask scored against itself");
 }
+
+#[test]
+fn an_image_that_does_not_decode_is_named_once_and_the_rest_are_scored() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let data = folder();
+    let broken = data.path().join("images/CHNCXR_0044_0.jpg");
+    std::fs::write(&broken, "not a JPEG").unwrap();
+    let out = data.path().join("eval");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/seo2018-lung-cxr.safetensors");
+    let (code, _, stderr) = dilaseg(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "partial failure: {stderr}");
+    let name = broken.display().to_string();
+    let line = stderr.lines().find(|l| l.contains(&name)).unwrap_or_else(|| panic!("no error names it: {stderr}"));
+    assert_eq!(line.matches(&name).count(), 1, "{line}");
+    assert_eq!(summary(&out)["images"].as_u64(), Some(2));
+}

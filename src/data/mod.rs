@@ -30,6 +30,19 @@ pub enum DataError {
     SizeMismatch { first: PathBuf, first_h: usize, first_w: usize, other: PathBuf, other_h: usize, other_w: usize },
 }
 
+impl DataError {
+    /// The error as reported beside `item`'s path (a per-file line that
+    /// names the file first): the bare reason where it is about that file,
+    /// so the path is not said twice, the whole error where it names
+    /// another (the item's mask).
+    pub fn beside(self, item: &Path) -> String {
+        match self {
+            DataError::Image { path, message } if path == item => message,
+            e => e.to_string(),
+        }
+    }
+}
+
 const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
 
 fn is_image(path: &Path) -> bool {
