@@ -2244,6 +2244,158 @@ fn tiled_weight_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     }
 }
 
+// tap_weight, for hardware GPUs: tiled_weight for 1x1 and 3x3 kernels,
+// with the (ci, tap) rows of a tile ordered so that the staging needs no
+// per-value index arithmetic. A tile is 32 output channels x 72 rows: 8
+// input channels' 9 taps (3x3) or 72 input channels (1x1), as 9 groups of
+// 8 rows. Staging invocation (pixel lq, group lt) works out its pixel's
+// tap lt once a step (for 1x1 its group's first channel) and loads 8
+// channels at one offset, none behind a branch; tiled_weight's staging
+// works out each value's (ci, tap) and pixel apart, by count about as many
+// integer operations as the step's multiply-adds. The pixel moves by
+// TAP_Q a step without a division. The sums read 4 channels and 4 rows as
+// two vec4 loads of workgroup memory per 16 multiply-adds (tiled_weight:
+// eight scalar loads). On an H200 a 32 -> 32 3x3 layer's weight gradient
+// went 0.33-0.53 -> 0.16-0.19 ms, the head's 321 -> 128 one 1.5 -> 0.5-0.65
+// (docs/PERFORMANCE.md).
+const TAP_Q: u32 = 16u;
+// 8 x 18 invocations, each 4 channels x 4 rows; 9 stagers a pixel.
+const WG_TAP: u32 = 144u;
+// Staged [pixel][channel / 4] and [pixel][row / 4], rows padded to 9 and
+// 19 vec4s so that a step's pixels fall in different banks.
+var<workgroup> tap_dy: array<vec4<f32>, TAP_Q * 9u>;
+var<workgroup> tap_x: array<vec4<f32>, TAP_Q * 19u>;
+
+// A staging invocation's pixel: its sample, row and column.
+struct StepPixel {
+    n: u32,
+    py: u32,
+    px: u32,
+}
+
+fn step_pixel(s: StepPixel, by: u32) -> StepPixel {
+    var t = s;
+    t.px += by;
+    while (t.px >= P.w) {
+        t.px -= P.w;
+        t.py += 1u;
+    }
+    while (t.py >= P.h) {
+        t.py -= P.h;
+        t.n += 1u;
+    }
+    return t;
+}
+
+// Input channels a tile's rows span: 8 (their 9 taps) or 72.
+fn tap_cin() -> u32 {
+    return select(8u, 72u, K == 1u);
+}
+
+// x of 4 channels from c0 + c, zero for those past P.cin or where not
+// `ok`: loads at index 0 where masked, so that none is behind a branch
+// and a GPU issues them together.
+fn tap_four(at: u32, c0: u32, c: u32, ok: bool) -> vec4<f32> {
+    let hw = P.h * P.w;
+    let cs = c0 + c + vec4<u32>(0u, 1u, 2u, 3u);
+    let live = vec4<bool>(ok) & (cs < vec4<u32>(P.cin));
+    let i = select(vec4<u32>(0u), at + (c + vec4<u32>(0u, 1u, 2u, 3u)) * hw, live);
+    return select(vec4<f32>(0.0), vec4<f32>(x[i.x], x[i.y], x[i.z], x[i.w]), live);
+}
+
+// x of 8 channels from c0 at pixel s shifted by tap t (3x3; none for 1x1),
+// zero in the padding, past the channels and for a pixel not `ok`, into
+// row group t of step pixel lq's staged rows.
+fn tap_stage(s: StepPixel, ok: bool, c0: u32, t: u32, lq: u32) {
+    var iy = i32(s.py);
+    var ix = i32(s.px);
+    if (K == 3u) {
+        iy += (i32(t / 3u) - 1) * i32(P.dilation);
+        ix += (i32(t % 3u) - 1) * i32(P.dilation);
+    }
+    let in = ok && iy >= 0 && iy < i32(P.h) && ix >= 0 && ix < i32(P.w);
+    let at = slice_index(s.n, c0, u32(iy) * P.w + u32(ix), P.h * P.w, P.in_ctotal, P.in_coff);
+    tap_x[lq * 19u + t * 2u] = tap_four(at, c0, 0u, in);
+    tap_x[lq * 19u + t * 2u + 1u] = tap_four(at, c0, 4u, in);
+}
+
+@compute @workgroup_size(WG_TAP)
+fn tap_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let kk = K * K;
+    let ckk = P.cin * kk;
+    let tiles_r = (P.cin + tap_cin() - 1u) / tap_cin();
+    let tiles = ((P.cout + TILE_CO - 1u) / TILE_CO) * tiles_r;
+    let g = group_index(wid, nwg);
+    let part = g / tiles;
+    let co0 = (g % tiles) / tiles_r * TILE_CO;
+    let ci0 = (g % tiles) % tiles_r * tap_cin();
+    let hw = P.h * P.w;
+    let range = weight_part(part, P.n * hw);
+    // Staging: pixel lq of the step, tap (or group of 8 channels) lt, and
+    // dy's channels 4 lt .. 4 lt + 3 for lt < 8.
+    let lq = lid.x % TAP_Q;
+    let lt = lid.x / TAP_Q;
+    let first = select(ci0, ci0 + lt * 8u, K == 1u);
+    let q = range.x + lq;
+    var s = StepPixel(q / hw, q % hw / P.w, q % P.w);
+    // Computing: channels 4 tm .. 4 tm + 3 (the accumulators), rows 4 tn ..
+    // 4 tn + 3 (their components).
+    let tm = lid.x / 18u;
+    let tn = lid.x % 18u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var q0 = range.x; q0 < range.y; q0 += TAP_Q) {
+        let ok = q0 + lq < range.y;
+        tap_stage(s, ok, first, lt, lq);
+        if (lt < 8u) {
+            let at = slice_index(s.n, co0 + lt * 4u, s.py * P.w + s.px, hw, P.out_ctotal, P.out_coff);
+            let live = vec4<bool>(ok) & (co0 + lt * 4u + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.cout));
+            let i = select(vec4<u32>(0u), at + vec4<u32>(0u, 1u, 2u, 3u) * hw, live);
+            tap_dy[lq * 9u + lt] = select(vec4<f32>(0.0), vec4<f32>(dy[i.x], dy[i.y], dy[i.z], dy[i.w]), live);
+        }
+        s = step_pixel(s, TAP_Q);
+        workgroupBarrier();
+        for (var k = 0u; k < TAP_Q; k++) {
+            let a = tap_dy[k * 9u + tm];
+            let b = tap_x[k * 19u + tn];
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
+        }
+        workgroupBarrier();
+    }
+    tap_store(part, co0 + tm * 4u, ci0, tn * 4u, acc0);
+    tap_store(part, co0 + tm * 4u + 1u, ci0, tn * 4u, acc1);
+    tap_store(part, co0 + tm * 4u + 2u, ci0, tn * 4u, acc2);
+    tap_store(part, co0 + tm * 4u + 3u, ci0, tn * 4u, acc3);
+}
+
+// Channel co's partial sums for a tile's rows l .. l + 3 (those that
+// exist): row l is tap l / 8 of channel ci0 + l % 8 (3x3) or channel ci0 +
+// l (1x1).
+fn tap_store(part: u32, co: u32, ci0: u32, l: u32, v: vec4<f32>) {
+    if (co >= P.cout || part >= SPLIT) {
+        return;
+    }
+    let base = (part * P.cout + co) * P.cin * K * K;
+    for (var j = 0u; j < 4u; j++) {
+        let r = l + j;
+        var ci = ci0 + r;
+        var row = ci;
+        if (K == 3u) {
+            ci = ci0 + r % 8u;
+            row = ci * 9u + r / 8u;
+        }
+        if (ci < P.cin) {
+            dw[base + row] = v[j];
+        }
+    }
+}
+
 // Channel co's partial sums for rows r, r + 16, r + 32, r + 48 (those that
 // exist) into part `part` of the partials buffer bound as `dw` (none past
 // the last part: a grid folded into two dimensions has spare workgroups).

@@ -359,6 +359,17 @@ fn conv1x1_narrow_kernels_match_cpu_in_vec4_runs() {
 }
 
 #[test]
+fn tap_weight_gradient_matches_cpu_where_steps_span_samples_and_tiles_end_short() {
+    // tap_weight (the tiled variant's 1x1 and 3x3 weight gradient): a 3x5
+    // image, so that a step of 16 pixels spans rows and samples of a batch
+    // of 3; 33 output channels (a second tile of one), 11 input channels
+    // (3x3: a second tile of 3, dilation past the image) and 73 (1x1: a
+    // second tile of one).
+    check_conv(3, 11, 33, 3, 5, 3, 7, 41);
+    check_conv(3, 73, 33, 3, 5, 1, 1, 42);
+}
+
+#[test]
 fn conv1x1_matches_cpu_for_5_to_140_channels_batch_2() {
     // 140 channels: on CPU adapters a launch of four 32-channel tables and
     // one of a single table with 12 channels; on GPUs five of one.

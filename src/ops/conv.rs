@@ -160,6 +160,9 @@ const CHAIN_WORKGROUP: usize = 64;
 const TILE_CO: usize = 32;
 const TILE_R: usize = 64;
 const TILE_P: usize = 64;
+/// tap_weight's (ci, tap) rows a tile: 8 input channels' 9 taps, or 72
+/// input channels of a 1x1 kernel.
+const TAP_TILE_ROWS: usize = 72;
 /// tiled_weight_narrow's rows a tile (conv.wgsl's NARROW_R).
 const NARROW_R: usize = 32;
 
@@ -225,15 +228,17 @@ const NARROW_WEIGHT_CIN: usize = 3;
 /// and a multiple of the 14 (or 7, 4, 2) chunks a weight launch walks.
 const PACK_BATCH: usize = 28;
 
-/// Workgroups the tiled weight gradient aims for: its (Cout / 32) x (Cin *
-/// K * K / 64) tiles (Cin * K * K / 32 for at most 4 output channels),
+/// Workgroups the tiled weight gradient aims for: its tiles (tap_weight's
+/// (Cout / 32) x (Cin / 8) for 3x3, (Cout / 32) x (Cin / 72) for 1x1;
+/// tiled_weight_narrow's Cin * K * K / 32 for at most 4 output channels),
 /// times as many pixel parts as it takes to give a large
 /// GPU (132 multiprocessors on an H200) several workgroups each, at most
 /// 512 parts. The parts do not depend on the image size (parts past the
 /// pixels sum nothing), so a graph's memory stays affine in its pixel count
 /// (`Graph::memory_need`). On an H200 (2026-11-29, two alternations) 2048
-/// took the head's 321 -> 128 weight gradient 1.61-1.69 -> 1.46-1.47 ms,
-/// the 3x3 ones unchanged; 4096 no faster than 1024.
+/// took the head's 321 -> 128 weight gradient 1.61-1.69 -> 1.46-1.47 ms
+/// with tiled_weight, the 3x3 ones unchanged; 4096 no faster than 1024. With
+/// tap_weight (2026-11-30) 1024, 2048 and 4096 gave the same within noise.
 const TILED_WEIGHT_GROUPS: usize = 2048;
 
 /// Kernel sizes the blocked forward and data kernels handle: their 3x3 taps
@@ -1230,9 +1235,13 @@ fn tiled_weight(
     dw: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let (rows, cout) = (x.c * k * k, dy.c);
-    // At most 4 output channels: tiles of 4 x NARROW_R (tiled_weight_narrow).
+    // At most 4 output channels: tiles of 4 x NARROW_R (tiled_weight_narrow);
+    // 1x1 and 3x3 kernels: tap_weight's tiles of TAP_TILE_ROWS (ci, tap) rows.
     let (entry, tiles) = if cout <= 4 {
         ("tiled_weight_narrow", rows.div_ceil(NARROW_R))
+    } else if BLOCKED_K.contains(&k) {
+        let cin_per_tile = TAP_TILE_ROWS / (k * k);
+        ("tap_weight", cout.div_ceil(TILE_CO) * x.c.div_ceil(cin_per_tile))
     } else {
         ("tiled_weight", cout.div_ceil(TILE_CO) * rows.div_ceil(TILE_R))
     };
