@@ -404,6 +404,11 @@ impl Variant {
     /// one where its table fits (on an H200 too it beat the tiled one,
     /// 0.24 against 0.32 ms for a 32 -> 32 3x3 layer, docs/PERFORMANCE.md),
     /// else the tiled one (on lavapipe too 2.5x faster than the baseline).
+    /// A hardware GPU's 3x3 layers read the table without subgroups: on an
+    /// H200 each lane loading the row's vec4s at one address beat the 8
+    /// lanes' gather and broadcasts, 0.17-0.19 against 0.20-0.25 ms per
+    /// 32 -> 32 layer, where the head's 1x1 kernels were 16-36% slower so
+    /// (2026-11-30, docs/PERFORMANCE.md).
     pub fn choose(gpu: &Gpu, cin: usize, cout: usize, k: usize) -> Variant {
         if BLOCKED_K.contains(&k) && cin * k * k * blocks(cout) <= PACK_LEN {
             if cout <= 4 && gpu.tuning() == Tuning::Cpu {
@@ -412,6 +417,8 @@ impl Variant {
                 } else {
                     Variant::Narrow
                 }
+            } else if k == 3 && gpu.tuning() == Tuning::Gpu {
+                Variant::Blocked
             } else {
                 Variant::blocked(gpu)
             }
