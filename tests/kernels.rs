@@ -75,8 +75,9 @@ fn check_conv_with(
     let y_ref = cpu::conv::forward(&x, &wt, &b, dilation);
     let g_ref = cpu::conv::backward(&x, &wt, &dy, dilation);
 
-    // Every variant, and the blocked one as hardware GPUs run it (one pixel
-    // per invocation instead of chains of three).
+    // Every variant, and the blocked ones as hardware GPUs run them (one
+    // pixel per invocation instead of chains of three; 3x3 layers without
+    // subgroups, 1x1 with them where the adapter has them).
     let mut runs: Vec<(&Gpu, Variant)> = variants
         .iter()
         .filter(|&&v| v != Variant::BlockedSubgroup || gpu.has_subgroups(8))
@@ -84,7 +85,10 @@ fn check_conv_with(
         .collect();
     if variants.len() == Variant::ALL.len() {
         if let Some(tuned) = common::gpu_tuned_for_gpus() {
-            runs.push((tuned, Variant::blocked(tuned)));
+            runs.push((tuned, Variant::Blocked));
+            if tuned.has_subgroups(8) {
+                runs.push((tuned, Variant::BlockedSubgroup));
+            }
         }
     }
     for (gpu, variant) in runs {
