@@ -2140,10 +2140,7 @@ fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     // Computing: channels tm + 8 i, rows tn + 16 j of the tile.
     let tm = lid.x / 16u;
     let tn = lid.x % 16u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc: Tile;
     for (var q0 = range.x; q0 < range.y; q0 += TILE_Q) {
         let s = stage_pixel(q0 + lq, range.y, hw);
         for (var i = 0u; i < TILE_CO / STAGERS; i++) {
@@ -2163,18 +2160,14 @@ fn tiled_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let d = k * (TILE_CO + 1u) + tm;
             let a = vec4<f32>(dy_tile[d], dy_tile[d + 8u], dy_tile[d + 16u], dy_tile[d + 24u]);
             let e = k * (TILE_R + 1u) + tn;
-            let b = vec4<f32>(x_tile[e], x_tile[e + 16u], x_tile[e + 32u], x_tile[e + 48u]);
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
+            acc = outer_fma(acc, a, vec4<f32>(x_tile[e], x_tile[e + 16u], x_tile[e + 32u], x_tile[e + 48u]));
         }
         workgroupBarrier();
     }
-    tiled_store(part, co0 + tm, r0 + tn, ckk, acc0);
-    tiled_store(part, co0 + tm + 8u, r0 + tn, ckk, acc1);
-    tiled_store(part, co0 + tm + 16u, r0 + tn, ckk, acc2);
-    tiled_store(part, co0 + tm + 24u, r0 + tn, ckk, acc3);
+    tiled_store(part, co0 + tm, r0 + tn, ckk, acc.c0);
+    tiled_store(part, co0 + tm + 8u, r0 + tn, ckk, acc.c1);
+    tiled_store(part, co0 + tm + 16u, r0 + tn, ckk, acc.c2);
+    tiled_store(part, co0 + tm + 24u, r0 + tn, ckk, acc.c3);
 }
 
 // tiled_weight_narrow, for hardware GPUs: tiled_weight for at most 4
@@ -2343,10 +2336,7 @@ fn tap_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     // 4 tn + 3 (their components).
     let tm = lid.x / 18u;
     let tn = lid.x % 18u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc: Tile;
     for (var q0 = range.x; q0 < range.y; q0 += TAP_Q) {
         let ok = q0 + lq < range.y;
         tap_stage(s, ok, first, lt, lq);
@@ -2359,19 +2349,14 @@ fn tap_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         s = step_pixel(s, TAP_Q);
         workgroupBarrier();
         for (var k = 0u; k < TAP_Q; k++) {
-            let a = tap_dy[k * 9u + tm];
-            let b = tap_x[k * 19u + tn];
-            acc0 = fma(vec4<f32>(a.x), b, acc0);
-            acc1 = fma(vec4<f32>(a.y), b, acc1);
-            acc2 = fma(vec4<f32>(a.z), b, acc2);
-            acc3 = fma(vec4<f32>(a.w), b, acc3);
+            acc = outer_fma(acc, tap_dy[k * 9u + tm], tap_x[k * 19u + tn]);
         }
         workgroupBarrier();
     }
-    tap_store(part, co0 + tm * 4u, ci0, tn * 4u, acc0);
-    tap_store(part, co0 + tm * 4u + 1u, ci0, tn * 4u, acc1);
-    tap_store(part, co0 + tm * 4u + 2u, ci0, tn * 4u, acc2);
-    tap_store(part, co0 + tm * 4u + 3u, ci0, tn * 4u, acc3);
+    tap_store(part, co0 + tm * 4u, ci0, tn * 4u, acc.c0);
+    tap_store(part, co0 + tm * 4u + 1u, ci0, tn * 4u, acc.c1);
+    tap_store(part, co0 + tm * 4u + 2u, ci0, tn * 4u, acc.c2);
+    tap_store(part, co0 + tm * 4u + 3u, ci0, tn * 4u, acc.c3);
 }
 
 // Channel co's partial sums for a tile's rows l .. l + 3 (those that
@@ -2426,13 +2411,20 @@ const TILE_S: u32 = 32u;
 var<workgroup> w_tile: array<f32, TILE_S * (TILE_CO + 1u)>;
 var<workgroup> in_tile: array<f32, TILE_S * TILE_P>;
 
-// Invocation lid's sums for channels co0 + tm + 8 i (i = 0..3, the vectors)
-// and pixels q0 + tn + 16 j (j = 0..3, the components).
+// An invocation's 4 x 4 sums of the tiled kernels: 4 output channels (the
+// vectors) by 4 pixels (tiled_forward, tiled_data) or (ci, tap) rows (the
+// weight gradients), the components.
 struct Tile {
     c0: vec4<f32>,
     c1: vec4<f32>,
     c2: vec4<f32>,
     c3: vec4<f32>,
+}
+
+// c plus the outer product of a (4 channels) and b (4 pixels or rows).
+fn outer_fma(c: Tile, a: vec4<f32>, b: vec4<f32>) -> Tile {
+    return Tile(fma(vec4<f32>(a.x), b, c.c0), fma(vec4<f32>(a.y), b, c.c1), fma(vec4<f32>(a.z), b, c.c2),
+                fma(vec4<f32>(a.w), b, c.c3));
 }
 
 fn tiled_weight_at(co: u32, r: u32) -> f32 {
@@ -2465,6 +2457,7 @@ fn tiled_sums(co0: u32, q0: u32, lid: u32) -> Tile {
     let px = i32(p % P.w);
     let in_base = (n * P.in_ctotal + P.in_coff) * hw;
     let half = i32(K / 2u);
+    // Computing: channels co0 + tm + 8 i, pixels q0 + tn + 16 j.
     let tm = lid / 16u;
     let tn = lid % 16u;
     var c: Tile;
@@ -2487,11 +2480,8 @@ fn tiled_sums(co0: u32, q0: u32, lid: u32) -> Tile {
         for (var k = 0u; k < TILE_S; k++) {
             let d = k * (TILE_CO + 1u) + tm;
             let e = k * TILE_P + tn;
-            let b = vec4<f32>(in_tile[e], in_tile[e + 16u], in_tile[e + 32u], in_tile[e + 48u]);
-            c.c0 = fma(vec4<f32>(w_tile[d]), b, c.c0);
-            c.c1 = fma(vec4<f32>(w_tile[d + 8u]), b, c.c1);
-            c.c2 = fma(vec4<f32>(w_tile[d + 16u]), b, c.c2);
-            c.c3 = fma(vec4<f32>(w_tile[d + 24u]), b, c.c3);
+            let a = vec4<f32>(w_tile[d], w_tile[d + 8u], w_tile[d + 16u], w_tile[d + 24u]);
+            c = outer_fma(c, a, vec4<f32>(in_tile[e], in_tile[e + 16u], in_tile[e + 32u], in_tile[e + 48u]));
         }
         workgroupBarrier();
     }
