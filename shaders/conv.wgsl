@@ -544,15 +544,17 @@ fn row_fma(c: Acc, v: f32, t: Acc) -> Acc {
 // went from 174-198 to 100-122 ms (2026-11-28, docs/KERNELS.md).
 override CHAIN: u32 = 1u;
 
-// Output rows per chain of the 3x3 blocked forward and data kernels with
-// one table, 1 to 3: with 2 the chain is also repeated chain_stride() rows
+// Output rows per chain of the blocked forward and data kernels with one
+// table, 1 to 3: with 2 the chain is also repeated chain_stride() rows
 // lower, the two sharing the middle kernel rows' input rows (4 rows of 5
 // columns loaded for 6 pixels' 54 taps, not 2 x 3 rows) and every table
 // row. On lavapipe a 32 -> 32 3x3 layer at 256x256, dilation 13, took 92
 // against 122 ms (scratch kernels, 2026-11-28); with 3 (5 input rows for 9
 // pixels) `conv3x3-d13-fwd` 28.0-28.4 against 29.5-29.6 ms (2026-11-29;
 // `row_bands` in src/ops/conv.rs chooses). Its chains sit in Chain's t0 (row
-// oy), t1 (row oy + d) and t2 (row oy + 2d).
+// oy), t1 (row oy + d) and t2 (row oy + 2d). 1x1 kernels share only the
+// table rows between neighbouring rows' chains: the 128 -> 32 forward went
+// 36.5-38.8 -> 32.0-32.6 ms with triples (2026-11-30).
 override ROWS: u32 = 1u;
 
 // The distance between a chain's pixels: the dilation for 3x3 kernels, 1
@@ -851,6 +853,20 @@ fn block_step(c: Chain, tbl: u32, b: u32, w: Taps, g: Rows) -> Chain {
 // loop made this kernel 1.8x slower (2026-11-28, docs/KERNELS.md). No early
 // return before the loop: a CPU adapter runs the workgroup as SIMD lanes
 // and inactive lanes would only add masks.
+// A 1x1 chain's input values in the row starting at element `row` of the
+// plane (columns past the row clamped into it: their pixels are not
+// stored), from the plane or the interleaved copy.
+fn k1_values(n: u32, plane: u32, ci: u32, row: u32, k: Cols, a: vec4<f32>) -> vec3<f32> {
+    var at = vec3<u32>(plane + row) + k.at.yzw;
+    if (X_INTERLEAVED) {
+        at = interleaved_at(n, ci, vec3<u32>(row) + k.at.yzw);
+    }
+    var v = vec3<f32>(block_input(x_at(at.x), a), 0.0, 0.0);
+    if (CHAIN > 1u) { v.y = block_input(x_at(at.y), a); }
+    if (CHAIN > 2u) { v.z = block_input(x_at(at.z), a); }
+    return v;
+}
+
 fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
     let hw = P.h * P.w;
     let s = i32(chain_stride());
@@ -864,6 +880,9 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
     let ry = iy >= vec4<i32>(0) & iy <= vec4<i32>(last.x);
     let row = vec4<u32>(clamp(iy, vec4<i32>(0), vec4<i32>(last.x))) * P.w;
     let row4 = u32(min(oy + 3 * d, last.x)) * P.w;
+    // A 1x1 pair or triple's second and third rows (s apart, as stored).
+    let row1 = u32(min(oy + s, last.x)) * P.w;
+    let row2 = u32(min(oy + 2 * s, last.x)) * P.w;
     let cx = vec4<i32>(ox - s, ox, ox + s, ox + 2 * s);
     let c4 = ox + 3 * s;
     let k = Cols(vec4<u32>(clamp(cx, vec4<i32>(0), vec4<i32>(last.y))),
@@ -879,21 +898,23 @@ fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
         let wb = ci * K * K * COB;
         let a = affine_of(start.x, ci);
         if (K == 1u) {
-            // Columns past the row are clamped into it: their pixels are
-            // not stored.
-            var at = vec3<u32>(plane + row.y) + k.at.yzw;
-            if (X_INTERLEAVED) {
-                at = interleaved_at(start.x, ci, vec3<u32>(row.y) + k.at.yzw);
-            }
-            var v = vec3<f32>(block_input(x_at(at.x), a), 0.0, 0.0);
-            if (CHAIN > 1u) { v.y = block_input(x_at(at.y), a); }
-            if (CHAIN > 2u) { v.z = block_input(x_at(at.z), a); }
+            var v = k1_values(start.x, plane, ci, row.y, k, a);
             if (masked) {
                 let m = mask_base + ci * hw;
                 v = vec3<f32>(dropped(v.x, key, m + k.at.y), dropped(v.y, key, m + k.at.z),
                               dropped(v.z, key, m + k.at.w));
             }
-            c = chain_step(c, v, wb, lane, 0u);
+            if (ROWS > 1u) {
+                // A pair or triple of chains in neighbouring rows (one
+                // table, no dropout: the host's choice): each table row
+                // feeds all of them.
+                let t = table_row(0u, wb, lane);
+                c.t0 = trip_fma(c.t0, v, t);
+                c.t1 = trip_fma(c.t1, k1_values(start.x, plane, ci, row1, k, a), t);
+                if (ROWS > 2u) { c.t2 = trip_fma(c.t2, k1_values(start.x, plane, ci, row2, k, a), t); }
+            } else {
+                c = chain_step(c, v, wb, lane, 0u);
+            }
         } else {
             var g: Rows;
             g.u0 = chain_values(plane + row.x, ry.x, k, a);

@@ -314,7 +314,7 @@ struct Band {
 }
 
 /// The bands of output rows of the blocked forward and data kernels: for
-/// 3x3 one-table launches on CPU adapters, chains of 1, 2 or 3 rows,
+/// one-table launches on CPU adapters, chains of 1, 2 or 3 rows,
 /// whichever leaves the least work, a chain of r rows costing
 /// `ROW_COST[r - 1]` single rows (on lavapipe the rows share input rows and
 /// table rows: a pair costs about 1.5 rows, a triple about 2.05,
@@ -323,9 +323,12 @@ struct Band {
 /// whole blocks of one kind from the top, the rest of another kind, where
 /// that saves more than `LAUNCH_ROWS`: at 256 rows and dilation 55 a
 /// third of the pairs' slots were empty below row 220; pairs over rows 0 to
-/// 109 and triples over the rest leave 11% less work.
-fn row_bands(chain: usize, k: usize, tables: usize, h: usize, stride: usize) -> Vec<Band> {
-    if chain == 1 || k != 3 || tables != 1 {
+/// 109 and triples over the rest leave 11% less work. 1x1 kernels (stride
+/// 1) take triples: they share only the table rows, and the 128 -> 32
+/// forward went 36.5-38.8 -> 32.0-32.6 ms (inference profiles, lavapipe,
+/// 2026-11-30, two alternations).
+fn row_bands(chain: usize, tables: usize, h: usize, stride: usize) -> Vec<Band> {
+    if chain == 1 || tables != 1 {
         return vec![Band { y0: 0, len: h, rows: 1 }];
     }
     let cost = |len: usize, r: usize| row_slots(len, stride, r) as f64 * ROW_COST[r - 1];
@@ -962,7 +965,13 @@ fn blocked(
             vec![(launch, Grid::Elements(s.n * s.h * runs), Band { y0: 0, len: s.h, rows: 1 })]
         } else {
             let per_row = chains_per_row(s.w, stride, chain);
-            let bands = row_bands(chain, k, packed.len(), s.h, stride);
+            // The 1x1 kernels' fused dropout indexes its mask by the
+            // chain's first row: single rows.
+            let bands = if p.drop_p > 0.0 {
+                vec![Band { y0: 0, len: s.h, rows: 1 }]
+            } else {
+                row_bands(chain, packed.len(), s.h, stride)
+            };
             let grid = |band: &Band| {
                 Grid::Groups((s.n * row_slots(band.len, stride, band.rows) * per_row).div_ceil(CHAIN_WORKGROUP))
             };
@@ -1785,7 +1794,7 @@ mod tests {
     fn row_bands_cover_every_row_once() {
         for h in 1..=80 {
             for d in [1, 2, 3, 5, 8, 13, 21, 34, 55] {
-                let bands = row_bands(3, 3, 1, h, d);
+                let bands = row_bands(3, 1, h, d);
                 let mut seen = vec![0; h];
                 for (i, band) in bands.iter().enumerate() {
                     let last = i + 1 == bands.len();
@@ -1806,21 +1815,21 @@ mod tests {
     /// The shapes tests/kernels.rs runs for each row mode take that mode.
     #[test]
     fn row_bands_take_single_rows_pairs_or_triples_by_their_cost() {
-        let modes = |h, dilation| row_bands(3, 3, 1, h, dilation).iter().map(|b| b.rows).collect::<Vec<_>>();
+        let modes = |h, dilation| row_bands(3, 1, h, dilation).iter().map(|b| b.rows).collect::<Vec<_>>();
         assert_eq!(modes(44, 11), [2]);
         assert_eq!(modes(46, 21), [2]);
         assert_eq!(modes(37, 13), [3]);
         assert_eq!(modes(53, 5), [3]);
         // Two launches: 13 pairs over rows 0 to 25, then triples.
-        assert_eq!(row_bands(3, 3, 1, 64, 13), [Band { y0: 0, len: 26, rows: 2 }, Band { y0: 26, len: 38, rows: 3 }]);
+        assert_eq!(row_bands(3, 1, 64, 13), [Band { y0: 0, len: 26, rows: 2 }, Band { y0: 26, len: 38, rows: 3 }]);
         // At 256 rows small dilations fill the triples' blocks, large ones
         // leave slots empty below the last whole block: pairs and triples.
         assert_eq!(modes(256, 5), [3]);
         assert_eq!(modes(256, 55), [2, 3]);
         // 40 rows at dilation 55: every row alone.
         assert_eq!(modes(40, 55), [1]);
-        // Several tables or a 1x1 kernel: no row sharing.
-        assert_eq!(row_bands(3, 3, 2, 256, 13), [Band { y0: 0, len: 256, rows: 1 }]);
-        assert_eq!(row_bands(3, 1, 1, 256, 1), [Band { y0: 0, len: 256, rows: 1 }]);
+        // Several tables: no row sharing; a 1x1 kernel (stride 1): triples.
+        assert_eq!(row_bands(3, 2, 256, 13), [Band { y0: 0, len: 256, rows: 1 }]);
+        assert_eq!(row_bands(3, 1, 256, 1), [Band { y0: 0, len: 256, rows: 3 }]);
     }
 }
