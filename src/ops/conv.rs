@@ -323,10 +323,10 @@ struct Band {
 /// whole blocks of one kind from the top, the rest of another kind, where
 /// that saves more than `LAUNCH_ROWS`: at 256 rows and dilation 55 a
 /// third of the pairs' slots were empty below row 220; pairs over rows 0 to
-/// 109 and triples over the rest leave 11% less work. 1x1 kernels (stride
-/// 1) take triples: they share only the table rows, and the 128 -> 32
-/// forward went 36.5-38.8 -> 32.0-32.6 ms (inference profiles, lavapipe,
-/// 2026-11-30, two alternations).
+/// 109 and triples over the rest leave 11% less work. 1x1 kernels, whose
+/// stride is 1, take triples: they share only the table rows, and the 128
+/// -> 32 forward went 36.5-38.8 -> 32.0-32.6 ms (inference profiles,
+/// lavapipe, 2026-11-30, two alternations).
 fn row_bands(chain: usize, tables: usize, h: usize, stride: usize) -> Vec<Band> {
     if chain == 1 || tables != 1 {
         return vec![Band { y0: 0, len: h, rows: 1 }];
