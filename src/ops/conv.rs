@@ -966,8 +966,10 @@ fn blocked(
         } else {
             let per_row = chains_per_row(s.w, stride, chain);
             // The 1x1 kernels' fused dropout indexes its mask by the
-            // chain's first row: single rows.
-            let bands = if p.drop_p > 0.0 {
+            // chain's first row: single rows. So does Mesa 25, where 1x1
+            // triples took the 128 -> 32 forward 13.4 -> 15.9-16.4 ms
+            // (inference profiles, 2026-11-30, two alternations).
+            let bands = if p.drop_p > 0.0 || (k == 1 && mesa_25(gpu)) {
                 vec![Band { y0: 0, len: s.h, rows: 1 }]
             } else {
                 row_bands(chain, packed.len(), s.h, stride)
