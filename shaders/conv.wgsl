@@ -843,16 +843,6 @@ fn block_step(c: Chain, tbl: u32, b: u32, w: Taps, g: Rows) -> Chain {
     return r;
 }
 
-// The register-blocked convolution: an invocation computes 4 * COB output
-// channels of its chain's pixels. The weights come from the uniform table
-// at addresses shared by every invocation; the per-invocation loads are the
-// input values, each reused by 4 * COB multiply-adds per pixel it feeds.
-// The rows, columns and padding are worked out once, outside the channel
-// loop, and the taps are spelled out: llvmpipe runs a loop as masked SIMD
-// code, and the index arithmetic and nested tap loops inside the channel
-// loop made this kernel 1.8x slower (2026-11-28, docs/KERNELS.md). No early
-// return before the loop: a CPU adapter runs the workgroup as SIMD lanes
-// and inactive lanes would only add masks.
 // A 1x1 chain's input values in the row starting at element `row` of the
 // plane (columns past the row clamped into it: their pixels are not
 // stored), from the plane or the interleaved copy.
@@ -867,6 +857,16 @@ fn k1_values(n: u32, plane: u32, ci: u32, row: u32, k: Cols, a: vec4<f32>) -> ve
     return v;
 }
 
+// The register-blocked convolution: an invocation computes 4 * COB output
+// channels of its chain's pixels. The weights come from the uniform table
+// at addresses shared by every invocation; the per-invocation loads are the
+// input values, each reused by 4 * COB multiply-adds per pixel it feeds.
+// The rows, columns and padding are worked out once, outside the channel
+// loop, and the taps are spelled out: llvmpipe runs a loop as masked SIMD
+// code, and the index arithmetic and nested tap loops inside the channel
+// loop made this kernel 1.8x slower (2026-11-28, docs/KERNELS.md). No early
+// return before the loop: a CPU adapter runs the workgroup as SIMD lanes
+// and inactive lanes would only add masks.
 fn blocked_sums(start: vec4<u32>, lane: u32, masked: bool) -> Chain {
     let hw = P.h * P.w;
     let s = i32(chain_stride());
