@@ -349,6 +349,10 @@ fn row_bands(chain: usize, tables: usize, h: usize, stride: usize) -> Vec<Band> 
     whole.chain(split).min_by(|a, b| a.0.total_cmp(&b.0)).expect("three one-launch plans").1
 }
 
+/// Input channels from which a 1x1 blocked launch takes triples of rows
+/// (see `blocked`): 128 gained, 2 lost.
+const TRIPLE_MIN_CIN: usize = 32;
+
 /// What a second launch must save, in single rows of chains (see
 /// `row_bands`): one for its own cost (on lavapipe a launch costs 0.05-0.15
 /// ms, a row of a 32 -> 32 layer's chains at 256x256 about 0.15 ms) and two
@@ -968,8 +972,11 @@ fn blocked(
             // The 1x1 kernels' fused dropout indexes its mask by the
             // chain's first row: single rows. So does Mesa 25, where 1x1
             // triples took the 128 -> 32 forward 13.4 -> 15.9-16.4 ms
-            // (inference profiles, 2026-11-30, two alternations).
-            let bands = if p.drop_p > 0.0 || (k == 1 && mesa_25(gpu)) {
+            // (inference profiles, 2026-11-30, two alternations), and a 1x1
+            // sum over few channels: the 2 -> 32 input gradient went 1.6 ->
+            // 2.7 ms in triples (training profiles, two alternations).
+            let single = k == 1 && (mesa_25(gpu) || (p.cin as usize) < TRIPLE_MIN_CIN);
+            let bands = if p.drop_p > 0.0 || single {
                 vec![Band { y0: 0, len: s.h, rows: 1 }]
             } else {
                 row_bands(chain, packed.len(), s.h, stride)
