@@ -349,8 +349,19 @@ fn row_bands(chain: usize, tables: usize, h: usize, stride: usize) -> Vec<Band> 
     whole.chain(split).min_by(|a, b| a.0.total_cmp(&b.0)).expect("three one-launch plans").1
 }
 
+/// Whether the blocked convolution `p` may take `row_bands`' pairs and
+/// triples of rows at all. Not with the 1x1 kernels' fused dropout, which
+/// indexes its mask by the chain's first row. 1x1 kernels only from
+/// TRIPLE_MIN_CIN input channels (the 2 -> 32 input gradient went 1.6 ->
+/// 2.7 ms in triples, training profiles, two alternations) and not on Mesa
+/// 25, where triples took the 128 -> 32 forward 13.4 -> 15.9-16.4 ms
+/// (inference profiles, 2026-11-30, two alternations).
+fn rows_shareable(gpu: &Gpu, k: usize, p: &Params) -> bool {
+    p.drop_p == 0.0 && (k != 1 || (!mesa_25(gpu) && p.cin as usize >= TRIPLE_MIN_CIN))
+}
+
 /// Input channels from which a 1x1 blocked launch takes triples of rows
-/// (see `blocked`): 128 gained, 2 lost.
+/// (`rows_shareable`): 128 gained, 2 lost.
 const TRIPLE_MIN_CIN: usize = 32;
 
 /// What a second launch must save, in single rows of chains (see
@@ -969,17 +980,10 @@ fn blocked(
             vec![(launch, Grid::Elements(s.n * s.h * runs), Band { y0: 0, len: s.h, rows: 1 })]
         } else {
             let per_row = chains_per_row(s.w, stride, chain);
-            // The 1x1 kernels' fused dropout indexes its mask by the
-            // chain's first row: single rows. So does Mesa 25, where 1x1
-            // triples took the 128 -> 32 forward 13.4 -> 15.9-16.4 ms
-            // (inference profiles, 2026-11-30, two alternations), and a 1x1
-            // sum over few channels: the 2 -> 32 input gradient went 1.6 ->
-            // 2.7 ms in triples (training profiles, two alternations).
-            let single = k == 1 && (mesa_25(gpu) || (p.cin as usize) < TRIPLE_MIN_CIN);
-            let bands = if p.drop_p > 0.0 || single {
-                vec![Band { y0: 0, len: s.h, rows: 1 }]
-            } else {
+            let bands = if rows_shareable(gpu, k, &p) {
                 row_bands(chain, packed.len(), s.h, stride)
+            } else {
+                vec![Band { y0: 0, len: s.h, rows: 1 }]
             };
             let grid = |band: &Band| {
                 Grid::Groups((s.n * row_slots(band.len, stride, band.rows) * per_row).div_ceil(CHAIN_WORKGROUP))
